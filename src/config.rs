@@ -1,0 +1,110 @@
+//! [`LoraConfig`]: what the user asks of an adapter (rank, alpha, dropout, rsLoRA, init).
+
+use burn::config::Config;
+use burn::module::Initializer;
+
+use crate::error::{LoraError, Result as LoraResult};
+
+/// How the down-projection `A` is initialised. `B` always starts at zero, so a freshly attached
+/// adapter leaves the model's output unchanged (LoRA paper, section 4.1).
+#[derive(Config, Debug, PartialEq)]
+pub enum LoraInit {
+    /// `A ~ N(0, std²)`. The notebook (and the paper) use `std = 1`.
+    Gaussian {
+        /// Standard deviation of the normal distribution.
+        std: f64,
+    },
+    /// Kaiming-uniform with `a = √5`, i.e. `A ~ U(-1/√d_input, 1/√d_input)`: PEFT's default.
+    KaimingUniform,
+}
+
+impl LoraInit {
+    /// The Burn initializer that draws `A`.
+    pub(crate) fn initializer(&self) -> Initializer {
+        match self {
+            LoraInit::Gaussian { std } => Initializer::Normal {
+                mean: 0.0,
+                std: *std,
+            },
+            LoraInit::KaimingUniform => Initializer::KaimingUniform {
+                gain: 1.0 / 3.0f64.sqrt(),
+                fan_out_only: false,
+            },
+        }
+    }
+}
+
+/// Configuration of one LoRA adapter: `ΔW = s · A B` with `A: [d_input, rank]`,
+/// `B: [rank, d_output]` and `s = alpha / rank` (`alpha / √rank` with rsLoRA).
+///
+/// ```
+/// use burn_lora::{LoraConfig, LoraInit};
+///
+/// // The notebook's adapter: rank 1, alpha 1, A ~ N(0, 1).
+/// let config = LoraConfig::new(1, 1.0).with_init(LoraInit::Gaussian { std: 1.0 });
+/// assert_eq!(config.scale(), 1.0);
+/// config.validate_for(784, 1000).unwrap();
+/// assert!(LoraConfig::new(0, 1.0).validate().is_err());
+/// ```
+#[derive(Config, Debug, PartialEq)]
+pub struct LoraConfig {
+    /// Rank `r` of the factors; `1 ≤ r ≤ min(d_input, d_output)`.
+    pub rank: usize,
+    /// Scaling numerator `alpha`; finite and `≥ 0`.
+    pub alpha: f64,
+    /// Dropout probability applied to the adapter's input during training; in `[0, 1)`.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+    /// Rank-stabilised LoRA: scale by `alpha / √r` instead of `alpha / r`.
+    #[config(default = false)]
+    pub use_rslora: bool,
+    /// Initialisation of `A` (`B` starts at zero).
+    #[config(default = "LoraInit::KaimingUniform")]
+    pub init: LoraInit,
+}
+
+impl LoraConfig {
+    /// The factor `s` that multiplies `A B`: `alpha / r`, or `alpha / √r` with rsLoRA.
+    pub fn scale(&self) -> f64 {
+        let rank = self.rank.max(1) as f64;
+        if self.use_rslora {
+            self.alpha / rank.sqrt()
+        } else {
+            self.alpha / rank
+        }
+    }
+
+    /// Checks the settings that do not depend on a layer: rank, alpha, dropout and init.
+    pub fn validate(&self) -> LoraResult<()> {
+        if self.rank == 0 {
+            return Err(LoraError::ZeroRank);
+        }
+        if !self.alpha.is_finite() || self.alpha < 0.0 {
+            return Err(LoraError::InvalidAlpha(self.alpha));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(LoraError::InvalidDropout(self.dropout));
+        }
+        if let LoraInit::Gaussian { std } = self.init {
+            if !std.is_finite() || std <= 0.0 {
+                return Err(LoraError::InvalidInitStd(std));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`validate`](Self::validate), plus `rank ≤ min(d_input, d_output)` for a layer of that size.
+    pub fn validate_for(&self, d_input: usize, d_output: usize) -> LoraResult<()> {
+        self.validate()?;
+        let max = d_input.min(d_output);
+        if self.rank > max {
+            return Err(LoraError::RankTooLarge {
+                rank: self.rank,
+                d_input,
+                d_output,
+                max,
+            });
+        }
+        Ok(())
+    }
+}

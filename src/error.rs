@@ -1,0 +1,76 @@
+//! The crate's error type.
+
+use thiserror::Error;
+
+/// Everything that can go wrong when configuring, attaching, switching or merging LoRA adapters.
+///
+/// Every variant names the offending value, so the message alone says what to fix.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum LoraError {
+    /// The adapter rank was zero.
+    #[error("LoRA rank must be at least 1, got 0")]
+    ZeroRank,
+    /// The adapter rank is larger than the smaller side of the layer it adapts.
+    #[error("LoRA rank {rank} is larger than min(d_input, d_output) = {max} of a [{d_input}, {d_output}] layer")]
+    RankTooLarge {
+        /// The rank asked for.
+        rank: usize,
+        /// The layer's input width.
+        d_input: usize,
+        /// The layer's output width.
+        d_output: usize,
+        /// `min(d_input, d_output)`.
+        max: usize,
+    },
+    /// `alpha` was negative, NaN or infinite.
+    #[error("LoRA alpha must be finite and non-negative, got {0}")]
+    InvalidAlpha(f64),
+    /// The dropout probability was outside `[0, 1)`.
+    #[error("LoRA dropout must be in [0, 1), got {0}")]
+    InvalidDropout(f64),
+    /// The standard deviation of the gaussian initialisation was not finite and positive.
+    #[error("gaussian init std must be finite and positive, got {0}")]
+    InvalidInitStd(f64),
+    /// A model or layer configuration that cannot be built (a zero width, no layers, ...).
+    #[error("invalid model configuration: {0}")]
+    InvalidModel(String),
+    /// An adapter name was added twice to the same layer or model.
+    #[error("an adapter named \"{0}\" already exists")]
+    DuplicateAdapter(String),
+    /// No adapter has this name.
+    #[error("no adapter named \"{0}\"")]
+    UnknownAdapter(String),
+    /// An adapter name that cannot be used (empty).
+    #[error("invalid adapter name {0:?}: names must be non-empty")]
+    InvalidAdapterName(String),
+    /// A layer index that the model does not have.
+    #[error("layer index {index} is out of range: the model has {count} layers")]
+    LayerOutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// How many layers the model has.
+        count: usize,
+    },
+    /// A tensor whose shape does not fit the layer or model.
+    #[error("{what} has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        /// Which tensor.
+        what: String,
+        /// The shape the model needs.
+        expected: Vec<usize>,
+        /// The shape that was given.
+        found: Vec<usize>,
+    },
+    /// A tensor holds NaN or infinite values where only finite ones are allowed.
+    #[error("{0} contains non-finite values (NaN or infinity)")]
+    NonFinite(String),
+    /// The operation needs an unmerged layer, but adapters are merged into its weight.
+    #[error("adapters {0:?} are merged into the base weight: unmerge first")]
+    Merged(Vec<String>),
+    /// `unmerge` was called on a layer with nothing merged.
+    #[error("nothing is merged into this layer")]
+    NotMerged,
+}
+
+/// `Result` with [`LoraError`] as the error.
+pub type Result<T> = core::result::Result<T, LoraError>;
