@@ -70,6 +70,81 @@ pub enum LoraError {
     /// `unmerge` was called on a layer with nothing merged.
     #[error("nothing is merged into this layer")]
     NotMerged,
+    /// A file or directory could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The path involved.
+        path: String,
+        /// What the operating system said.
+        message: String,
+    },
+    /// A data file is malformed: wrong magic number, truncated, oversized, counts that disagree.
+    #[error("{path}: {reason}")]
+    InvalidData {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A data set was found nowhere; the message lists the places searched and how to fix it.
+    #[error("{0}")]
+    DataNotFound(String),
+    /// A truncated SVD was asked for a rank the matrix cannot have.
+    #[error("truncated SVD to rank {rank} of a {rows}x{cols} matrix: rank must be in 1..={max}", max = rows.min(cols))]
+    SvdRank {
+        /// The rank asked for.
+        rank: usize,
+        /// Rows of the matrix.
+        rows: usize,
+        /// Columns of the matrix.
+        cols: usize,
+    },
+    /// An adapter or weight file is not a valid safetensors / JSON file (truncated, garbage).
+    #[error("{path}: not a valid {format} file: {reason}")]
+    InvalidFile {
+        /// The file.
+        path: String,
+        /// The format expected (`safetensors`, `adapter_config.json`).
+        format: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// A tensor the model needs is not in the file.
+    #[error("{path}: missing tensor \"{key}\"")]
+    MissingKey {
+        /// The file.
+        path: String,
+        /// The key looked for.
+        key: String,
+    },
+    /// The file holds a tensor that matches nothing in the model.
+    #[error("{path}: unexpected tensor \"{key}\" ({reason})")]
+    UnexpectedKey {
+        /// The file.
+        path: String,
+        /// The key found.
+        key: String,
+        /// Why it does not fit.
+        reason: String,
+    },
+    /// A tensor stored in a dtype that cannot be read as float.
+    #[error(
+        "{path}: tensor \"{key}\" has unsupported dtype {dtype} (expected F32, F64, F16 or BF16)"
+    )]
+    UnsupportedDtype {
+        /// The file.
+        path: String,
+        /// The tensor.
+        key: String,
+        /// The dtype found.
+        dtype: String,
+    },
+    /// A feature of the file or config that burn-lora does not implement (DoRA, trained biases…).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The SVD routine failed to converge.
+    #[error("SVD failed: {0}")]
+    SvdFailed(String),
 }
 
 /// `Result` with [`LoraError`] as the error.

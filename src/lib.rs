@@ -19,7 +19,7 @@
 //! use burn::nn::loss::CrossEntropyLossConfig;
 //! use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 //! use burn::tensor::{Distribution, Int, Tensor};
-//! use burn_lora::{LoraConfig, LoraInit, LoraMlpConfig};
+//! use burn_lora::{LoraConfig, LoraInit, LoraMlpConfig, LoraModel};
 //!
 //! type B = burn_lora::backend::Train;
 //! let device = Default::default();
@@ -47,19 +47,35 @@
 //! ```
 
 mod adapter;
+mod adapter_file;
 mod config;
 mod error;
 mod linear;
 mod merge;
 mod mlp;
+mod model;
+mod path_map;
+mod peft_config;
+mod pytorch_base;
 mod report;
+mod svd;
+mod tensor_file;
+
+#[cfg(feature = "mnist")]
+pub mod mnist;
 
 #[cfg(any(feature = "ndarray", feature = "flex", feature = "cuda"))]
 pub mod backend;
 
 pub use adapter::LoraAdapter;
+pub use adapter_file::{load_adapter, save_adapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 pub use config::{LoraConfig, LoraInit};
 pub use error::{LoraError, Result};
 pub use linear::{LoraLinear, LoraLinearConfig};
 pub use mlp::{LoraMlp, LoraMlpConfig, DEFAULT_ADAPTER};
+pub use model::{lora_layer_paths, LoraModel};
+pub use path_map::PathMap;
+pub use peft_config::{PeftConfig, TargetModules};
+pub use pytorch_base::load_pytorch_base;
 pub use report::{AdapterShapes, LayerReport, ParameterReport};
+pub use svd::{numerical_rank, singular_values, truncated_svd, LowRankFactors};

@@ -304,6 +304,19 @@ impl<B: Backend> LoraLinear<B> {
         self.bias.as_ref()
     }
 
+    /// Replaces the base values (same shapes, checked by the caller), keeping the parameter ids
+    /// and gradient settings.
+    pub(crate) fn replace_base(&mut self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) {
+        self.replace_weight(weight);
+        if let (Some(param), Some(bias)) = (self.bias.take(), bias) {
+            let require_grad = param.is_require_grad();
+            self.bias = Some(Param::initialized(
+                param.id,
+                bias.set_require_grad(require_grad),
+            ));
+        }
+    }
+
     pub(crate) fn replace_weight(&mut self, weight: Tensor<B, 2>) {
         let require_grad = self.weight.is_require_grad();
         let id = self.weight.id;

@@ -9,6 +9,7 @@ use burn::tensor::Tensor;
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result as LoraResult};
 use crate::linear::{LoraLinear, LoraLinearConfig};
+use crate::model::{check_unmerged, LoraModel};
 use crate::report::{AdapterShapes, LayerReport, ParameterReport};
 
 /// The adapter name [`LoraMlp::attach`] uses (PEFT's default name too).
@@ -62,7 +63,8 @@ impl LoraMlpConfig {
 /// A ReLU multi-layer perceptron whose linear layers are [`LoraLinear`]s.
 ///
 /// Train it as a plain MLP, then [`attach`](Self::attach) LoRA (which freezes every base weight
-/// and bias), train only the adapters, toggle them, merge them. Its layers live at the module
+/// and bias), train only the adapters, toggle them, merge them. Switching, listing and removing
+/// adapters come from the [`LoraModel`] trait. Its layers live at the module
 /// paths `layers.0`, `layers.1`, … (the PyTorch names of an `nn.ModuleList` called `layers`).
 ///
 /// # Shapes
@@ -75,7 +77,7 @@ impl LoraMlpConfig {
 /// use burn::nn::loss::CrossEntropyLossConfig;
 /// use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 /// use burn::tensor::{Distribution, Int, Tensor};
-/// use burn_lora::{LoraConfig, LoraMlpConfig};
+/// use burn_lora::{LoraConfig, LoraMlpConfig, LoraModel};
 ///
 /// type B = burn_lora::backend::Train;
 /// let device = Default::default();
@@ -193,73 +195,13 @@ impl<B: Backend> LoraMlp<B> {
             self.layers[index].add_adapter(name, config)?;
         }
         self.freeze_base();
-        Ok(())
-    }
-
-    /// Makes `name` the only active adapter in every layer that has it; layers without it run
-    /// their base alone. Fails, changing nothing, if no layer has it or a layer is merged.
-    pub fn set_active_adapter(&mut self, name: &str) -> LoraResult<()> {
-        self.check_unmerged()?;
-        if !self.layers.iter().any(|l| l.adapter(name).is_some()) {
-            return Err(LoraError::UnknownAdapter(name.to_string()));
-        }
-        for layer in &mut self.layers {
-            let names: &[&str] = if layer.adapter(name).is_some() {
-                &[name]
-            } else {
-                &[]
-            };
-            layer.set_active_adapters(names)?;
-        }
-        Ok(())
-    }
-
-    /// Removes adapter `name` from every layer that has it.
-    pub fn remove_adapter(&mut self, name: &str) -> LoraResult<()> {
-        self.check_unmerged()?;
-        if !self.layers.iter().any(|l| l.adapter(name).is_some()) {
-            return Err(LoraError::UnknownAdapter(name.to_string()));
-        }
-        for layer in &mut self.layers {
-            if layer.adapter(name).is_some() {
-                layer.remove_adapter(name)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Names of all adapters in the model, in order of first appearance.
-    pub fn adapter_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
-        for layer in &self.layers {
-            for name in layer.adapter_names() {
-                if !names.iter().any(|n| n == name) {
-                    names.push(name.to_string());
-                }
-            }
-        }
-        names
-    }
-
-    /// Turns every layer's adapters on or off. Off, the output is bit-identical to the base
-    /// model's (unless adapters are merged in place).
-    pub fn set_enabled(&mut self, enabled: bool) {
-        for layer in &mut self.layers {
-            layer.set_enabled(enabled);
-        }
-    }
-
-    /// Freezes every base weight and bias (no gradient, no optimizer state).
-    pub fn freeze_base(&mut self) {
-        for layer in &mut self.layers {
-            layer.freeze_base();
-        }
+        self.set_active_adapter(name)
     }
 
     /// Merges the active adapters into the base weights in place (see [`LoraLinear::merge`] for
     /// the tolerance of [`unmerge`](Self::unmerge)). On error nothing is merged.
     pub fn merge(&mut self) -> LoraResult<()> {
-        self.check_unmerged()?;
+        check_unmerged(self.lora_layers())?;
         let prepared = self
             .layers
             .iter()
@@ -325,18 +267,15 @@ impl<B: Backend> LoraMlp<B> {
         &self.layers
     }
 
+    pub(crate) fn layers_iter_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear<B>> {
+        self.layers.iter_mut()
+    }
+
     /// Mutable access to one layer, e.g. to switch its adapters individually.
     pub fn layer_mut(&mut self, index: usize) -> LoraResult<&mut LoraLinear<B>> {
         let count = self.layers.len();
         self.layers
             .get_mut(index)
             .ok_or(LoraError::LayerOutOfRange { index, count })
-    }
-
-    fn check_unmerged(&self) -> LoraResult<()> {
-        match self.layers.iter().find(|l| l.is_merged()) {
-            Some(layer) => Err(LoraError::Merged(layer.adapter_names_merged())),
-            None => Ok(()),
-        }
     }
 }

@@ -45,7 +45,7 @@ impl LayerReport {
 ///
 /// ```
 /// use burn_lora::backend::Inference;
-/// use burn_lora::{LoraConfig, LoraMlpConfig};
+/// use burn_lora::{LoraConfig, LoraMlpConfig, LoraModel};
 ///
 /// let mut model = LoraMlpConfig::new(784, vec![1000, 2000], 10).init::<Inference>(&Default::default())?;
 /// model.attach(&LoraConfig::new(1, 1.0))?;
@@ -139,7 +139,7 @@ fn grouped(value: usize) -> String {
     let digits = value.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

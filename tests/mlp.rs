@@ -7,7 +7,7 @@ use burn::nn::{Linear, LinearConfig, Relu};
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use burn_lora::{LoraConfig, LoraError, LoraInit, LoraMlp, LoraMlpConfig};
+use burn_lora::{LoraConfig, LoraError, LoraInit, LoraMlp, LoraMlpConfig, LoraModel};
 use common::{assert_bit_identical, max_abs_diff, randn, B};
 
 fn notebook_model() -> LoraMlp<B> {
@@ -221,6 +221,42 @@ fn checkpoint_of_a_plain_linear_model_loads_into_lora_mlp() {
     let mut model = model;
     model.attach(&LoraConfig::new(2, 2.0)).unwrap();
     assert_bit_identical(model.forward(x), expected);
+}
+
+#[test]
+fn safetensors_of_a_plain_linear_model_loads_into_lora_mlp() {
+    use burn_store::{ModuleSnapshot, SafetensorsStore};
+
+    let device = Default::default();
+    let plain = PlainMlp::<B> {
+        layers: vec![
+            LinearConfig::new(12, 9).init(&device),
+            LinearConfig::new(9, 4).init(&device),
+        ],
+        activation: Relu::new(),
+    };
+    let mut store = SafetensorsStore::from_bytes(None);
+    plain.save_into(&mut store).unwrap();
+    let bytes = store.get_bytes().unwrap();
+
+    let mut model = LoraMlpConfig::new(12, vec![9], 4)
+        .init::<B>(&device)
+        .unwrap();
+    let result = model
+        .load_from(&mut SafetensorsStore::from_bytes(Some(bytes)))
+        .unwrap();
+    assert_eq!(result.applied.len(), 4, "{result:?}");
+    assert!(
+        result.missing.is_empty() && result.unused.is_empty(),
+        "{result:?}"
+    );
+    for (loaded, original) in model.layers().iter().zip(&plain.layers) {
+        assert_bit_identical(loaded.weight(), original.weight.val());
+        assert_bit_identical(
+            loaded.bias().unwrap(),
+            original.bias.as_ref().unwrap().val(),
+        );
+    }
 }
 
 #[test]
