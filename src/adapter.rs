@@ -63,10 +63,24 @@ impl<B: Backend> LoraAdapter<B> {
         lora_a: Tensor<B, 2>,
         lora_b: Tensor<B, 2>,
     ) -> Result<Self> {
+        let [d_input, _] = lora_a.dims();
+        let [_, d_output] = lora_b.dims();
+        config.validate_for(d_input, d_output)?;
+        Self::from_factors_unbounded(name, config, lora_a, lora_b)
+    }
+
+    /// [`from_factors`](Self::from_factors) without the `rank ≤ min(d_input, d_output)` bound,
+    /// for exact combinations whose summed rank may exceed it.
+    pub(crate) fn from_factors_unbounded(
+        name: impl Into<String>,
+        config: &LoraConfig,
+        lora_a: Tensor<B, 2>,
+        lora_b: Tensor<B, 2>,
+    ) -> Result<Self> {
         let name = checked_name(name.into())?;
         let [d_input, rank_a] = lora_a.dims();
         let [rank_b, d_output] = lora_b.dims();
-        config.validate_for(d_input, d_output)?;
+        config.validate()?;
         if rank_a != config.rank {
             return Err(LoraError::ShapeMismatch {
                 what: format!("adapter \"{name}\" lora_A"),

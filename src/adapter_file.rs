@@ -11,13 +11,14 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 
 use crate::adapter::LoraAdapter;
+use crate::atomic_file::{io_error, write_all_atomic};
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};
-use crate::model::{lora_layer_paths, LoraModel};
+use crate::model::{check_unmerged, lora_layer_paths, LoraModel};
 use crate::path_map::PathMap;
 use crate::peft_config::PeftConfig;
 use crate::tensor_file::{
-    read_bytes, read_float_tensors, serialize_f32, tensor_values, write_atomic, FloatTensor,
+    read_bytes, read_float_tensors, serialize_f32, tensor_values, FloatTensor,
 };
 
 /// File name of the tensors in an adapter directory.
@@ -84,7 +85,7 @@ pub fn save_adapter<B: Backend, M: LoraModel<B>>(
     }
     let config = PeftConfig::from_layers(&targets)?;
 
-    std::fs::create_dir_all(dir).map_err(|e| crate::tensor_file::io_error(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
     let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let weights = serialize_f32(&tensors, metadata, &weights_path)?;
@@ -94,8 +95,7 @@ pub fn save_adapter<B: Backend, M: LoraModel<B>>(
         format: "adapter_config.json".into(),
         reason: e.to_string(),
     })?;
-    write_atomic(&weights_path, &weights)?;
-    write_atomic(&config_path, &json)
+    write_all_atomic(&[(&weights_path, &weights), (&config_path, &json)])
 }
 
 /// Loads the PEFT adapter in `dir` into `model` under `name` and makes it the active adapter.
@@ -129,6 +129,10 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
     paths: &PathMap,
 ) -> Result<Vec<Option<LoraAdapter<B>>>> {
     crate::adapter::checked_name(name.to_string())?;
+    // `load_adapter` ends by activating the adapter model-wide, which refuses merged layers: check
+    // every layer now, not only the targeted ones, so that a merged layer elsewhere cannot fail
+    // the load after the adapters were inserted.
+    check_unmerged(model.lora_layers())?;
     let config_path = dir.join(ADAPTER_CONFIG_FILE);
     let config = PeftConfig::parse(&config_path, &read_bytes(&config_path)?)?;
     let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
@@ -150,7 +154,17 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
                 reason: "not a lora_A.weight or lora_B.weight tensor".into(),
             });
         };
-        by_module.entry(module.to_string()).or_default()[slot] = Some((key.clone(), tensor));
+        let entry = &mut by_module.entry(module.to_string()).or_default()[slot];
+        if let Some((other, _)) = entry {
+            // The same factor with and without PEFT's prefix: which one wins would be arbitrary.
+            let reason = format!("the same tensor as \"{other}\"");
+            return Err(LoraError::UnexpectedKey {
+                path: file,
+                key,
+                reason,
+            });
+        }
+        *entry = Some((key, tensor));
     }
 
     let layers = model.lora_layers();
@@ -198,7 +212,6 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
         let (b_key, b) = b.ok_or_else(|| missing("lora_B"))?;
         let lora_config = config.lora_config_for(torch_path)?;
         let (rank, d_input, d_output) = (lora_config.rank, layer.d_input(), layer.d_output());
-        lora_config.validate_for(d_input, d_output)?;
         for (key, tensor, expected) in [
             (&a_key, &a, vec![rank, d_input]),
             (&b_key, &b, vec![d_output, rank]),

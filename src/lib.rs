@@ -48,6 +48,8 @@
 
 mod adapter;
 mod adapter_file;
+mod atomic_file;
+mod combine;
 mod config;
 mod error;
 mod linear;

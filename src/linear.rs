@@ -165,8 +165,14 @@ impl<B: Backend> LoraLinear<B> {
                 found: vec![d_input, d_output],
             });
         }
-        adapter.config().validate_for(d_input, d_output)?;
-        debug_assert_eq!(rank, adapter.rank());
+        adapter.config().validate()?;
+        if rank != adapter.rank() {
+            return Err(LoraError::ShapeMismatch {
+                what: format!("adapter \"{}\" lora_A", adapter.name()),
+                expected: vec![d_input, adapter.rank()],
+                found: vec![d_input, rank],
+            });
+        }
         self.push_adapter(adapter);
         Ok(())
     }

@@ -89,6 +89,32 @@ pub trait LoraModel<B: Backend>: Module<B> {
         Ok(())
     }
 
+    /// Adds adapter `name` whose update in every layer is the weighted sum `Σ wᵢ · ΔWᵢ` of the
+    /// named adapters (exact: factors are concatenated, see
+    /// [`LoraLinear::combined_adapter`]), and makes it the active one. Fails, changing nothing,
+    /// if a source adapter is unknown, `name` exists, or adapters are merged.
+    fn combine_adapters(&mut self, name: &str, weights: &[(&str, f64)]) -> Result<()> {
+        check_unmerged(self.lora_layers())?;
+        let known = self.adapter_names();
+        if let Some((unknown, _)) = weights.iter().find(|(n, _)| !known.iter().any(|k| k == n)) {
+            return Err(LoraError::UnknownAdapter(unknown.to_string()));
+        }
+        if known.iter().any(|k| k == name) {
+            return Err(LoraError::DuplicateAdapter(name.to_string()));
+        }
+        let combined = self
+            .lora_layers()
+            .into_iter()
+            .map(|layer| layer.combined_adapter(name, weights))
+            .collect::<Result<Vec<_>>>()?;
+        for (layer, adapter) in self.lora_layers_mut().into_iter().zip(combined) {
+            if let Some(adapter) = adapter {
+                layer.insert_adapter(adapter)?;
+            }
+        }
+        self.set_active_adapter(name)
+    }
+
     /// Turns every layer's adapters on or off. Off, the output is bit-identical to the base
     /// model's (unless adapters are merged in place).
     fn set_enabled(&mut self, enabled: bool) {

@@ -29,7 +29,8 @@ pub struct PeftConfig {
     pub peft_type: String,
     /// Default rank.
     pub r: usize,
-    /// Default alpha.
+    /// Default alpha (written as an integer when it is one, as PEFT does).
+    #[serde(serialize_with = "integral_as_int")]
     pub lora_alpha: f64,
     /// Dropout on the adapter input.
     #[serde(default)]
@@ -60,6 +61,18 @@ pub struct PeftConfig {
     /// Every other field, preserved.
     #[serde(flatten)]
     pub other: Map<String, Value>,
+}
+
+/// Writes `8.0` as `8`, like Python's `int` in PEFT's files; other values as floats.
+fn integral_as_int<S: serde::Serializer>(
+    value: &f64,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        serializer.serialize_i64(*value as i64)
+    } else {
+        serializer.serialize_f64(*value)
+    }
 }
 
 fn bias_none() -> String {

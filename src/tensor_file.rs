@@ -2,7 +2,6 @@
 //! dtype as f32, writing f32 tensors, and writing files atomically.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
@@ -10,6 +9,7 @@ use burn::tensor::{Tensor, TensorData};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
+use crate::atomic_file::io_error;
 use crate::error::{LoraError, Result};
 
 /// A float tensor read from a file: row-major values and its shape.
@@ -32,14 +32,6 @@ impl FloatTensor {
 /// Reads a whole file, mapping I/O errors to [`LoraError::Io`].
 pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| io_error(path, e))
-}
-
-/// [`LoraError::Io`] for `path`.
-pub(crate) fn io_error(path: &Path, error: std::io::Error) -> LoraError {
-    LoraError::Io {
-        path: path.display().to_string(),
-        message: error.to_string(),
-    }
 }
 
 /// Every tensor of a safetensors buffer as f32 (F32, F64, F16 and BF16 are accepted), with the
@@ -137,18 +129,4 @@ pub(crate) fn serialize_f32(
         })
         .collect::<Result<Vec<_>>>()?;
     safetensors::serialize(views, Some(metadata)).map_err(|e| invalid(e.to_string()))
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so an
-/// existing file is replaced whole or not at all.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|e| io_error(dir, e))?;
-    file.write_all(bytes).map_err(|e| io_error(path, e))?;
-    file.as_file().sync_all().map_err(|e| io_error(path, e))?;
-    file.persist(path).map_err(|e| io_error(path, e.error))?;
-    Ok(())
 }

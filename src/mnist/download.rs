@@ -1,7 +1,7 @@
 //! Downloading a missing file from the mirror into burn-dataset's cache, atomically.
 
-use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -65,22 +65,8 @@ pub(crate) fn fetch(
 
 /// Writes `bytes` to `dir/name` through a temporary file in `dir` and a rename.
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, String> {
-    let describe = |path: &Path, error: std::io::Error| format!("{}: {error}", path.display());
-    fs::create_dir_all(dir).map_err(|error| describe(dir, error))?;
+    fs::create_dir_all(dir).map_err(|error| format!("{}: {error}", dir.display()))?;
     let target = dir.join(name);
-    let temporary = dir.join(format!(".{name}.{}.part", std::process::id()));
-    let written = File::create(&temporary)
-        .and_then(|mut file| {
-            file.write_all(bytes)?;
-            file.sync_all()
-        })
-        .and_then(|()| fs::rename(&temporary, &target));
-    match written {
-        Ok(()) => Ok(target),
-        Err(error) => {
-            // Best effort: the temporary file is useless now.
-            let _ = fs::remove_file(&temporary);
-            Err(describe(&temporary, error))
-        }
-    }
+    crate::atomic_file::write_all_atomic(&[(&target, bytes)]).map_err(|error| error.to_string())?;
+    Ok(target)
 }

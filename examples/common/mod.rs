@@ -1,0 +1,36 @@
+//! Plumbing shared by the MNIST examples: data, training loops, evaluation tables, charts, timing.
+//! Each example is a short story; everything it has in common with another lives here, once.
+#![allow(dead_code)]
+
+pub mod chart;
+pub mod eval;
+pub mod timing;
+pub mod train;
+
+use std::path::PathBuf;
+
+use burn_lora::mnist::{Mnist, MnistLoader};
+
+/// Loads MNIST from `dir`, else `MNIST_DIR`, else burn-dataset's cache, else a download.
+pub fn load_mnist(dir: Option<PathBuf>) -> burn_lora::Result<Mnist> {
+    let loader = match dir {
+        Some(dir) => MnistLoader::new().dir(dir),
+        None => MnistLoader::new(),
+    };
+    let mnist = loader.load()?;
+    println!(
+        "MNIST from {}: {} training and {} test images",
+        mnist.source,
+        mnist.train.len(),
+        mnist.test.len()
+    );
+    Ok(mnist)
+}
+
+/// Runs `body`; on error prints it (without a backtrace) and exits with status 1.
+pub fn exit_on_error(body: impl FnOnce() -> Result<(), Box<dyn std::error::Error>>) {
+    if let Err(error) = body() {
+        eprintln!("error: {error}");
+        std::process::exit(1);
+    }
+}
