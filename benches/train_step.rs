@@ -4,8 +4,9 @@
 //! `cargo bench --bench train_step` (add `--no-default-features --features flex,mnist` for Flex).
 
 use burn::nn::loss::CrossEntropyLossConfig;
+mod bench_util;
+
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_lora::backend::{self, Train};
 use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig};
@@ -36,8 +37,7 @@ fn bench_steps(c: &mut Criterion, batch: usize) {
                 let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 let model = optim.step(1e-3, model, grads);
-                // Wait for asynchronous backends so the work lands inside the timed region.
-                Train::sync(&device).expect("backend sync");
+                bench_util::sync::<Train>(&device);
                 slot = Some(model);
             })
         });

@@ -231,8 +231,8 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
             return Err(LoraError::Merged(layer.adapter_names_merged()));
         }
         let device = layer.weight().device();
-        let a = a.to_burn::<B, 2>(&device).transpose();
-        let b = b.to_burn::<B, 2>(&device).transpose();
+        let a = a.transposed().to_burn::<B, 2>(&device);
+        let b = b.transposed().to_burn::<B, 2>(&device);
         adapters.push(Some(LoraAdapter::from_factors(name, &lora_config, a, b)?));
         any = true;
     }

@@ -50,8 +50,8 @@ pub fn load_pytorch_base<B: Backend, M: LoraModel<B>>(
             Ok(tensor)
         };
         let weight: Tensor<B, 2> = take("weight", vec![d_output, d_input])?
-            .to_burn::<B, 2>(&device)
-            .transpose();
+            .transposed()
+            .to_burn::<B, 2>(&device);
         let bias: Option<Tensor<B, 1>> = match layer.bias() {
             Some(_) => Some(take("bias", vec![d_output])?.to_burn::<B, 1>(&device)),
             None => None,

@@ -20,6 +20,24 @@ pub(crate) struct FloatTensor {
 }
 
 impl FloatTensor {
+    /// The transpose of a 2-D tensor, laid out contiguously (so kernels see a plain row-major
+    /// matrix, as for a tensor created in Burn's orientation).
+    pub fn transposed(&self) -> FloatTensor {
+        let (rows, cols) = match self.shape.as_slice() {
+            [rows, cols] => (*rows, *cols),
+            _ => return self.clone(),
+        };
+        let mut values = vec![0.0; self.values.len()];
+        for (index, value) in self.values.iter().enumerate() {
+            let (row, col) = (index / cols, index % cols);
+            values[col * rows + row] = *value;
+        }
+        FloatTensor {
+            shape: vec![cols, rows],
+            values,
+        }
+    }
+
     /// The tensor on a Burn device (must be 2-D or 1-D as `D` says; the caller checked the shape).
     pub fn to_burn<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
         Tensor::from_data(

@@ -1,0 +1,100 @@
+//! Peak resident memory of training a 4-layer 4096-wide MLP for a few steps, with LoRA (rank 8)
+//! against full fine-tuning, each in its own process (`getrusage` max RSS).
+//!
+//! `cargo run --release --example peak_memory` runs both and prints the ratio;
+//! `-- --mode lora` or `-- --mode full` runs one and prints its peak in KiB.
+
+use std::process::Command;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::{Distribution, Int, Tensor};
+use burn_lora::backend::{self, Train};
+use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig};
+use clap::{Parser, ValueEnum};
+
+const WIDTH: usize = 4096;
+const BATCH: usize = 32;
+const STEPS: usize = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum Mode {
+    Lora,
+    Full,
+}
+
+/// Measure peak memory of LoRA against full fine-tuning.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Run one mode in this process; without it, run both as child processes.
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    match Args::parse().mode {
+        Some(mode) => {
+            train(mode)?;
+            println!("{}", max_rss_kib());
+        }
+        None => {
+            let lora = child("lora")?;
+            let full = child("full")?;
+            println!(
+                "Peak RSS training a 4x{WIDTH} MLP ({}, batch {BATCH}, {STEPS} Adam steps):",
+                backend::NAME
+            );
+            println!("  LoRA rank 8 : {:>9.1} MiB", lora as f64 / 1024.0);
+            println!("  full        : {:>9.1} MiB", full as f64 / 1024.0);
+            println!("  ratio       : {:>9.3}", lora as f64 / full as f64);
+        }
+    }
+    Ok(())
+}
+
+/// Runs this program with `--mode <mode>` and reads the peak it prints.
+fn child(mode: &str) -> Result<u64, Box<dyn std::error::Error>> {
+    let output = Command::new(std::env::current_exe()?)
+        .args(["--mode", mode])
+        .output()?;
+    if !output.status.success() {
+        return Err(format!(
+            "{mode} run failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    let text = String::from_utf8(output.stdout)?;
+    Ok(text.trim().parse()?)
+}
+
+fn train(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
+    let device = backend::device();
+    let mut model: LoraMlp<Train> =
+        LoraMlpConfig::new(WIDTH, vec![WIDTH, WIDTH, WIDTH], WIDTH).init(&device)?;
+    if mode == Mode::Lora {
+        model.attach(&LoraConfig::new(8, 8.0))?;
+    }
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut optim = AdamConfig::new().init::<Train, LoraMlp<Train>>();
+    let x = Tensor::<Train, 2>::random([BATCH, WIDTH], Distribution::Normal(0.0, 1.0), &device);
+    let labels: Vec<i64> = (0..BATCH as i64).collect();
+    let y = Tensor::<Train, 1, Int>::from_ints(labels.as_slice(), &device);
+    for _ in 0..STEPS {
+        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-3, model, grads);
+    }
+    Ok(())
+}
+
+/// This process's peak resident set size, in KiB (`getrusage`).
+fn max_rss_kib() -> u64 {
+    // SAFETY: getrusage only writes into the zeroed struct we pass.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    usage.ru_maxrss.max(0) as u64
+}
