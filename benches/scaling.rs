@@ -5,7 +5,7 @@
 
 mod bench_util;
 
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::AdamConfig;
 use burn::tensor::{Distribution, Tensor};
 use burn_lora::backend::{self, Train};
 use burn_lora::{LoraConfig, LoraLinear, LoraLinearConfig};
@@ -32,11 +32,9 @@ fn bench_step(
         let mut slot = Some(layer);
         group.bench_function(BenchmarkId::from_parameter(label(d, rank)), |bencher| {
             bencher.iter(|| {
-                let layer = slot.take().expect("layer");
-                let loss = layer.forward(x.clone()).square().mean();
-                let grads = GradientsParams::from_grads(loss.backward(), &layer);
-                slot = Some(optim.step(1e-3, layer, grads));
-                bench_util::sync::<Train>(&device);
+                bench_util::step(&mut slot, &mut optim, &device, |layer| {
+                    layer.forward(x.clone()).square().mean()
+                })
             })
         });
     }

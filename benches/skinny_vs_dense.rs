@@ -7,7 +7,7 @@
 mod bench_util;
 
 use burn::module::{Module, Param};
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::AdamConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use burn_lora::backend::{self, Train};
@@ -60,11 +60,9 @@ fn skinny_vs_dense(c: &mut Criterion) {
         let mut slot = Some(layer);
         group.bench_function(BenchmarkId::new("skinny", d), |bencher| {
             bencher.iter(|| {
-                let layer = slot.take().expect("layer");
-                let loss = layer.forward(x.clone()).square().mean();
-                let grads = GradientsParams::from_grads(loss.backward(), &layer);
-                slot = Some(optim.step(1e-3, layer, grads));
-                bench_util::sync::<Train>(&device);
+                bench_util::step(&mut slot, &mut optim, &device, |layer| {
+                    layer.forward(x.clone()).square().mean()
+                })
             })
         });
 
@@ -72,11 +70,9 @@ fn skinny_vs_dense(c: &mut Criterion) {
         let mut slot = Some(dense);
         group.bench_function(BenchmarkId::new("dense_delta", d), |bencher| {
             bencher.iter(|| {
-                let model = slot.take().expect("model");
-                let loss = model.forward(x.clone()).square().mean();
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                slot = Some(optim.step(1e-3, model, grads));
-                bench_util::sync::<Train>(&device);
+                bench_util::step(&mut slot, &mut optim, &device, |model| {
+                    model.forward(x.clone()).square().mean()
+                })
             })
         });
     }

@@ -6,7 +6,7 @@
 use burn::nn::loss::CrossEntropyLossConfig;
 mod bench_util;
 
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::AdamConfig;
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_lora::backend::{self, Train};
 use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig};
@@ -33,12 +33,9 @@ fn bench_steps(c: &mut Criterion, batch: usize) {
         let mut slot = Some(model);
         group.bench_function(BenchmarkId::from_parameter(name), |bencher| {
             bencher.iter(|| {
-                let model = slot.take().expect("model");
-                let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                let model = optim.step(1e-3, model, grads);
-                bench_util::sync::<Train>(&device);
-                slot = Some(model);
+                bench_util::step(&mut slot, &mut optim, &device, |model| {
+                    loss_fn.forward(model.forward(x.clone()), y.clone())
+                })
             })
         });
     }

@@ -124,6 +124,24 @@ impl<B: Backend> LoraLinear<B> {
         })
     }
 
+    /// [`forward`](Self::forward) after checking the input's last dimension is `d_input`:
+    /// a wrong width is [`LoraError::ShapeMismatch`] instead of a panic inside the matmul.
+    pub fn try_forward<const D: usize>(&self, input: Tensor<B, D>) -> LoraResult<Tensor<B, D>> {
+        let dims = input.dims();
+        if dims.last() != Some(&self.d_input()) {
+            let mut expected = dims.to_vec();
+            if let Some(last) = expected.last_mut() {
+                *last = self.d_input();
+            }
+            return Err(LoraError::ShapeMismatch {
+                what: "layer input".into(),
+                expected,
+                found: dims.to_vec(),
+            });
+        }
+        Ok(self.forward(input))
+    }
+
     /// The base layer alone, `x W + b`, whatever the adapters' state.
     ///
     /// While adapters are merged in place, `W` includes them.

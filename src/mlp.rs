@@ -155,6 +155,21 @@ impl<B: Backend> LoraMlp<B> {
             })
     }
 
+    /// [`forward`](Self::forward) after checking the input is `[batch, d_input]`: a wrong width
+    /// is [`LoraError::ShapeMismatch`] instead of a panic.
+    pub fn try_forward(&self, input: Tensor<B, 2>) -> LoraResult<Tensor<B, 2>> {
+        let [batch, width] = input.dims();
+        let d_input = self.layers.first().map_or(0, LoraLinear::d_input);
+        if width != d_input {
+            return Err(LoraError::ShapeMismatch {
+                what: "model input".into(),
+                expected: vec![batch, d_input],
+                found: vec![batch, width],
+            });
+        }
+        Ok(self.forward(input))
+    }
+
     /// Attaches a fresh adapter named [`DEFAULT_ADAPTER`] to every layer and freezes the base.
     pub fn attach(&mut self, config: &LoraConfig) -> LoraResult<()> {
         let all: Vec<usize> = (0..self.layers.len()).collect();

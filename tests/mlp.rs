@@ -277,3 +277,25 @@ fn from_linears_checks_that_layers_chain() {
     let y: Tensor<B, 2> = ok.forward(randn([1, 4], 1));
     assert_eq!(y.dims(), [1, 2]);
 }
+
+#[test]
+fn wrong_input_width_is_a_shape_error_not_a_panic() {
+    let model = LoraMlpConfig::new(6, vec![5], 2)
+        .init::<B>(&Default::default())
+        .unwrap();
+    let err = model.try_forward(randn([3, 7], 1)).unwrap_err();
+    assert_eq!(
+        err,
+        LoraError::ShapeMismatch {
+            what: "model input".into(),
+            expected: vec![3, 6],
+            found: vec![3, 7],
+        }
+    );
+    let err = model.layers()[1]
+        .try_forward(randn::<B, 3>([2, 3, 4], 2))
+        .unwrap_err();
+    assert!(matches!(err, LoraError::ShapeMismatch { .. }), "{err}");
+    let ok = model.try_forward(randn([3, 6], 3)).unwrap();
+    assert_eq!(ok.dims(), [3, 2]);
+}

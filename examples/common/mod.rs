@@ -12,12 +12,17 @@ use std::path::PathBuf;
 use burn_lora::mnist::{Mnist, MnistLoader};
 
 /// Loads MNIST from `dir`, else `MNIST_DIR`, else burn-dataset's cache, else a download.
-pub fn load_mnist(dir: Option<PathBuf>) -> burn_lora::Result<Mnist> {
+pub fn load_mnist(dir: Option<PathBuf>) -> Result<Mnist, Box<dyn std::error::Error>> {
     let loader = match dir {
         Some(dir) => MnistLoader::new().dir(dir),
         None => MnistLoader::new(),
     };
-    let mnist = loader.load()?;
+    let mnist = loader.load().map_err(|error| match error {
+        burn_lora::LoraError::DataNotFound(message) => {
+            format!("{message}\nFor this example: --data-dir <folder> or MNIST_DIR=<folder>.")
+        }
+        other => other.to_string(),
+    })?;
     println!(
         "MNIST from {}: {} training and {} test images",
         mnist.source,
