@@ -43,12 +43,18 @@ impl<B: Backend> LoraAdapter<B> {
         device: &B::Device,
     ) -> Result<Self> {
         config.validate_for(d_input, d_output)?;
-        let lora_a = config.init.initializer().init_with(
-            [d_input, config.rank],
-            Some(d_input),
-            Some(config.rank),
-            device,
-        );
+        // Drawn now rather than lazily, so clones of a model share the same A.
+        let lora_a: Tensor<B, 2> = config
+            .init
+            .initializer()
+            .init_with(
+                [d_input, config.rank],
+                Some(d_input),
+                Some(config.rank),
+                device,
+            )
+            .val();
+        let lora_a = Param::from_tensor(lora_a.detach());
         let lora_b = Param::from_tensor(Tensor::zeros([config.rank, d_output], device));
         Ok(Self::assemble(name, config, lora_a, lora_b))
     }

@@ -299,3 +299,15 @@ fn wrong_input_width_is_a_shape_error_not_a_panic() {
     let ok = model.try_forward(randn([3, 6], 3)).unwrap();
     assert_eq!(ok.dims(), [3, 2]);
 }
+
+#[test]
+fn clones_of_a_model_with_a_fresh_adapter_share_its_factors() {
+    let mut model = LoraMlpConfig::new(6, vec![5], 2)
+        .init::<B>(&Default::default())
+        .unwrap();
+    model.attach(&LoraConfig::new(1, 1.0)).unwrap();
+    let copy = model.clone();
+    for (a, b) in model.layers().iter().zip(copy.layers()) {
+        assert_bit_identical(a.adapters()[0].lora_a(), b.adapters()[0].lora_a());
+    }
+}
