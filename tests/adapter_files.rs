@@ -299,6 +299,27 @@ fn round_trip(
     (dir, fresh)
 }
 
+/// Asserts `err` is a [`LoraError::ShapeMismatch`] naming `what` with these shapes.
+fn assert_shape_mismatch(
+    err: &LoraError,
+    what_contains: &str,
+    expected: &[usize],
+    found: &[usize],
+) {
+    match err {
+        LoraError::ShapeMismatch {
+            what,
+            expected: e,
+            found: f,
+        } => {
+            assert!(what.contains(what_contains), "{what}");
+            assert_eq!(e.as_slice(), expected);
+            assert_eq!(f.as_slice(), found);
+        }
+        other => panic!("expected ShapeMismatch, got {other:?}"),
+    }
+}
+
 #[test]
 fn trained_adapter_round_trips_with_bit_identical_factors_and_outputs() {
     let base = base_model(&[784, 32, 16, 10]);
@@ -704,18 +725,7 @@ fn rank_pattern_differing_from_a_layer_tensor_rank_is_shape_mismatch_and_changes
         c.insert("rank_pattern".into(), json!({"layers.1": 3}));
     });
     let err = case.load_fails("incoming");
-    match &err {
-        LoraError::ShapeMismatch {
-            what,
-            expected,
-            found,
-        } => {
-            assert!(what.contains("layers.1.lora_A"), "{what}");
-            assert_eq!(expected, &vec![3, 32]);
-            assert_eq!(found, &vec![4, 32]);
-        }
-        other => panic!("expected ShapeMismatch, got {other:?}"),
-    }
+    assert_shape_mismatch(&err, "layers.1.lora_A", &[3, 32], &[4, 32]);
 }
 
 #[test]
@@ -1104,18 +1114,7 @@ fn pytorch_base_wrong_shape_is_shape_mismatch_and_changes_nothing() {
             .unwrap();
         t.shape = vec![20, 12];
     });
-    match &err {
-        LoraError::ShapeMismatch {
-            what,
-            expected,
-            found,
-        } => {
-            assert!(what.contains("layers.0.weight"), "{what}");
-            assert_eq!(expected, &vec![12, 20]);
-            assert_eq!(found, &vec![20, 12]);
-        }
-        other => panic!("expected ShapeMismatch, got {other:?}"),
-    }
+    assert_shape_mismatch(&err, "layers.0.weight", &[12, 20], &[20, 12]);
 }
 
 #[test]

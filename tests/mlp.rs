@@ -184,16 +184,21 @@ struct PlainMlp<B: Backend> {
     activation: Relu,
 }
 
+/// A 12-9-4 network built from Burn's plain `Linear`.
+fn plain_mlp(device: &burn::tensor::Device<B>) -> PlainMlp<B> {
+    PlainMlp {
+        layers: vec![
+            LinearConfig::new(12, 9).init(device),
+            LinearConfig::new(9, 4).init(device),
+        ],
+        activation: Relu::new(),
+    }
+}
+
 #[test]
 fn checkpoint_of_a_plain_linear_model_loads_into_lora_mlp() {
     let device = Default::default();
-    let plain = PlainMlp::<B> {
-        layers: vec![
-            LinearConfig::new(12, 9).init(&device),
-            LinearConfig::new(9, 4).init(&device),
-        ],
-        activation: Relu::new(),
-    };
+    let plain = plain_mlp(&device);
     let x = randn::<B, 2>([3, 12], 6);
     let expected = plain
         .layers
@@ -228,13 +233,7 @@ fn safetensors_of_a_plain_linear_model_loads_into_lora_mlp() {
     use burn_store::{ModuleSnapshot, SafetensorsStore};
 
     let device = Default::default();
-    let plain = PlainMlp::<B> {
-        layers: vec![
-            LinearConfig::new(12, 9).init(&device),
-            LinearConfig::new(9, 4).init(&device),
-        ],
-        activation: Relu::new(),
-    };
+    let plain = plain_mlp(&device);
     let mut store = SafetensorsStore::from_bytes(None);
     plain.save_into(&mut store).unwrap();
     let bytes = store.get_bytes().unwrap();
