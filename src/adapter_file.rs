@@ -136,7 +136,7 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
     let config_path = dir.join(ADAPTER_CONFIG_FILE);
     let config = PeftConfig::parse(&config_path, &read_bytes(&config_path)?)?;
     let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
-    let (tensors, _) = read_float_tensors(&weights_path, &read_bytes(&weights_path)?)?;
+    let tensors = read_float_tensors(&weights_path, &read_bytes(&weights_path)?)?;
     let file = weights_path.display().to_string();
 
     // Group the file's tensors by module path: path -> (A, B).
@@ -231,8 +231,8 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
             return Err(LoraError::Merged(layer.adapter_names_merged()));
         }
         let device = layer.weight().device();
-        let a = a.transposed().to_burn::<B, 2>(&device);
-        let b = b.transposed().to_burn::<B, 2>(&device);
+        let a = a.transposed().into_burn::<B, 2>(&device);
+        let b = b.transposed().into_burn::<B, 2>(&device);
         adapters.push(Some(LoraAdapter::from_factors(name, &lora_config, a, b)?));
         any = true;
     }

@@ -110,16 +110,17 @@ impl<B: Backend> LoraLinear<B> {
     /// - input: `[..., d_input]`
     /// - output: `[..., d_output]`
     pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
-        let active: Vec<&LoraAdapter<B>> = if self.enabled && self.merged.is_empty() {
-            self.adapters().iter().filter(|a| a.is_active()).collect()
-        } else {
-            Vec::new()
-        };
-        if active.is_empty() {
+        let use_adapters = self.enabled && self.merged.is_empty();
+        let mut active = self
+            .adapters()
+            .iter()
+            .filter(|a| use_adapters && a.is_active())
+            .peekable();
+        if active.peek().is_none() {
             return self.forward_base(input);
         }
         let base = self.forward_base(input.clone());
-        active.into_iter().fold(base, |output, adapter| {
+        active.fold(base, |output, adapter| {
             output + adapter.forward(input.clone())
         })
     }

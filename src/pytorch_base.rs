@@ -23,7 +23,7 @@ pub fn load_pytorch_base<B: Backend, M: LoraModel<B>>(
     paths: &PathMap,
 ) -> Result<()> {
     check_unmerged(model.lora_layers())?;
-    let (mut tensors, _) = read_float_tensors(file, &read_bytes(file)?)?;
+    let mut tensors = read_float_tensors(file, &read_bytes(file)?)?;
     let name = file.display().to_string();
     let torch_paths: Vec<String> = lora_layer_paths(model)
         .iter()
@@ -51,9 +51,9 @@ pub fn load_pytorch_base<B: Backend, M: LoraModel<B>>(
         };
         let weight: Tensor<B, 2> = take("weight", vec![d_output, d_input])?
             .transposed()
-            .to_burn::<B, 2>(&device);
+            .into_burn::<B, 2>(&device);
         let bias: Option<Tensor<B, 1>> = match layer.bias() {
-            Some(_) => Some(take("bias", vec![d_output])?.to_burn::<B, 1>(&device)),
+            Some(_) => Some(take("bias", vec![d_output])?.into_burn::<B, 1>(&device)),
             None => None,
         };
         loaded.push((weight, bias));

@@ -39,11 +39,8 @@ impl FloatTensor {
     }
 
     /// The tensor on a Burn device (must be 2-D or 1-D as `D` says; the caller checked the shape).
-    pub fn to_burn<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
-        Tensor::from_data(
-            TensorData::new(self.values.clone(), self.shape.clone()),
-            device,
-        )
+    pub fn into_burn<B: Backend, const D: usize>(self, device: &B::Device) -> Tensor<B, D> {
+        Tensor::from_data(TensorData::new(self.values, self.shape), device)
     }
 }
 
@@ -52,19 +49,17 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| io_error(path, e))
 }
 
-/// Every tensor of a safetensors buffer as f32 (F32, F64, F16 and BF16 are accepted), with the
-/// file's metadata. Truncated or garbage buffers, unsupported dtypes and non-finite values are
+/// Every tensor of a safetensors buffer as f32 (F32, F64, F16 and BF16 are accepted). Truncated or garbage buffers, unsupported dtypes and non-finite values are
 /// errors naming the file and key.
 pub(crate) fn read_float_tensors(
     path: &Path,
     bytes: &[u8],
-) -> Result<(HashMap<String, FloatTensor>, HashMap<String, String>)> {
+) -> Result<HashMap<String, FloatTensor>> {
     let invalid = |reason: String| LoraError::InvalidFile {
         path: path.display().to_string(),
         format: "safetensors".into(),
         reason,
     };
-    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| invalid(e.to_string()))?;
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| invalid(e.to_string()))?;
     let mut out = HashMap::with_capacity(tensors.len());
     for (key, view) in tensors.iter() {
@@ -77,7 +72,7 @@ pub(crate) fn read_float_tensors(
         }
         out.insert(key.to_string(), tensor);
     }
-    Ok((out, metadata.metadata().clone().unwrap_or_default()))
+    Ok(out)
 }
 
 fn to_f32(path: &Path, key: &str, view: &TensorView<'_>) -> Result<FloatTensor> {
