@@ -5,9 +5,9 @@
 
 mod bench_util;
 
-use burn::optim::AdamConfig;
 use burn::tensor::{Distribution, Tensor};
 use burn_lora::backend::{self, Train};
+use burn_lora::optim::FusedAdamConfig;
 use burn_lora::{LoraConfig, LoraLinear, LoraLinearConfig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -28,7 +28,9 @@ fn bench_step(
         layer
             .add_adapter("default", &LoraConfig::new(rank, rank as f64))
             .unwrap();
-        let mut optim = AdamConfig::new().init::<Train, LoraLinear<Train>>();
+        let mut optim = FusedAdamConfig::new()
+            .init::<Train, LoraLinear<Train>>()
+            .expect("default Adam settings are valid");
         let mut slot = Some(layer);
         group.bench_function(BenchmarkId::from_parameter(label(d, rank)), |bencher| {
             bencher.iter(|| {

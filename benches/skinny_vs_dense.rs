@@ -7,10 +7,10 @@
 mod bench_util;
 
 use burn::module::{Module, Param};
-use burn::optim::AdamConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use burn_lora::backend::{self, Train};
+use burn_lora::optim::FusedAdamConfig;
 use burn_lora::{LoraConfig, LoraLinear, LoraLinearConfig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -56,7 +56,9 @@ fn skinny_vs_dense(c: &mut Criterion) {
             .unwrap();
         let dense = DenseDeltaLora::from_layer(&layer);
 
-        let mut optim = AdamConfig::new().init::<Train, LoraLinear<Train>>();
+        let mut optim = FusedAdamConfig::new()
+            .init::<Train, LoraLinear<Train>>()
+            .expect("default Adam settings are valid");
         let mut slot = Some(layer);
         group.bench_function(BenchmarkId::new("skinny", d), |bencher| {
             bencher.iter(|| {
@@ -66,7 +68,9 @@ fn skinny_vs_dense(c: &mut Criterion) {
             })
         });
 
-        let mut optim = AdamConfig::new().init::<Train, DenseDeltaLora<Train>>();
+        let mut optim = FusedAdamConfig::new()
+            .init::<Train, DenseDeltaLora<Train>>()
+            .expect("default Adam settings are valid");
         let mut slot = Some(dense);
         group.bench_function(BenchmarkId::new("dense_delta", d), |bencher| {
             bencher.iter(|| {

@@ -1,16 +1,28 @@
 //! One training step (forward + backward + Adam) of the notebook MLP 784-1000-2000-10:
-//! full fine-tuning against LoRA on all three layers.
+//! full fine-tuning against LoRA on all three layers, each with burn-lora's `FusedAdam` and,
+//! for reference, Burn's own `Adam`.
 //!
 //! `cargo bench --bench train_step` (add `--no-default-features --features flex,mnist` for Flex).
 
 use burn::nn::loss::CrossEntropyLossConfig;
 mod bench_util;
 
-use burn::optim::AdamConfig;
+use burn::module::AutodiffModule;
+use burn::optim::{AdamConfig, Optimizer};
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_lora::backend::{self, Train};
+use burn_lora::optim::FusedAdamConfig;
 use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+/// Which Adam implementation a variant uses.
+#[derive(Clone, Copy)]
+enum Adam {
+    /// burn-lora's `FusedAdam`.
+    Fused,
+    /// Burn's `Adam` (epsilon set to PyTorch's 1e-8, as `FusedAdam`'s default).
+    Burn,
+}
 
 /// Times one Adam step on a fixed batch for full fine-tuning and LoRA rank 1 and 8.
 fn bench_steps(c: &mut Criterion, batch: usize) {
@@ -22,24 +34,54 @@ fn bench_steps(c: &mut Criterion, batch: usize) {
 
     let mut group = c.benchmark_group(format!("train_step/{}/batch{batch}", backend::NAME));
     group.sample_size(20);
-    let variants: [(&str, Option<usize>); 3] =
-        [("full", None), ("lora_r1", Some(1)), ("lora_r8", Some(8))];
-    for (name, rank) in variants {
+    let variants: [(&str, Option<usize>, Adam); 5] = [
+        ("full", None, Adam::Fused),
+        ("lora_r1", Some(1), Adam::Fused),
+        ("lora_r8", Some(8), Adam::Fused),
+        ("full_burn_adam", None, Adam::Burn),
+        ("lora_r1_burn_adam", Some(1), Adam::Burn),
+    ];
+    for (name, rank, adam) in variants {
         let mut model: LoraMlp<Train> = LoraMlpConfig::notebook().init(&device).unwrap();
         if let Some(rank) = rank {
             model.attach(&LoraConfig::new(rank, rank as f64)).unwrap();
         }
-        let mut optim = AdamConfig::new().init::<Train, LoraMlp<Train>>();
-        let mut slot = Some(model);
-        group.bench_function(BenchmarkId::from_parameter(name), |bencher| {
-            bencher.iter(|| {
-                bench_util::step(&mut slot, &mut optim, &device, |model| {
-                    loss_fn.forward(model.forward(x.clone()), y.clone())
-                })
-            })
-        });
+        let loss = |model: &LoraMlp<Train>| loss_fn.forward(model.forward(x.clone()), y.clone());
+        let id = BenchmarkId::from_parameter(name);
+        match adam {
+            Adam::Fused => {
+                let optim = FusedAdamConfig::new()
+                    .init::<Train, LoraMlp<Train>>()
+                    .unwrap();
+                bench_variant(&mut group, id, model, optim, &device, loss);
+            }
+            Adam::Burn => {
+                let optim = AdamConfig::new()
+                    .with_epsilon(1e-8)
+                    .init::<Train, LoraMlp<Train>>();
+                bench_variant(&mut group, id, model, optim, &device, loss);
+            }
+        }
     }
     group.finish();
+}
+
+/// Times [`bench_util::step`] of `model` with `optim`.
+fn bench_variant<M, O>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: BenchmarkId,
+    model: M,
+    mut optim: O,
+    device: &burn::tensor::Device<Train>,
+    loss: impl Fn(&M) -> Tensor<Train, 1>,
+) where
+    M: AutodiffModule<Train>,
+    O: Optimizer<M, Train>,
+{
+    let mut slot = Some(model);
+    group.bench_function(id, |bencher| {
+        bencher.iter(|| bench_util::step(&mut slot, &mut optim, device, &loss))
+    });
 }
 
 fn train_step(c: &mut Criterion) {

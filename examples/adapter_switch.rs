@@ -151,12 +151,7 @@ fn base_model(args: &Args, mnist: &Mnist) -> Result<LoraMlp<Train>, Box<dyn std:
         seed: args.seed,
     };
     let (model, _) = train(model, &mnist.train, &settings)?;
-    if let Some(dir) = args.base.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    model
-        .valid()
-        .save_into(&mut SafetensorsStore::from_file(&args.base))?;
+    common::store::save_model(&model.valid(), &args.base)?;
     Ok(model)
 }
 

@@ -13,7 +13,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::TensorData;
 use burn_lora::backend::{self, Train};
 use burn_lora::{save_adapter, LoraConfig, LoraInit, LoraMlp, LoraMlpConfig, LoraModel, PathMap};
-use burn_store::{ModuleSnapshot, SafetensorsStore};
 use clap::Parser;
 use common::eval::{evaluate, table};
 use common::timing::Phases;
@@ -144,7 +143,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         || -> Result<(), Box<dyn std::error::Error>> {
             std::fs::create_dir_all(&args.out_dir)?;
             let base_path = args.out_dir.join("pretrained.safetensors");
-            pretrained_model.save_into(&mut SafetensorsStore::from_file(&base_path))?;
+            common::store::save_model(&pretrained_model, &base_path)?;
             let adapter_dir = args.out_dir.join("adapter");
             save_adapter(
                 &model,

@@ -7,9 +7,10 @@
 use std::process::Command;
 
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_lora::backend::{self, Train};
+use burn_lora::optim::FusedAdamConfig;
 use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig};
 use clap::{Parser, ValueEnum};
 
@@ -76,7 +77,9 @@ fn train(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
         model.attach(&LoraConfig::new(8, 8.0))?;
     }
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let mut optim = AdamConfig::new().init::<Train, LoraMlp<Train>>();
+    let mut optim = FusedAdamConfig::new()
+        .init::<Train, LoraMlp<Train>>()
+        .expect("default Adam settings are valid");
     let x = Tensor::<Train, 2>::random([BATCH, WIDTH], Distribution::Normal(0.0, 1.0), &device);
     let labels: Vec<i64> = (0..BATCH as i64).collect();
     let y = Tensor::<Train, 1, Int>::from_ints(labels.as_slice(), &device);

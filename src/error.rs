@@ -142,6 +142,16 @@ pub enum LoraError {
     /// A feature of the file or config that burn-lora does not implement (DoRA, trained biases…).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// An optimizer hyper-parameter outside its valid range (a beta outside `[0, 1)`, ...).
+    #[error("optimizer setting {name} = {value} is invalid: it must be {expected}")]
+    InvalidOptimizer {
+        /// The setting.
+        name: String,
+        /// The value given.
+        value: f64,
+        /// The valid range, in words.
+        expected: String,
+    },
     /// The SVD routine failed to converge.
     #[error("SVD failed: {0}")]
     SvdFailed(String),

@@ -66,6 +66,8 @@ mod tensor_file;
 #[cfg(feature = "mnist")]
 pub mod mnist;
 
+pub mod optim;
+
 #[cfg(any(feature = "ndarray", feature = "flex", feature = "cuda"))]
 pub mod backend;
 

@@ -4,6 +4,7 @@
 
 pub mod chart;
 pub mod eval;
+pub mod store;
 pub mod timing;
 pub mod train;
 

@@ -2,10 +2,11 @@
 
 use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
 use burn_lora::mnist::MnistSplit;
+use burn_lora::optim::FusedAdamConfig;
 use burn_lora::LoraMlp;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -26,7 +27,8 @@ pub struct TrainSettings<'a> {
 }
 
 /// Trains every parameter that requires a gradient (all of them before `attach`, only the
-/// adapters after) with Adam (PyTorch's defaults: betas 0.9/0.999, eps 1e-8) and returns the model
+/// adapters after) with Adam (PyTorch's defaults: betas 0.9/0.999, eps 1e-8; burn-lora's fused
+/// update) and returns the model
 /// and the final running loss.
 pub fn train<B: AutodiffBackend>(
     mut model: LoraMlp<B>,
@@ -38,7 +40,7 @@ where
 {
     let device = model.layers()[0].weight().device();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<B, LoraMlp<B>>();
+    let mut optim = FusedAdamConfig::new().init::<B, LoraMlp<B>>()?;
 
     let mut batches = Vec::new();
     for epoch in 0..settings.epochs {

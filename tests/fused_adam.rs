@@ -1,0 +1,271 @@
+//! `FusedAdam` against Burn's own Adam and AdamW, its state, its settings, and the in-place
+//! update's safety: clones of a model and the frozen base are never touched.
+
+mod common;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+use burn_lora::optim::FusedAdamConfig;
+use burn_lora::{LoraConfig, LoraError, LoraMlp, LoraMlpConfig};
+use common::{assert_bit_identical, max_abs_diff, randn, values, AB};
+
+/// A small MLP with a fixed initialisation. Burn initialises parameters lazily, on first use,
+/// so every parameter is read here: clones then share the same values instead of each drawing
+/// their own.
+fn model(seed: u64) -> LoraMlp<AB> {
+    let device = Default::default();
+    AB::seed(&device, seed);
+    let model = LoraMlpConfig::new(24, vec![40, 32], 6)
+        .init::<AB>(&device)
+        .unwrap();
+    for layer in model.layers() {
+        let _ = (layer.weight(), layer.bias());
+    }
+    model
+}
+
+/// Trains `model` for `steps` steps of lr 1e-2 on one fixed batch, with `optim`.
+fn train<O: Optimizer<LoraMlp<AB>, AB>>(
+    mut model: LoraMlp<AB>,
+    optim: &mut O,
+    steps: usize,
+) -> LoraMlp<AB> {
+    let device = Default::default();
+    let x = randn::<AB, 2>([12, 24], 11);
+    let y = Tensor::<AB, 1, Int>::from_ints([0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5], &device);
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    for _ in 0..steps {
+        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-2, model, grads);
+    }
+    model
+}
+
+/// Largest difference over every weight and bias of two models of the same shape.
+fn max_param_diff(a: &LoraMlp<AB>, b: &LoraMlp<AB>) -> f32 {
+    a.layers()
+        .iter()
+        .zip(b.layers())
+        .map(|(la, lb)| {
+            let w = max_abs_diff(la.weight(), lb.weight());
+            let bias = max_abs_diff(la.bias().unwrap(), lb.bias().unwrap());
+            w.max(bias)
+        })
+        .fold(0.0, f32::max)
+}
+
+/// The parameters moved: a check that a comparison is not between two untrained models.
+fn assert_trained(before: &LoraMlp<AB>, after: &LoraMlp<AB>) {
+    assert!(
+        max_param_diff(before, after) > 1e-3,
+        "training did not move the parameters"
+    );
+}
+
+#[test]
+fn matches_burn_adam_step_for_step() {
+    let start = model(1);
+    let ours = train(
+        start.clone(),
+        &mut FusedAdamConfig::new().init().unwrap(),
+        20,
+    );
+    let burns = train(
+        start.clone(),
+        &mut AdamConfig::new().with_epsilon(1e-8).init(),
+        20,
+    );
+    assert_trained(&start, &ours);
+    let diff = max_param_diff(&ours, &burns);
+    assert!(diff < 1e-5, "FusedAdam and Burn's Adam differ by {diff}");
+}
+
+#[test]
+fn l2_weight_decay_matches_burn_adam_with_weight_decay() {
+    let start = model(2);
+    let ours = train(
+        start.clone(),
+        &mut FusedAdamConfig::new()
+            .with_weight_decay(0.1)
+            .init()
+            .unwrap(),
+        15,
+    );
+    let burns = train(
+        start.clone(),
+        &mut AdamConfig::new()
+            .with_epsilon(1e-8)
+            .with_weight_decay(Some(WeightDecayConfig::new(0.1)))
+            .init(),
+        15,
+    );
+    let plain = train(start, &mut FusedAdamConfig::new().init().unwrap(), 15);
+    let diff = max_param_diff(&ours, &burns);
+    assert!(diff < 1e-5, "L2 decay differs from Burn's by {diff}");
+    assert!(
+        max_param_diff(&ours, &plain) > 1e-4,
+        "weight decay changed nothing"
+    );
+}
+
+#[test]
+fn decoupled_weight_decay_matches_burn_adamw() {
+    let start = model(3);
+    let ours = train(
+        start.clone(),
+        &mut FusedAdamConfig::adamw(0.5).init().unwrap(),
+        15,
+    );
+    let burns = train(
+        start.clone(),
+        &mut AdamWConfig::new()
+            .with_epsilon(1e-8)
+            .with_weight_decay(0.5)
+            .init(),
+        15,
+    );
+    assert_trained(&start, &ours);
+    let diff = max_param_diff(&ours, &burns);
+    assert!(diff < 1e-5, "AdamW differs from Burn's by {diff}");
+}
+
+#[test]
+fn gradient_clipping_matches_burn_adam_with_the_same_clipping() {
+    let start = model(4);
+    let clip = GradientClippingConfig::Norm(0.05);
+    let ours = train(
+        start.clone(),
+        &mut FusedAdamConfig::new()
+            .with_grad_clipping(Some(clip.clone()))
+            .init()
+            .unwrap(),
+        10,
+    );
+    let burns = train(
+        start.clone(),
+        &mut AdamConfig::new()
+            .with_epsilon(1e-8)
+            .with_grad_clipping(Some(clip))
+            .init(),
+        10,
+    );
+    assert_trained(&start, &ours);
+    let diff = max_param_diff(&ours, &burns);
+    assert!(
+        diff < 1e-5,
+        "clipped FusedAdam differs from Burn's by {diff}"
+    );
+}
+
+#[test]
+fn saved_state_resumes_exactly() {
+    let mut optim = FusedAdamConfig::new().init().unwrap();
+    let halfway = train(model(5), &mut optim, 6);
+    let record = optim.to_record();
+    let straight = train(halfway.clone(), &mut optim, 6);
+
+    // A fresh optimizer that loads the record continues as if never interrupted...
+    let mut resumed = FusedAdamConfig::new().init().unwrap().load_record(record);
+    let continued = train(halfway.clone(), &mut resumed, 6);
+    assert_eq!(max_param_diff(&straight, &continued), 0.0);
+
+    // ...while one that starts from scratch does not.
+    let restarted = train(halfway, &mut FusedAdamConfig::new().init().unwrap(), 6);
+    assert!(max_param_diff(&straight, &restarted) > 1e-5);
+}
+
+#[test]
+fn clones_of_the_model_are_not_updated_in_place() {
+    let start = model(6);
+    let keep = start.clone();
+    let snapshot: Vec<Vec<f32>> = keep.layers().iter().map(|l| values(l.weight())).collect();
+    let trained = train(start, &mut FusedAdamConfig::new().init().unwrap(), 5);
+    assert_trained(&keep, &trained);
+    for (layer, before) in keep.layers().iter().zip(snapshot) {
+        assert_eq!(
+            values(layer.weight()),
+            before,
+            "a clone changed under training"
+        );
+    }
+}
+
+#[test]
+fn frozen_base_is_bit_identical_after_lora_training() {
+    let mut model = model(7);
+    model.attach(&LoraConfig::new(2, 2.0)).unwrap();
+    let base: Vec<_> = model
+        .layers()
+        .iter()
+        .map(|l| (l.weight(), l.bias().unwrap()))
+        .collect();
+    let adapter_b = model.layers()[0].adapters()[0].lora_b();
+    let trained = train(model, &mut FusedAdamConfig::new().init().unwrap(), 10);
+    for (layer, (weight, bias)) in trained.layers().iter().zip(base) {
+        assert_bit_identical(layer.weight(), weight);
+        assert_bit_identical(layer.bias().unwrap(), bias);
+    }
+    let moved = max_abs_diff(trained.layers()[0].adapters()[0].lora_b(), adapter_b);
+    assert!(moved > 1e-3, "the adapter did not train");
+}
+
+#[test]
+fn training_converges_with_the_fused_update() {
+    let device = Default::default();
+    let start = model(8);
+    let x = randn::<AB, 2>([12, 24], 11);
+    let y = Tensor::<AB, 1, Int>::from_ints([0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5], &device);
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let loss_of = |m: &LoraMlp<AB>| {
+        loss_fn
+            .forward(m.forward(x.clone()), y.clone())
+            .into_scalar()
+    };
+    let before = loss_of(&start);
+    let trained = train(start, &mut FusedAdamConfig::new().init().unwrap(), 60);
+    let after = loss_of(&trained);
+    assert!(after < 0.1 * before, "loss went from {before} to {after}");
+}
+
+#[test]
+fn every_bad_setting_is_an_error_naming_it() {
+    let cases = [
+        ("beta_1", FusedAdamConfig::new().with_beta_1(1.0)),
+        ("beta_1", FusedAdamConfig::new().with_beta_1(-0.1)),
+        ("beta_2", FusedAdamConfig::new().with_beta_2(f32::NAN)),
+        ("epsilon", FusedAdamConfig::new().with_epsilon(0.0)),
+        (
+            "epsilon",
+            FusedAdamConfig::new().with_epsilon(f32::INFINITY),
+        ),
+        (
+            "weight_decay",
+            FusedAdamConfig::new().with_weight_decay(-1e-3),
+        ),
+        ("weight_decay", FusedAdamConfig::adamw(f32::NAN)),
+    ];
+    for (name, config) in cases {
+        match config.init::<AB, LoraMlp<AB>>() {
+            Err(LoraError::InvalidOptimizer { name: found, .. }) => assert_eq!(found, name),
+            Err(other) => panic!("{name}: wrong error {other}"),
+            Ok(_) => panic!("{name}: accepted {config:?}"),
+        }
+    }
+    assert!(FusedAdamConfig::new().validate().is_ok());
+    assert!(FusedAdamConfig::adamw(0.01).build().is_ok());
+}
+
+#[test]
+fn only_parameters_with_gradients_get_state() {
+    // LoRA freezes the base: only the two factors of each layer's adapter have state.
+    let mut model = model(9);
+    model.attach(&LoraConfig::new(1, 1.0)).unwrap();
+    let mut optim = FusedAdamConfig::new().init().unwrap();
+    let trained = train(model, &mut optim, 2);
+    assert_eq!(optim.to_record().len(), 2 * trained.layers().len());
+}
