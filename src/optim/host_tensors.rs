@@ -20,39 +20,49 @@ pub(crate) fn fused_adam_in_place<P: Any>(
     coefficients: &AdamCoefficients,
 ) -> bool {
     #[cfg(feature = "ndarray")]
-    if let Some(done) = ndarray::fused(param, grad, moment_1, moment_2, coefficients) {
-        return done;
+    if let Some((p, g, m, v)) = downcast(param, grad, moment_1, moment_2) {
+        return ndarray::fused(p, g, m, v, coefficients);
     }
     #[cfg(feature = "flex")]
-    if let Some(done) = flex::fused(param, grad, moment_1, moment_2, coefficients) {
-        return done;
+    if let Some((p, g, m, v)) = downcast(param, grad, moment_1, moment_2) {
+        return flex::fused(p, g, m, v, coefficients);
     }
     let _ = (param, grad, moment_1, moment_2, coefficients);
     false
 }
 
+/// The four primitives as the concrete tensor type `T`, if that is what they are.
+#[allow(dead_code)] // unused when neither CPU backend is compiled in
+fn downcast<'a, P: Any, T: Any>(
+    param: &'a mut P,
+    grad: &'a P,
+    moment_1: &'a mut P,
+    moment_2: &'a mut P,
+) -> Option<(&'a mut T, &'a T, &'a mut T, &'a mut T)> {
+    Some((
+        (param as &mut dyn Any).downcast_mut::<T>()?,
+        (grad as &dyn Any).downcast_ref::<T>()?,
+        (moment_1 as &mut dyn Any).downcast_mut::<T>()?,
+        (moment_2 as &mut dyn Any).downcast_mut::<T>()?,
+    ))
+}
+
 /// NdArray's tensors: an enum over dtypes around `ndarray`'s copy-on-write `ArcArray`.
 #[cfg(feature = "ndarray")]
 mod ndarray {
-    use core::any::Any;
-
     use burn::backend::ndarray::NdArrayTensor;
 
     use super::super::kernel::{adam_update, AdamCoefficients};
 
-    /// `None` if these are not NdArray tensors; `Some(false)` if they are but cannot be fused
-    /// (another dtype, a non-standard layout); `Some(true)` once updated.
-    pub(super) fn fused<P: Any>(
-        param: &mut P,
-        grad: &P,
-        moment_1: &mut P,
-        moment_2: &mut P,
+    /// Updates in place and returns `true`, or returns `false` without changing anything when
+    /// the tensors cannot be fused (another dtype, a non-standard layout).
+    pub(super) fn fused(
+        param: &mut NdArrayTensor,
+        grad: &NdArrayTensor,
+        moment_1: &mut NdArrayTensor,
+        moment_2: &mut NdArrayTensor,
         coefficients: &AdamCoefficients,
-    ) -> Option<bool> {
-        let param = (param as &mut dyn Any).downcast_mut::<NdArrayTensor>()?;
-        let grad = (grad as &dyn Any).downcast_ref::<NdArrayTensor>()?;
-        let moment_1 = (moment_1 as &mut dyn Any).downcast_mut::<NdArrayTensor>()?;
-        let moment_2 = (moment_2 as &mut dyn Any).downcast_mut::<NdArrayTensor>()?;
+    ) -> bool {
         let (
             NdArrayTensor::F32(param),
             NdArrayTensor::F32(grad),
@@ -60,7 +70,7 @@ mod ndarray {
             NdArrayTensor::F32(moment_2),
         ) = (param, grad, moment_1, moment_2)
         else {
-            return Some(false);
+            return false;
         };
         let grad = grad.view();
         let shape = grad.shape();
@@ -75,7 +85,7 @@ mod ndarray {
             && standard!(moment_1)
             && standard!(moment_2))
         {
-            return Some(false);
+            return false;
         }
         // `as_slice_mut` copies a shared buffer first (copy-on-write), so other holders of the
         // same data never see the update.
@@ -85,18 +95,16 @@ mod ndarray {
             moment_1.ensure_owned().as_slice_mut(),
             moment_2.ensure_owned().as_slice_mut(),
         ) else {
-            return Some(false);
+            return false;
         };
         adam_update(param, grad, moment_1, moment_2, coefficients);
-        Some(true)
+        true
     }
 }
 
 /// Flex's tensors: a reference-counted byte buffer with a strided layout and a runtime dtype.
 #[cfg(feature = "flex")]
 mod flex {
-    use core::any::Any;
-
     use burn::backend::flex::FlexTensor;
     use burn::tensor::DType;
 
@@ -110,19 +118,15 @@ mod flex {
         tensor.layout().contiguous_offsets()
     }
 
-    /// `None` if these are not Flex tensors; `Some(false)` if they are but cannot be fused;
-    /// `Some(true)` once updated.
-    pub(super) fn fused<P: Any>(
-        param: &mut P,
-        grad: &P,
-        moment_1: &mut P,
-        moment_2: &mut P,
+    /// Updates in place and returns `true`, or returns `false` without changing anything when
+    /// the tensors cannot be fused (another dtype, a non-contiguous layout).
+    pub(super) fn fused(
+        param: &mut FlexTensor,
+        grad: &FlexTensor,
+        moment_1: &mut FlexTensor,
+        moment_2: &mut FlexTensor,
         coefficients: &AdamCoefficients,
-    ) -> Option<bool> {
-        let param = (param as &mut dyn Any).downcast_mut::<FlexTensor>()?;
-        let grad = (grad as &dyn Any).downcast_ref::<FlexTensor>()?;
-        let moment_1 = (moment_1 as &mut dyn Any).downcast_mut::<FlexTensor>()?;
-        let moment_2 = (moment_2 as &mut dyn Any).downcast_mut::<FlexTensor>()?;
+    ) -> bool {
         let shape = grad.layout().shape().as_slice().to_vec();
         let ranges = (
             f32_range(param, &shape),
@@ -131,7 +135,7 @@ mod flex {
             f32_range(moment_2, &shape),
         );
         let (Some(p), Some(g), Some(m), Some(v)) = ranges else {
-            return Some(false);
+            return false;
         };
         // `storage_mut` copies a shared buffer first (copy-on-write).
         adam_update(
@@ -141,7 +145,7 @@ mod flex {
             &mut moment_2.storage_mut::<f32>()[v.0..v.1],
             coefficients,
         );
-        Some(true)
+        true
     }
 }
 
