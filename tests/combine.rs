@@ -54,14 +54,14 @@ fn combined_delta_equals_the_weighted_sum_of_deltas() {
         + layer.adapter("b").unwrap().delta_weight().mul_scalar(wb);
     let diff = max_abs_diff(mix.delta_weight(), expected);
     // Same products, summed over 5 instead of 2+3 terms: f32 rounding only.
-    assert!(diff < 1e-5, "layer 0: {diff}");
+    assert!(diff < common::matmul_tol(1e-5), "layer 0: {diff}");
 
     // Layer 1 holds only "a": the combination is wa·ΔW_a.
     let layer = &model.layers()[1];
     let mix = layer.adapter("mix").unwrap();
     assert_eq!(mix.rank(), 2);
     let expected = layer.adapter("a").unwrap().delta_weight().mul_scalar(wa);
-    assert!(max_abs_diff(mix.delta_weight(), expected) < 1e-5);
+    assert!(max_abs_diff(mix.delta_weight(), expected) < common::matmul_tol(1e-5));
 }
 
 #[test]
@@ -81,7 +81,7 @@ fn combined_adapter_output_adds_the_weighted_contributions() {
     assert_eq!(model.layers()[0].active_adapters(), vec!["half"]);
     let ymix = model.layers()[0].forward(x.clone()) - base;
     let diff = max_abs_diff(ymix, (ya + yb).mul_scalar(0.5));
-    assert!(diff < 1e-4, "{diff}");
+    assert!(diff < common::matmul_tol(1e-4), "{diff}");
 }
 
 #[test]
