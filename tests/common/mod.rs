@@ -9,8 +9,8 @@ pub use burn_lora::backend::{Inference as B, Train as AB};
 /// A seeded standard-normal tensor on the test device.
 ///
 /// The values are drawn on the host (SplitMix64 and Box-Muller), so the same seed gives the same
-/// tensor on every backend and at every call: backends' own generators differ (CUDA's does not
-/// restart at each `seed`).
+/// tensor on every backend and at every call. Backends' own generators differ, and on CUDA
+/// two tensors drawn after the same `seed` came out different.
 pub fn randn<Bk: Backend, const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Bk, D> {
     let mut state = seed;
     let mut uniform = move || {
