@@ -12,13 +12,16 @@
 //! - [`LoraConfig`]: rank, alpha, dropout, rsLoRA, init of `A`.
 //! - [`LoraLinear`]: a frozen base plus named [`LoraAdapter`]s; toggle, switch, merge.
 //! - [`LoraMlp`]: a ReLU MLP of `LoraLinear`s with a [`ParameterReport`].
+//! - [`optim::FusedAdamConfig`]: Adam / AdamW as a drop-in for Burn's, updating each parameter
+//!   in one fused pass on the CPU backends.
 //! - [`LoraError`]: every bad input is an error, never a panic.
 //!
 //! ```
 //!
 //! use burn::nn::loss::CrossEntropyLossConfig;
-//! use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+//! use burn::optim::{GradientsParams, Optimizer};
 //! use burn::tensor::{Distribution, Int, Tensor};
+//! use burn_lora::optim::FusedAdamConfig;
 //! use burn_lora::{LoraConfig, LoraInit, LoraMlpConfig, LoraModel};
 //!
 //! type B = burn_lora::backend::Train;
@@ -36,7 +39,7 @@
 //! let y = Tensor::<B, 1, Int>::from_ints([0, 1, 2, 3], &device);
 //! let loss = CrossEntropyLossConfig::new().init(&device).forward(model.forward(x), y);
 //! let grads = GradientsParams::from_grads(loss.backward(), &model);
-//! let mut model = AdamConfig::new().init().step(1e-3, model, grads);
+//! let mut model = FusedAdamConfig::new().init()?.step(1e-3, model, grads);
 //!
 //! // Toggle the adapter off (exactly the base model) and on again, then merge it away.
 //! model.set_enabled(false);
