@@ -7,6 +7,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, Optimizer};
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use burn_lora::optim::FusedAdamConfig;
@@ -133,7 +134,16 @@ fn gradient_clipping_matches_burn_adam_with_the_same_clipping() {
 fn saved_state_resumes_exactly() {
     let mut optim = FusedAdamConfig::new().init().unwrap();
     let halfway = train(model(5), &mut optim, 6);
-    let record = optim.to_record();
+    // Through a file, as a checkpoint would go.
+    let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("optimizer");
+    recorder
+        .record(optim.to_record(), path.clone())
+        .expect("optimizer state saves");
+    let record = recorder
+        .load(path, &Default::default())
+        .expect("optimizer state loads");
     let straight = train(halfway.clone(), &mut optim, 6);
 
     // A fresh optimizer that loads the record continues as if never interrupted...
