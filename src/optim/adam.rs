@@ -140,6 +140,9 @@ impl FusedAdamConfig {
 
 /// Adam / AdamW whose update is one fused pass on CPU backends. Build it with
 /// [`FusedAdamConfig`].
+///
+/// A saved state whose moments do not have the parameter's shape (a record loaded from another
+/// model) is ignored for that parameter, which starts again from zero moments.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FusedAdam {
     beta_1: f32,
@@ -171,6 +174,10 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdam {
         state: Option<Self::State<D>>,
     ) -> (Tensor<B, D>, Option<Self::State<D>>) {
         // A missing state is the all-zero one: the first step then gives Burn's first step.
+        // So is a state whose moments do not have the parameter's shape (a record loaded from
+        // another model): starting afresh beats panicking or broadcasting it.
+        let shape = tensor.shape();
+        let state = state.filter(|s| s.moment_1.shape() == shape && s.moment_2.shape() == shape);
         let (time, moment_1, moment_2) = match state {
             Some(state) => (state.time, state.moment_1, state.moment_2),
             None => (0, tensor.zeros_like(), tensor.zeros_like()),
@@ -263,6 +270,26 @@ mod tests {
 
     fn host(t: &Tensor<Inference, 2>) -> Vec<f32> {
         t.to_data().to_vec().unwrap()
+    }
+
+    /// A state of the wrong shape is replaced by a fresh one instead of panicking.
+    #[test]
+    fn mismatched_state_starts_afresh() {
+        let device = Default::default();
+        let optim = FusedAdamConfig::new().build().unwrap();
+        let param = Tensor::<Inference, 2>::ones([3, 4], &device);
+        let grad = Tensor::<Inference, 2>::ones([3, 4], &device);
+        let (fresh, _) = optim.step(1e-2, param.clone(), grad.clone(), None);
+        let wrong = FusedAdamState {
+            time: 7,
+            moment_1: Tensor::<Inference, 2>::ones([4, 3], &device),
+            moment_2: Tensor::<Inference, 2>::ones([4, 3], &device),
+        };
+        let (updated, state) = optim.step(1e-2, param, grad, Some(wrong));
+        assert_eq!(host(&updated), host(&fresh));
+        let state = state.unwrap();
+        assert_eq!(state.time, 1);
+        assert_eq!(state.moment_1.dims(), [3, 4]);
     }
 
     /// The tensor-operation fallback and the fused kernel compute the same update.
