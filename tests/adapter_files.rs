@@ -165,6 +165,14 @@ struct Raw {
     data: Vec<u8>,
 }
 
+/// The tensor named `key` among `tensors` (the test's own fixture: it is there).
+fn raw_mut<'a>(tensors: &'a mut [Raw], key: &str) -> &'a mut Raw {
+    tensors
+        .iter_mut()
+        .find(|t| t.key == key)
+        .unwrap_or_else(|| panic!("fixture has no tensor {key}"))
+}
+
 impl Raw {
     fn f32(key: &str, shape: Vec<usize>, values: &[f32]) -> Self {
         Self {
@@ -677,7 +685,7 @@ fn wrong_input_width_is_shape_mismatch_naming_the_key_and_changes_nothing() {
     let mut case = case();
     let a = key("layers.0", "lora_A");
     edit_tensors(case.dir.path(), |tensors| {
-        let t = tensors.iter_mut().find(|t| t.key == a).unwrap();
+        let t = raw_mut(tensors, &a);
         *t = Raw::f32(&a, vec![4, 783], &vec![0.25; 4 * 783]);
     });
     let err = case.load_fails("incoming");
@@ -734,7 +742,7 @@ fn integer_tensors_are_unsupported_dtype_naming_the_key_and_change_nothing() {
         let mut case = case();
         let b = key("layers.1", "lora_B");
         edit_tensors(case.dir.path(), |tensors| {
-            let t = tensors.iter_mut().find(|t| t.key == b).unwrap();
+            let t = raw_mut(tensors, &b);
             t.dtype = dtype;
             t.data = vec![1; 10 * 4 * width];
         });
@@ -805,7 +813,7 @@ fn nan_or_infinite_values_are_non_finite_naming_the_key_and_change_nothing() {
         let mut case = case();
         let a = key("layers.1", "lora_A");
         edit_tensors(case.dir.path(), |tensors| {
-            let t = tensors.iter_mut().find(|t| t.key == a).unwrap();
+            let t = raw_mut(tensors, &a);
             let mut v = t.f32_values();
             v[5] = bad;
             *t = Raw::f32(&a, t.shape.clone(), &v);
@@ -1108,10 +1116,7 @@ fn pytorch_base_missing_weight_or_bias_is_missing_key_and_changes_nothing() {
 fn pytorch_base_wrong_shape_is_shape_mismatch_and_changes_nothing() {
     // Burn's orientation [in, out] instead of PyTorch's [out, in].
     let err = base_load_fails(|tensors| {
-        let t = tensors
-            .iter_mut()
-            .find(|t| t.key == "layers.0.weight")
-            .unwrap();
+        let t = raw_mut(tensors, "layers.0.weight");
         t.shape = vec![20, 12];
     });
     assert_shape_mismatch(&err, "layers.0.weight", &[12, 20], &[20, 12]);
@@ -1129,10 +1134,7 @@ fn pytorch_base_unexpected_key_is_unexpected_key_and_changes_nothing() {
 #[test]
 fn pytorch_base_non_float_or_non_finite_tensor_is_an_error_and_changes_nothing() {
     let err = base_load_fails(|tensors| {
-        let t = tensors
-            .iter_mut()
-            .find(|t| t.key == "layers.1.bias")
-            .unwrap();
+        let t = raw_mut(tensors, "layers.1.bias");
         t.dtype = Dtype::I32;
     });
     assert!(
@@ -1140,10 +1142,7 @@ fn pytorch_base_non_float_or_non_finite_tensor_is_an_error_and_changes_nothing()
         "{err:?}"
     );
     let err = base_load_fails(|tensors| {
-        let t = tensors
-            .iter_mut()
-            .find(|t| t.key == "layers.1.bias")
-            .unwrap();
+        let t = raw_mut(tensors, "layers.1.bias");
         t.data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
     });
     assert!(
