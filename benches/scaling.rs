@@ -7,7 +7,6 @@ mod bench_util;
 
 use burn::tensor::{Distribution, Tensor};
 use burn_lora::backend::{self, Train};
-use burn_lora::optim::FusedAdamConfig;
 use burn_lora::{LoraConfig, LoraLinear, LoraLinearConfig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -28,17 +27,14 @@ fn bench_step(
         layer
             .add_adapter("default", &LoraConfig::new(rank, rank as f64))
             .unwrap();
-        let mut optim = FusedAdamConfig::new()
-            .init::<Train, LoraLinear<Train>>()
-            .expect("default Adam settings are valid");
-        let mut slot = Some(layer);
-        group.bench_function(BenchmarkId::from_parameter(label(d, rank)), |bencher| {
-            bencher.iter(|| {
-                bench_util::step(&mut slot, &mut optim, &device, |layer| {
-                    layer.forward(x.clone()).square().mean()
-                })
-            })
-        });
+        let id = BenchmarkId::from_parameter(label(d, rank));
+        bench_util::bench_fused_adam(
+            &mut group,
+            id,
+            layer,
+            &device,
+            |layer: &LoraLinear<Train>| layer.forward(x.clone()).square().mean(),
+        );
     }
     group.finish();
 }

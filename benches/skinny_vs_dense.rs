@@ -10,7 +10,6 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use burn_lora::backend::{self, Train};
-use burn_lora::optim::FusedAdamConfig;
 use burn_lora::{LoraConfig, LoraLinear, LoraLinearConfig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -56,29 +55,20 @@ fn skinny_vs_dense(c: &mut Criterion) {
             .unwrap();
         let dense = DenseDeltaLora::from_layer(&layer);
 
-        let mut optim = FusedAdamConfig::new()
-            .init::<Train, LoraLinear<Train>>()
-            .expect("default Adam settings are valid");
-        let mut slot = Some(layer);
-        group.bench_function(BenchmarkId::new("skinny", d), |bencher| {
-            bencher.iter(|| {
-                bench_util::step(&mut slot, &mut optim, &device, |layer| {
-                    layer.forward(x.clone()).square().mean()
-                })
-            })
-        });
-
-        let mut optim = FusedAdamConfig::new()
-            .init::<Train, DenseDeltaLora<Train>>()
-            .expect("default Adam settings are valid");
-        let mut slot = Some(dense);
-        group.bench_function(BenchmarkId::new("dense_delta", d), |bencher| {
-            bencher.iter(|| {
-                bench_util::step(&mut slot, &mut optim, &device, |model| {
-                    model.forward(x.clone()).square().mean()
-                })
-            })
-        });
+        bench_util::bench_fused_adam(
+            &mut group,
+            BenchmarkId::new("skinny", d),
+            layer,
+            &device,
+            |layer: &LoraLinear<Train>| layer.forward(x.clone()).square().mean(),
+        );
+        bench_util::bench_fused_adam(
+            &mut group,
+            BenchmarkId::new("dense_delta", d),
+            dense,
+            &device,
+            |model: &DenseDeltaLora<Train>| model.forward(x.clone()).square().mean(),
+        );
     }
     group.finish();
 }

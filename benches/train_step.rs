@@ -7,11 +7,9 @@
 use burn::nn::loss::CrossEntropyLossConfig;
 mod bench_util;
 
-use burn::module::AutodiffModule;
-use burn::optim::{AdamConfig, Optimizer};
+use burn::optim::AdamConfig;
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_lora::backend::{self, Train};
-use burn_lora::optim::FusedAdamConfig;
 use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -49,39 +47,16 @@ fn bench_steps(c: &mut Criterion, batch: usize) {
         let loss = |model: &LoraMlp<Train>| loss_fn.forward(model.forward(x.clone()), y.clone());
         let id = BenchmarkId::from_parameter(name);
         match adam {
-            Adam::Fused => {
-                let optim = FusedAdamConfig::new()
-                    .init::<Train, LoraMlp<Train>>()
-                    .unwrap();
-                bench_variant(&mut group, id, model, optim, &device, loss);
-            }
+            Adam::Fused => bench_util::bench_fused_adam(&mut group, id, model, &device, loss),
             Adam::Burn => {
                 let optim = AdamConfig::new()
                     .with_epsilon(1e-8)
                     .init::<Train, LoraMlp<Train>>();
-                bench_variant(&mut group, id, model, optim, &device, loss);
+                bench_util::bench_training(&mut group, id, model, optim, &device, loss);
             }
         }
     }
     group.finish();
-}
-
-/// Times [`bench_util::step`] of `model` with `optim`.
-fn bench_variant<M, O>(
-    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    id: BenchmarkId,
-    model: M,
-    mut optim: O,
-    device: &burn::tensor::Device<Train>,
-    loss: impl Fn(&M) -> Tensor<Train, 1>,
-) where
-    M: AutodiffModule<Train>,
-    O: Optimizer<M, Train>,
-{
-    let mut slot = Some(model);
-    group.bench_function(id, |bencher| {
-        bencher.iter(|| bench_util::step(&mut slot, &mut optim, device, &loss))
-    });
 }
 
 fn train_step(c: &mut Criterion) {

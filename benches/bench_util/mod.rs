@@ -5,6 +5,9 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
+use burn_lora::optim::FusedAdamConfig;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId};
 
 /// Waits for an asynchronous backend (CUDA) so the work lands inside the timed region.
 pub fn sync<B: Backend>(device: &B::Device) {
@@ -27,4 +30,40 @@ pub fn step<B, M, O>(
     let grads = GradientsParams::from_grads(loss(&model).backward(), &model);
     *slot = Some(optim.step(1e-3, model, grads));
     sync::<B>(device);
+}
+
+/// Times [`step`] of `model` with `optim` as benchmark `id` of `group`.
+pub fn bench_training<B, M, O>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    model: M,
+    mut optim: O,
+    device: &B::Device,
+    loss: impl Fn(&M) -> Tensor<B, 1>,
+) where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+{
+    let mut slot = Some(model);
+    group.bench_function(id, |bencher| {
+        bencher.iter(|| step(&mut slot, &mut optim, device, &loss))
+    });
+}
+
+/// [`bench_training`] with burn-lora's `FusedAdam` at its default settings.
+pub fn bench_fused_adam<B, M>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    model: M,
+    device: &B::Device,
+    loss: impl Fn(&M) -> Tensor<B, 1>,
+) where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+{
+    let optim = FusedAdamConfig::new()
+        .init::<B, M>()
+        .expect("default Adam settings are valid");
+    bench_training(group, id, model, optim, device, loss);
 }
