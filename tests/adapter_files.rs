@@ -165,6 +165,15 @@ struct Raw {
     data: Vec<u8>,
 }
 
+/// Asserts `err` is [`LoraError::InvalidFile`] for a path ending in `file`, in `format`.
+fn assert_invalid_file(err: &LoraError, file: &str, expected_format: &str, case: &str) {
+    assert!(
+        matches!(err, LoraError::InvalidFile { path, format, .. }
+            if path.ends_with(file) && format == expected_format),
+        "{case:?}: {err:?}"
+    );
+}
+
 /// The tensor named `key` among `tensors` (the test's own fixture: it is there).
 fn raw_mut<'a>(tensors: &'a mut [Raw], key: &str) -> &'a mut Raw {
     tensors
@@ -858,11 +867,7 @@ fn truncated_garbage_and_empty_weight_files_are_invalid_file_and_change_nothing(
         let path = case.weights_path();
         std::fs::write(&path, mutate(std::fs::read(&path).unwrap())).unwrap();
         let err = case.load_fails("incoming");
-        assert!(
-            matches!(&err, LoraError::InvalidFile { path, format, .. }
-                if path.ends_with(ADAPTER_WEIGHTS_FILE) && format == "safetensors"),
-            "{what}: {err:?}"
-        );
+        assert_invalid_file(&err, ADAPTER_WEIGHTS_FILE, "safetensors", what);
     }
 }
 
@@ -872,11 +877,7 @@ fn invalid_json_config_is_invalid_file_and_changes_nothing() {
         let mut case = case();
         std::fs::write(case.dir.path().join(ADAPTER_CONFIG_FILE), text).unwrap();
         let err = case.load_fails("incoming");
-        assert!(
-            matches!(&err, LoraError::InvalidFile { path, format, .. }
-                if path.ends_with(ADAPTER_CONFIG_FILE) && format == "adapter_config.json"),
-            "{text:?}: {err:?}"
-        );
+        assert_invalid_file(&err, ADAPTER_CONFIG_FILE, "adapter_config.json", text);
     }
 }
 
