@@ -425,16 +425,7 @@ fn adapter_on_some_layers_round_trips_and_leaves_the_others_bare() {
 
 #[test]
 fn keys_with_and_without_the_base_model_prefix_both_load() {
-    let base = base_model(&[784, 32, 10]);
-    let mut source = base.clone();
-    insert_trained(
-        &mut source,
-        "default",
-        &on_all(&base, &LoraConfig::new(4, 8.0)),
-        5,
-    );
-    let dir = tempfile::tempdir().unwrap();
-    save_adapter(&source, "default", dir.path(), &PathMap::identity()).unwrap();
+    let (base, source, dir) = saved_default_adapter(5);
     let written = read_raw(&dir.path().join(ADAPTER_WEIGHTS_FILE));
     assert!(
         written.iter().all(|t| t.key.starts_with(PREFIX)),
@@ -554,17 +545,24 @@ struct Case {
     source: LoraMlp<B>,
 }
 
-fn case() -> Case {
+/// A base MLP 784-32-10, and a copy holding a trained rank-4 adapter "default" on every layer,
+/// saved to a fresh directory.
+fn saved_default_adapter(seed: u64) -> (LoraMlp<B>, LoraMlp<B>, TempDir) {
     let base = base_model(&[784, 32, 10]);
     let mut source = base.clone();
     insert_trained(
         &mut source,
         "default",
         &on_all(&base, &LoraConfig::new(4, 8.0)),
-        7,
+        seed,
     );
     let dir = tempfile::tempdir().unwrap();
     save_adapter(&source, "default", dir.path(), &PathMap::identity()).unwrap();
+    (base, source, dir)
+}
+
+fn case() -> Case {
+    let (base, source, dir) = saved_default_adapter(7);
     let mut model = base.clone();
     insert_trained(
         &mut model,
