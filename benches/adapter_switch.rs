@@ -4,8 +4,8 @@
 //! `cargo bench --bench adapter_switch`
 
 use burn::tensor::{Distribution, Tensor};
-use burn_lora::backend::{self, Inference};
 use burn_lora::{LoraAdapter, LoraConfig, LoraMlp, LoraMlpConfig, LoraModel};
+use burn_lora_support::backend::{self, Inference};
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use criterion::{criterion_group, criterion_main, Criterion};
 

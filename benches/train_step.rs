@@ -9,8 +9,8 @@ mod bench_util;
 
 use burn::optim::AdamConfig;
 use burn::tensor::{Distribution, Int, Tensor};
-use burn_lora::backend::{self, Train};
 use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig};
+use burn_lora_support::backend::{self, Train};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 /// Which Adam implementation a variant uses.

@@ -12,11 +12,11 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
-use burn_lora::backend::{self, Inference, Train};
-use burn_lora::mnist::Mnist;
 use burn_lora::{
     load_adapter, save_adapter, LoraConfig, LoraInit, LoraMlp, LoraMlpConfig, LoraModel, PathMap,
 };
+use burn_lora_support::backend::{self, Inference, Train};
+use burn_lora_support::mnist::Mnist;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use clap::Parser;
 use common::eval::{evaluate, table};

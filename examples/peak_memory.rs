@@ -9,9 +9,9 @@ use std::process::Command;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Distribution, Int, Tensor};
-use burn_lora::backend::{self, Train};
-use burn_lora::optim::FusedAdamConfig;
+use burn_fused_adam::FusedAdamConfig;
 use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig};
+use burn_lora_support::backend::{self, Train};
 use clap::{Parser, ValueEnum};
 
 const WIDTH: usize = 4096;

@@ -15,11 +15,11 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use burn_lora::backend::Inference;
 use burn_lora::{numerical_rank, singular_values, truncated_svd, LoraError};
+use burn_lora_support::backend::Inference;
 
 fn main() -> Result<(), LoraError> {
-    let device = burn_lora::backend::device();
+    let device = burn_lora_support::backend::device();
     Inference::seed(&device, 0);
     let normal = Distribution::Normal(0.0, 1.0);
 

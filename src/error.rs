@@ -78,17 +78,6 @@ pub enum LoraError {
         /// What the operating system said.
         message: String,
     },
-    /// A data file is malformed: wrong magic number, truncated, oversized, counts that disagree.
-    #[error("{path}: {reason}")]
-    InvalidData {
-        /// The file.
-        path: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A data set was found nowhere; the message lists the places searched and how to fix it.
-    #[error("{0}")]
-    DataNotFound(String),
     /// A truncated SVD was asked for a rank the matrix cannot have.
     #[error("truncated SVD to rank {rank} of a {rows}x{cols} matrix: rank must be in 1..={max}", max = rows.min(cols))]
     SvdRank {
@@ -139,19 +128,17 @@ pub enum LoraError {
         /// The dtype found.
         dtype: String,
     },
+    /// A whole-model checkpoint could not be written or read (burn-store's message).
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A feature of the file or config that burn-lora does not implement (DoRA, trained biases…).
     #[error("unsupported: {0}")]
     Unsupported(String),
-    /// An optimizer hyper-parameter outside its valid range (a beta outside `[0, 1)`, ...).
-    #[error("optimizer setting {name} = {value} is invalid: it must be {expected}")]
-    InvalidOptimizer {
-        /// The setting.
-        name: String,
-        /// The value given.
-        value: f64,
-        /// The valid range, in words.
-        expected: String,
-    },
     /// The SVD routine failed to converge.
     #[error("SVD failed: {0}")]
     SvdFailed(String),

@@ -2,29 +2,34 @@
 //!
 //! Low-rank adaptation (LoRA, Hu et al. 2021) for the [Burn](https://burn.dev) deep-learning
 //! framework: freeze a pretrained model, train two small factors per layer, switch them on and
-//! off, and merge them away for inference.
+//! off, save them in Hugging Face PEFT's format, and merge them away for inference.
 //!
 //! In Burn's orientation a linear layer computes `y = x W + b` with `W: [d_input, d_output]`.
 //! LoRA adds `ΔW = s · A B` with `A: [d_input, r]`, `B: [r, d_output]` and `s = alpha / r`
 //! (`alpha / √r` with rsLoRA). Training computes `x W + b + s · ((x A) B)`: two skinny matmuls,
 //! never the dense `A B`. The base weight and bias are frozen: no gradient, no optimizer state.
 //!
-//! - [`LoraConfig`]: rank, alpha, dropout, rsLoRA, init of `A`.
-//! - [`LoraLinear`]: a frozen base plus named [`LoraAdapter`]s; toggle, switch, merge.
-//! - [`LoraMlp`]: a ReLU MLP of `LoraLinear`s with a [`ParameterReport`].
-//! - [`optim::FusedAdamConfig`]: Adam / AdamW as a drop-in for Burn's, updating each parameter
-//!   in one fused pass on the CPU backends.
-//! - [`LoraError`]: every bad input is an error, never a panic.
+//! The library is generic over `B: Backend` and depends on no backend: pick yours in your own
+//! `Cargo.toml`. What it holds, by source folder:
+//!
+//! - **Layers** (`src/layers/`): [`LoraLinear`], a frozen base plus named [`LoraAdapter`]s
+//!   configured by [`LoraConfig`]; toggle, switch, merge, combine.
+//! - **Models** (`src/model/`): the [`LoraModel`] trait (list, switch, combine, remove adapters
+//!   model-wide), [`lora_layer_paths`], the [`ParameterReport`], and [`LoraMlp`].
+//! - **Files** (`src/io/`): PEFT adapter files ([`save_adapter`], [`load_adapter`],
+//!   [`PeftConfig`]), PyTorch base weights ([`load_pytorch_base`]) and whole-model checkpoints
+//!   ([`save_checkpoint`]).
+//! - [`truncated_svd`]: low-rank factorisation of a weight.
+//! - [`LoraError`]: every bad input is an error naming what is wrong, never a panic.
 //!
 //! ```
-//!
+//! use burn::backend::{Autodiff, Flex};
 //! use burn::nn::loss::CrossEntropyLossConfig;
-//! use burn::optim::{GradientsParams, Optimizer};
+//! use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 //! use burn::tensor::{Distribution, Int, Tensor};
-//! use burn_lora::optim::FusedAdamConfig;
 //! use burn_lora::{LoraConfig, LoraInit, LoraMlpConfig, LoraModel};
 //!
-//! type B = burn_lora::backend::Train;
+//! type B = Autodiff<Flex>;
 //! let device = Default::default();
 //!
 //! // A (pre)trained model: here freshly initialised, 784-1000-2000-10 in the notebook.
@@ -34,12 +39,12 @@
 //! model.attach(&LoraConfig::new(1, 1.0).with_init(LoraInit::Gaussian { std: 1.0 }))?;
 //! println!("{}", model.parameter_report());
 //!
-//! // Train a step: only A and B change.
+//! // Train a step: only A and B change (any Burn optimizer; `burn-fused-adam` is faster on CPU).
 //! let x = Tensor::<B, 2>::random([4, 20], Distribution::Default, &device);
 //! let y = Tensor::<B, 1, Int>::from_ints([0, 1, 2, 3], &device);
 //! let loss = CrossEntropyLossConfig::new().init(&device).forward(model.forward(x), y);
 //! let grads = GradientsParams::from_grads(loss.backward(), &model);
-//! let mut model = FusedAdamConfig::new().init()?.step(1e-3, model, grads);
+//! let mut model = AdamConfig::new().init().step(1e-3, model, grads);
 //!
 //! // Toggle the adapter off (exactly the base model) and on again, then merge it away.
 //! model.set_enabled(false);
@@ -49,40 +54,24 @@
 //! # Ok::<(), burn_lora::LoraError>(())
 //! ```
 
-mod adapter;
-mod adapter_file;
-mod atomic_file;
-mod combine;
 mod config;
 mod error;
-mod linear;
-mod merge;
-mod mlp;
+mod io;
+mod layers;
 mod model;
-mod path_map;
-mod peft_config;
-mod pytorch_base;
-mod report;
 mod svd;
-mod tensor_file;
 
-#[cfg(feature = "mnist")]
-pub mod mnist;
-
-pub mod optim;
-
-#[cfg(any(feature = "ndarray", feature = "flex", feature = "cuda"))]
-pub mod backend;
-
-pub use adapter::LoraAdapter;
-pub use adapter_file::{load_adapter, save_adapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 pub use config::{LoraConfig, LoraInit};
 pub use error::{LoraError, Result};
-pub use linear::{LoraLinear, LoraLinearConfig};
-pub use mlp::{LoraMlp, LoraMlpConfig, DEFAULT_ADAPTER};
-pub use model::{lora_layer_paths, LoraModel};
-pub use path_map::PathMap;
-pub use peft_config::{PeftConfig, TargetModules};
-pub use pytorch_base::load_pytorch_base;
-pub use report::{AdapterShapes, LayerReport, ParameterReport};
+pub use io::adapter_file::{load_adapter, save_adapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+pub use io::checkpoint::save_checkpoint;
+pub use io::path_map::PathMap;
+pub use io::peft_config::{PeftConfig, TargetModules};
+pub use io::pytorch_base::load_pytorch_base;
+pub use layers::adapter::LoraAdapter;
+pub use layers::linear::{LoraLinear, LoraLinearConfig};
+pub use model::lora_model::LoraModel;
+pub use model::mlp::{LoraMlp, LoraMlpConfig, DEFAULT_ADAPTER};
+pub use model::paths::lora_layer_paths;
+pub use model::report::{AdapterShapes, LayerReport, ParameterReport};
 pub use svd::{numerical_rank, singular_values, truncated_svd, LowRankFactors};

@@ -110,10 +110,10 @@ impl<B: Backend> LowRankFactors<B> {
 ///
 /// ```
 /// use burn::tensor::Tensor;
-/// use burn_lora::backend::Inference;
+/// use burn::backend::Flex as Inference;
 /// use burn_lora::truncated_svd;
 ///
-/// let device = burn_lora::backend::device();
+/// let device = Default::default();
 /// // A rank-1 matrix: the outer product of [1, 2, 3] and [1, 0, -1, 2].
 /// let m = Tensor::<Inference, 2>::from_floats(
 ///     [[1.0, 0.0, -1.0, 2.0], [2.0, 0.0, -2.0, 4.0], [3.0, 0.0, -3.0, 6.0]],
@@ -188,9 +188,9 @@ pub fn truncated_svd<B: Backend>(matrix: Tensor<B, 2>, rank: usize) -> Result<Lo
 ///
 /// ```
 /// use burn::tensor::Tensor;
-/// use burn_lora::backend::Inference;
+/// use burn::backend::Flex as Inference;
 ///
-/// let device = burn_lora::backend::device();
+/// let device = Default::default();
 /// let m = Tensor::<Inference, 2>::from_floats([[0.0, 2.0], [-3.0, 0.0], [0.0, 0.0]], &device);
 /// let sigma = burn_lora::singular_values(m)?;
 /// assert!((sigma[0] - 3.0).abs() < 1e-12 && (sigma[1] - 2.0).abs() < 1e-12);
@@ -225,9 +225,9 @@ pub fn singular_values<B: Backend>(matrix: Tensor<B, 2>) -> Result<Vec<f64>> {
 ///
 /// ```
 /// use burn::tensor::{Distribution, Tensor};
-/// use burn_lora::backend::Inference;
+/// use burn::backend::Flex as Inference;
 ///
-/// let device = burn_lora::backend::device();
+/// let device = Default::default();
 /// // A 6x5 matrix of rank 2: [6, 2] · [2, 5].
 /// let m = Tensor::<Inference, 2>::random([6, 2], Distribution::Normal(0.0, 1.0), &device)
 ///     .matmul(Tensor::random([2, 5], Distribution::Normal(0.0, 1.0), &device));

@@ -9,12 +9,12 @@ mod common;
 
 use std::path::Path;
 
-use burn::tensor::Tensor;
 use burn_lora::{
-    load_adapter, save_adapter, LoraAdapter, LoraConfig, LoraMlp, LoraMlpConfig, LoraModel,
-    PathMap, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
+    load_adapter, save_adapter, LoraConfig, LoraMlp, LoraModel, PathMap, ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
 };
-use common::{randn, values, B};
+use common::snapshot::Snapshot;
+use common::{base_model, insert_trained, on_all, B};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
@@ -276,59 +276,24 @@ fn mutate(mutation: &Mutation, weights: &[u8], config: &[u8]) -> (Vec<u8>, Vec<u
     (w, c)
 }
 
-/// Bit patterns of everything a failed load could have touched.
-fn fingerprint(model: &LoraMlp<B>, x: &Tensor<B, 2>) -> (Vec<String>, Vec<Vec<String>>, Vec<u32>) {
-    let per_layer = model
-        .layers()
-        .iter()
-        .map(|l| l.active_adapters().iter().map(|n| n.to_string()).collect())
-        .collect();
-    let output = values(model.forward(x.clone()))
-        .iter()
-        .map(|v| v.to_bits())
-        .collect();
-    (model.adapter_names(), per_layer, output)
-}
-
 /// A valid adapter directory's bytes (rank 2 on both layers of a 12-8-4 MLP) and a model with the
 /// same base that holds adapter "existing" on its last layer.
 fn setup() -> (Vec<u8>, Vec<u8>, LoraMlp<B>) {
-    let base = LoraMlpConfig::new(12, vec![8], 4)
-        .init::<B>(&Default::default())
-        .unwrap();
-    // Materialise the lazily initialised weights so clones share them.
-    for layer in base.layers() {
-        let _ = (layer.weight(), layer.bias());
-    }
+    let base = base_model(&[12, 8, 4]);
     let mut source = base.clone();
-    let config = LoraConfig::new(2, 4.0);
-    for index in 0..2 {
-        let layer = source.layer_mut(index).unwrap();
-        let (d_in, d_out) = (layer.d_input(), layer.d_output());
-        let adapter = LoraAdapter::from_factors(
-            "default",
-            &config,
-            randn([d_in, 2], 40 + index as u64),
-            randn([2, d_out], 50 + index as u64),
-        )
-        .unwrap();
-        layer.insert_adapter(adapter).unwrap();
-    }
+    insert_trained(
+        &mut source,
+        "default",
+        &on_all(&base, &LoraConfig::new(2, 4.0)),
+        40,
+    );
     let dir = tempfile::tempdir().unwrap();
     save_adapter(&source, "default", dir.path(), &PathMap::identity()).unwrap();
     let weights = std::fs::read(dir.path().join(ADAPTER_WEIGHTS_FILE)).unwrap();
     let config_bytes = std::fs::read(dir.path().join(ADAPTER_CONFIG_FILE)).unwrap();
 
     let mut target = base;
-    let layer = target.layer_mut(1).unwrap();
-    let existing = LoraAdapter::from_factors(
-        "existing",
-        &LoraConfig::new(1, 1.0),
-        randn([8, 1], 60),
-        randn([1, 4], 61),
-    )
-    .unwrap();
-    layer.insert_adapter(existing).unwrap();
+    insert_trained(&mut target, "existing", &[(1, LoraConfig::new(1, 1.0))], 60);
     (weights, config_bytes, target)
 }
 
@@ -340,15 +305,7 @@ fn check_mutations(cases: u32, strategy: impl Strategy<Value = Mutation>) {
         .and_then(|n| n.parse().ok())
         .unwrap_or(cases);
     let (weights, config, target) = setup();
-    let x: Tensor<B, 2> = Tensor::<B, 1>::from_floats(
-        (0..24)
-            .map(|i| (i as f32 * 0.61).cos())
-            .collect::<Vec<_>>()
-            .as_slice(),
-        &Default::default(),
-    )
-    .reshape([2, 12]);
-    let before = fingerprint(&target, &x);
+    let before = Snapshot::of(&target);
     let dir = tempfile::tempdir().unwrap();
 
     // The unmutated files load, so every failure below comes from the mutation.
@@ -388,7 +345,7 @@ fn check_mutations(cases: u32, strategy: impl Strategy<Value = Mutation>) {
                     let message = e.to_string();
                     prop_assert!(!message.is_empty());
                     prop_assert!(
-                        fingerprint(&model, &x) == before,
+                        Snapshot::of(&model) == before,
                         "the model changed although loading failed with: {}",
                         message
                     );

@@ -2,37 +2,17 @@
 
 mod common;
 
-use burn_lora::{LoraAdapter, LoraConfig, LoraError, LoraMlp, LoraMlpConfig, LoraModel};
-use common::{max_abs_diff, randn, B};
+use burn_lora::{LoraConfig, LoraError, LoraMlp, LoraModel};
+use common::{base_model, insert_trained, max_abs_diff, on_all, randn, B};
 
-/// A 16-12-6 model with two adapters "a" (rank 2, alpha 4) and "b" (rank 3, rsLoRA) holding
-/// random factors; "b" only on the first layer.
+/// A 16-12-6 model with two adapters holding random factors: "a" (rank 2, alpha 4) on both
+/// layers and "b" (rank 3, rsLoRA) on the first only, active there.
 fn model_with_two_adapters() -> LoraMlp<B> {
-    let mut model = LoraMlpConfig::new(16, vec![12], 6)
-        .init::<B>(&Default::default())
-        .unwrap();
-    let a = LoraConfig::new(2, 4.0);
+    let mut model = base_model(&[16, 12, 6]);
+    let a = on_all(&model, &LoraConfig::new(2, 4.0));
+    insert_trained(&mut model, "a", &a, 0);
     let b = LoraConfig::new(3, 3.0).with_use_rslora(true);
-    for index in 0..2 {
-        let layer = model.layer_mut(index).unwrap();
-        let (d_in, d_out) = (layer.d_input(), layer.d_output());
-        let seed = 10 * index as u64;
-        let adapter =
-            LoraAdapter::from_factors("a", &a, randn([d_in, 2], seed), randn([2, d_out], seed + 1))
-                .unwrap();
-        layer.insert_adapter(adapter).unwrap();
-        if index == 0 {
-            let adapter = LoraAdapter::from_factors(
-                "b",
-                &b,
-                randn([d_in, 3], seed + 2),
-                randn([3, d_out], seed + 3),
-            )
-            .unwrap();
-            layer.insert_adapter(adapter).unwrap();
-        }
-    }
-    model.freeze_base();
+    insert_trained(&mut model, "b", &[(0, b)], 2);
     model
 }
 
@@ -106,4 +86,27 @@ fn combination_errors_change_nothing() {
     ));
     model.unmerge().unwrap();
     assert_eq!(model.adapter_names(), vec!["a", "b"]);
+}
+
+#[test]
+fn combined_adapter_above_the_layer_rank_saves_and_loads_back() {
+    use burn_lora::{load_adapter, save_adapter, PathMap};
+
+    // One layer with 10 outputs; 8 + 8 = 16 > min(12, 10).
+    let mut model = base_model(&[12, 10]);
+    let config = LoraConfig::new(8, 8.0);
+    insert_trained(&mut model, "a", &[(0, config.clone())], 1);
+    insert_trained(&mut model, "b", &[(0, config)], 2);
+    model
+        .combine_adapters("mix", &[("a", 0.5), ("b", 0.5)])
+        .unwrap();
+    assert_eq!(model.layers()[0].adapter("mix").unwrap().rank(), 16);
+    let dir = tempfile::tempdir().unwrap();
+    save_adapter(&model, "mix", dir.path(), &PathMap::identity()).unwrap();
+
+    let mut fresh = model.clone();
+    fresh.remove_adapter("mix").unwrap();
+    load_adapter(&mut fresh, "mix", dir.path(), &PathMap::identity()).unwrap();
+    let x = common::probe(12);
+    common::assert_bit_identical(fresh.forward(x.clone()), model.forward(x));
 }

@@ -1,6 +1,6 @@
 //! Cross-implementation check against files written by Hugging Face PEFT (PyTorch).
 //!
-//! `../shared/fixtures/peft/mlp_r4` holds a 784-64-32-10 ReLU MLP's PyTorch state dict, the rank-4
+//! `tests/fixtures/peft/mlp_r4` holds a 784-64-32-10 ReLU MLP's PyTorch state dict, the rank-4
 //! (alpha 8) adapter PEFT saved for it, and the outputs PyTorch computed with the adapter
 //! disabled, enabled and merged. Loading both into burn-lora must reproduce those outputs, and
 //! saving the loaded adapter again must give back PEFT's file.
@@ -8,15 +8,16 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::tensor::{Tensor, TensorData};
 use burn_lora::{
     load_adapter, load_pytorch_base, save_adapter, LoraMlp, LoraMlpConfig, LoraModel, PathMap,
-    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
+    ADAPTER_WEIGHTS_FILE,
 };
+use common::safetensors_io::{raw, read_config, read_metadata, read_raw};
 use common::{assert_bit_identical, max_abs_diff, B};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 use serde_json::Value;
 
 /// Largest absolute difference allowed between a burn-lora output and PyTorch's.
@@ -32,56 +33,52 @@ const TOLERANCE: f32 = 1e-5;
 /// The adapter name used when loading PEFT's adapter.
 const NAME: &str = "peft";
 
-/// The fixture folder; fails loudly when it is missing (CI always has it).
+/// The `mlp_r4` fixture folder.
 fn fixture_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/peft/mlp_r4");
+    fixture("mlp_r4")
+}
+
+/// A fixture folder of the repository; fails loudly when it is missing.
+fn fixture(name: &str) -> PathBuf {
+    let dir = common::peft_fixture(name);
     assert!(
         dir.is_dir(),
         "PEFT fixture folder {} is missing: these tests need the files PEFT wrote \
-         (see ../shared/fixtures/peft/README.md); CI always has them",
+         (see tests/fixtures/peft/README.md)",
         dir.display()
     );
     dir
 }
 
-fn read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// The f32 values of a tensor stored as F32 in a safetensors file.
-fn f32_values(tensors: &SafeTensors<'_>, key: &str) -> (Vec<usize>, Vec<f32>) {
-    let view = tensors
-        .tensor(key)
-        .unwrap_or_else(|e| panic!("tensor {key}: {e}"));
-    assert_eq!(view.dtype(), Dtype::F32, "{key} must be F32");
-    let values = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    (view.shape().to_vec(), values)
-}
-
-/// `x`, `y_base`, `y_lora`, `y_merged` from `io.safetensors`.
+/// `x`, `y_base`, `y_lora`, `y_merged` from `mlp_r4/io.safetensors`.
 fn io_tensors() -> BTreeMap<String, Tensor<B, 2>> {
-    let bytes = read(&fixture_dir().join("io.safetensors"));
-    let tensors = SafeTensors::deserialize(&bytes).expect("io.safetensors parses");
+    io_tensors_of(&fixture_dir())
+}
+
+/// `x`, `y_base`, `y_lora`, `y_merged` from a fixture's `io.safetensors`.
+fn io_tensors_of(dir: &std::path::Path) -> BTreeMap<String, Tensor<B, 2>> {
+    let tensors = read_raw(&dir.join("io.safetensors"));
     ["x", "y_base", "y_lora", "y_merged"]
         .into_iter()
         .map(|key| {
-            let (shape, values) = f32_values(&tensors, key);
-            let tensor = Tensor::from_data(TensorData::new(values, shape), &Default::default());
-            (key.to_string(), tensor)
+            let tensor = raw(&tensors, key);
+            let data = TensorData::new(tensor.f32_values(), tensor.shape.clone());
+            (
+                key.to_string(),
+                Tensor::from_data(data, &Default::default()),
+            )
         })
         .collect()
 }
 
-/// The fixture's base model with PEFT's adapter loaded under [`NAME`].
+/// The `mlp_r4` base model with PEFT's adapter loaded under [`NAME`].
 fn loaded_model() -> LoraMlp<B> {
-    let dir = fixture_dir();
-    let mut model = LoraMlpConfig::new(784, vec![64, 32], 10)
-        .init::<B>(&Default::default())
-        .unwrap();
+    loaded_model_of(&fixture_dir(), LoraMlpConfig::new(784, vec![64, 32], 10))
+}
+
+/// A fixture's base model (of this shape) with PEFT's adapter loaded under [`NAME`].
+fn loaded_model_of(dir: &std::path::Path, config: LoraMlpConfig) -> LoraMlp<B> {
+    let mut model = config.init::<B>(&Default::default()).unwrap();
     load_pytorch_base(
         &mut model,
         &dir.join("base_model.safetensors"),
@@ -163,24 +160,6 @@ fn disabled_enabled_and_merged_outputs_match_pytorch_within_1e_5() {
     );
 }
 
-/// Tensors (key → (dtype, shape, raw bytes)) and metadata of a safetensors file.
-type TensorMap = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
-
-fn tensor_map(bytes: &[u8]) -> (TensorMap, Option<std::collections::HashMap<String, String>>) {
-    let tensors = SafeTensors::deserialize(bytes).expect("valid safetensors");
-    let (_, metadata) = SafeTensors::read_metadata(bytes).unwrap();
-    let map = tensors
-        .iter()
-        .map(|(key, view)| {
-            (
-                key.to_string(),
-                (view.dtype(), view.shape().to_vec(), view.data().to_vec()),
-            )
-        })
-        .collect();
-    (map, metadata.metadata().clone())
-}
-
 #[test]
 fn saving_the_loaded_peft_adapter_reproduces_peft_files_bit_for_bit() {
     let dir = fixture_dir().join("adapter");
@@ -188,26 +167,28 @@ fn saving_the_loaded_peft_adapter_reproduces_peft_files_bit_for_bit() {
     let out = tempfile::tempdir().unwrap();
     save_adapter(&model, NAME, out.path(), &PathMap::identity()).unwrap();
 
-    let (theirs, _) = tensor_map(&read(&dir.join(ADAPTER_WEIGHTS_FILE)));
-    let (ours, metadata) = tensor_map(&read(&out.path().join(ADAPTER_WEIGHTS_FILE)));
-    assert_eq!(
-        ours.keys().collect::<Vec<_>>(),
-        theirs.keys().collect::<Vec<_>>(),
-        "key sets differ"
-    );
-    for (key, (dtype, shape, data)) in &theirs {
-        let (our_dtype, our_shape, our_data) = &ours[key];
-        assert_eq!(*our_dtype, Dtype::F32, "{key} dtype");
-        assert_eq!(dtype, our_dtype, "{key} dtype");
-        assert_eq!(shape, our_shape, "{key} shape");
+    let theirs = read_raw(&dir.join(ADAPTER_WEIGHTS_FILE));
+    let ours = read_raw(&out.path().join(ADAPTER_WEIGHTS_FILE));
+    let keys = |tensors: &[common::safetensors_io::Raw]| -> Vec<String> {
+        tensors.iter().map(|t| t.key.clone()).collect()
+    };
+    assert_eq!(keys(&ours), keys(&theirs), "key sets differ");
+    for (their, our) in theirs.iter().zip(&ours) {
+        let key = &their.key;
+        assert_eq!(our.dtype, Dtype::F32, "{key} dtype");
+        assert_eq!(their.dtype, our.dtype, "{key} dtype");
+        assert_eq!(their.shape, our.shape, "{key} shape");
         // Same bytes = same f32 bits: load (transpose) then save (transpose back) is exact.
-        assert!(data == our_data, "{key}: values are not bit-identical");
+        assert!(
+            their.data == our.data,
+            "{key}: values are not bit-identical"
+        );
     }
-    let metadata = metadata.expect("metadata present");
+    let metadata = read_metadata(&out.path().join(ADAPTER_WEIGHTS_FILE));
     assert_eq!(metadata.get("format").map(String::as_str), Some("pt"));
 
-    let theirs: Value = serde_json::from_slice(&read(&dir.join(ADAPTER_CONFIG_FILE))).unwrap();
-    let ours: Value = serde_json::from_slice(&read(&out.path().join(ADAPTER_CONFIG_FILE))).unwrap();
+    let theirs: Value = read_config(&dir);
+    let ours: Value = read_config(out.path());
     assert_eq!(ours["peft_type"], theirs["peft_type"]);
     assert_eq!(ours["peft_type"], "LORA");
     assert_eq!(ours["r"].as_u64(), theirs["r"].as_u64());
@@ -278,5 +259,36 @@ fn adapter_saved_from_peft_files_loads_back_to_the_same_outputs() {
     assert_bit_identical(
         model.forward(io["x"].clone()),
         again.forward(io["x"].clone()),
+    );
+}
+
+#[test]
+fn peft_adapter_whose_rank_exceeds_the_layer_widths_loads_and_matches_pytorch() {
+    // A 12-4-3 MLP with rank 6 on both layers: 6 > min(12, 4) and 6 > min(4, 3).
+    let dir = fixture("mlp_r6_narrow");
+    let io = io_tensors_of(&dir);
+    let x = io["x"].clone();
+    let mut model = loaded_model_of(&dir, LoraMlpConfig::new(12, vec![4], 3));
+    for layer in model.layers() {
+        assert_eq!(layer.adapter(NAME).unwrap().rank(), 6);
+    }
+    assert!(max_abs_diff(io["y_lora"].clone(), io["y_base"].clone()) > 0.1);
+    assert_close(
+        "rank 6: enabled vs y_lora",
+        model.forward(x.clone()),
+        io["y_lora"].clone(),
+    );
+    model.set_enabled(false);
+    assert_close(
+        "rank 6: disabled vs y_base",
+        model.forward(x.clone()),
+        io["y_base"].clone(),
+    );
+    model.set_enabled(true);
+    let merged = model.merge_and_unload().unwrap();
+    assert_close(
+        "rank 6: merged vs y_merged",
+        merged.forward(x),
+        io["y_merged"].clone(),
     );
 }

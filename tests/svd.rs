@@ -2,8 +2,8 @@
 //! truncation, singular values, numerical rank, and errors instead of panics.
 
 use burn::tensor::{Tensor, TensorData};
-use burn_lora::backend::Inference as B;
 use burn_lora::{numerical_rank, singular_values, truncated_svd, LoraError};
+use burn_lora_support::backend::Inference as B;
 
 /// Relative tolerance for anything that went through `f32`.
 ///

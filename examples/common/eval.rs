@@ -1,8 +1,8 @@
 //! Test-set evaluation: accuracy and wrong count per digit, printed side by side.
 
 use burn::tensor::backend::Backend;
-use burn_lora::mnist::MnistSplit;
 use burn_lora::LoraMlp;
+use burn_lora_support::mnist::MnistSplit;
 
 /// Accuracy and the wrong count of each digit on a split.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,7 +19,7 @@ pub struct EvalReport {
 pub fn evaluate<B: Backend>(
     model: &LoraMlp<B>,
     split: &MnistSplit,
-) -> burn_lora::Result<EvalReport> {
+) -> Result<EvalReport, burn_lora_support::DataError> {
     let device = model.layers()[0].weight().device();
     let mut wrong = [0usize; 10];
     let totals = split.label_counts();

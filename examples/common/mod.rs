@@ -10,7 +10,7 @@ pub mod train;
 
 use std::path::PathBuf;
 
-use burn_lora::mnist::{Mnist, MnistLoader};
+use burn_lora_support::mnist::{Mnist, MnistLoader};
 
 /// Loads MNIST from `dir`, else `MNIST_DIR`, else burn-dataset's cache, else a download.
 pub fn load_mnist(dir: Option<PathBuf>) -> Result<Mnist, Box<dyn std::error::Error>> {
@@ -19,7 +19,7 @@ pub fn load_mnist(dir: Option<PathBuf>) -> Result<Mnist, Box<dyn std::error::Err
         None => MnistLoader::new(),
     };
     let mnist = loader.load().map_err(|error| match error {
-        burn_lora::LoraError::DataNotFound(message) => {
+        burn_lora_support::DataError::DataNotFound(message) => {
             format!("{message}\nFor this example: --data-dir <folder> or MNIST_DIR=<folder>.")
         }
         other => other.to_string(),

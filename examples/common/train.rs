@@ -5,9 +5,9 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
-use burn_lora::mnist::MnistSplit;
-use burn_lora::optim::FusedAdamConfig;
+use burn_fused_adam::FusedAdamConfig;
 use burn_lora::LoraMlp;
+use burn_lora_support::mnist::MnistSplit;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Hyper-parameters of one training run.
@@ -34,7 +34,7 @@ pub fn train<B: AutodiffBackend>(
     mut model: LoraMlp<B>,
     split: &MnistSplit,
     settings: &TrainSettings,
-) -> burn_lora::Result<(LoraMlp<B>, f64)>
+) -> Result<(LoraMlp<B>, f64), Box<dyn std::error::Error>>
 where
     LoraMlp<B>: AutodiffModule<B>,
 {

@@ -1,72 +1,70 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests. The generic ones (seeded RNG, tensor comparisons)
+//! live in `burn_lora_support::testing`, shared with the other crates' tests.
 #![allow(dead_code, unused_imports)]
 
-use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor, TensorData};
+pub use burn_lora_support::backend::{Inference as B, Train as AB};
+pub use burn_lora_support::fixtures::{large_data, peft_fixture};
+pub use burn_lora_support::testing::{
+    assert_bit_identical, matmul_tol, max_abs_diff, randn, values,
+};
 
-pub use burn_lora::backend::{Inference as B, Train as AB};
+use burn::tensor::Tensor;
+use burn_lora::{LoraAdapter, LoraConfig, LoraMlp, LoraMlpConfig, LoraModel};
 
-/// A seeded standard-normal tensor on the test device.
+/// A freshly initialised MLP with these widths (input first) and no adapter.
 ///
-/// The values are drawn on the host (SplitMix64 and Box-Muller), so the same seed gives the same
-/// tensor on every backend and at every call. Backends' own generators differ, and on CUDA
-/// two tensors drawn after the same `seed` came out different.
-pub fn randn<Bk: Backend, const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Bk, D> {
-    let mut state = seed;
-    let mut uniform = move || {
-        // SplitMix64; the top 24 bits as a float in (0, 1].
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 40) as f64 + 1.0) / (1u64 << 24) as f64
-    };
-    let count = shape.iter().product();
-    let values: Vec<f32> = (0..count)
-        .map(|_| {
-            let (u1, u2) = (uniform(), uniform());
-            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-        })
-        .collect();
-    Tensor::from_data(TensorData::new(values, shape), &Default::default())
-}
-
-/// Absolute tolerance for results of f32 matmuls whose CPU error bound is `cpu`. On an H200 the
-/// CUDA backend's LoRA-against-dense-reference comparisons differed by up to 0.04 on outputs of
-/// magnitude 10-50, about TF32 precision (10-bit mantissa).
-pub fn matmul_tol(cpu: f32) -> f32 {
-    if cfg!(feature = "cuda") {
-        cpu.max(0.1)
-    } else {
-        cpu
+/// Burn initialises parameters lazily and `clone` copies the *lazy* state, so clones of an
+/// untouched model would each draw their own random weights. Reading every weight first makes
+/// clones share one base.
+pub fn base_model(widths: &[usize]) -> LoraMlp<B> {
+    let last = widths.len() - 1;
+    let model = LoraMlpConfig::new(widths[0], widths[1..last].to_vec(), widths[last])
+        .init::<B>(&Default::default())
+        .unwrap();
+    for layer in model.layers() {
+        let _ = (layer.weight(), layer.bias());
     }
+    model
 }
 
-/// The raw f32 values of a tensor.
-pub fn values<Bk: Backend, const D: usize>(tensor: Tensor<Bk, D>) -> Vec<f32> {
-    tensor.into_data().to_vec::<f32>().expect("f32 tensor")
+/// Inserts adapter `name` with random non-zero factors (a stand-in for a trained adapter) on the
+/// given layers, each with its own config, and makes it the active adapter.
+pub fn insert_trained(
+    model: &mut LoraMlp<B>,
+    name: &str,
+    layers: &[(usize, LoraConfig)],
+    seed: u64,
+) {
+    for (index, config) in layers {
+        let layer = model.layer_mut(*index).unwrap();
+        let (d_in, d_out) = (layer.d_input(), layer.d_output());
+        let seed = seed + 10 * *index as u64;
+        let adapter = LoraAdapter::from_factors(
+            name,
+            config,
+            randn([d_in, config.rank], seed),
+            randn::<B, 2>([config.rank, d_out], seed + 1).mul_scalar(0.1),
+        )
+        .unwrap();
+        layer.insert_adapter(adapter).unwrap();
+    }
+    model.freeze_base();
+    model.set_active_adapter(name).unwrap();
 }
 
-/// Asserts two tensors hold exactly the same bits.
-pub fn assert_bit_identical<Bk: Backend, const D: usize>(a: Tensor<Bk, D>, b: Tensor<Bk, D>) {
-    let (a, b): (TensorData, TensorData) = (a.into_data(), b.into_data());
-    assert_eq!(a.shape, b.shape, "shapes differ");
-    let a = a.to_vec::<f32>().expect("f32");
-    let b = b.to_vec::<f32>().expect("f32");
-    let differing = a
-        .iter()
-        .zip(&b)
-        .filter(|(x, y)| x.to_bits() != y.to_bits())
-        .count();
-    assert_eq!(differing, 0, "{differing} of {} values differ", a.len());
+/// The same config on every layer of `model`.
+pub fn on_all(model: &LoraMlp<B>, config: &LoraConfig) -> Vec<(usize, LoraConfig)> {
+    (0..model.layers().len())
+        .map(|i| (i, config.clone()))
+        .collect()
 }
 
-/// Largest absolute difference between two tensors.
-pub fn max_abs_diff<Bk: Backend, const D: usize>(a: Tensor<Bk, D>, b: Tensor<Bk, D>) -> f32 {
-    values(a)
-        .iter()
-        .zip(values(b))
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+/// A deterministic input batch of 3 rows (no RNG, so concurrent tests cannot disturb it).
+pub fn probe(d_input: usize) -> Tensor<B, 2> {
+    let values: Vec<f32> = (0..3 * d_input).map(|i| (i as f32 * 0.37).sin()).collect();
+    Tensor::<B, 1>::from_floats(values.as_slice(), &Default::default()).reshape([3, d_input])
 }
+
+pub mod assert_error;
+pub mod safetensors_io;
+pub mod snapshot;

@@ -1,0 +1,237 @@
+//! In-place access to the host memory of CPU backends' tensors, for the fused Adam update.
+//!
+//! The optimizer is generic over the backend, so it cannot name a backend's tensor type. It
+//! looks at the primitive through [`Any`] instead: when the backend is one whose tensors live in
+//! host memory (NdArray, Flex) and all four tensors are contiguous `f32` with the same layout,
+//! [`fused_adam_in_place`] runs the fused kernel on their buffers. Otherwise it changes nothing
+//! and returns `false`, and the caller uses tensor operations.
+
+use core::any::Any;
+
+use crate::kernel::AdamCoefficients;
+
+/// Runs the fused update on the buffers of `param`, `grad`, `moment_1` and `moment_2` if the
+/// backend keeps them in host memory. Returns whether it did; on `false` nothing was changed.
+pub(crate) fn fused_adam_in_place<P: Any>(
+    param: &mut P,
+    grad: &P,
+    moment_1: &mut P,
+    moment_2: &mut P,
+    coefficients: &AdamCoefficients,
+) -> bool {
+    #[cfg(feature = "ndarray")]
+    if let Some((p, g, m, v)) = downcast(param, grad, moment_1, moment_2) {
+        return ndarray::fused(p, g, m, v, coefficients);
+    }
+    #[cfg(feature = "flex")]
+    if let Some((p, g, m, v)) = downcast(param, grad, moment_1, moment_2) {
+        return flex::fused(p, g, m, v, coefficients);
+    }
+    let _ = (param, grad, moment_1, moment_2, coefficients);
+    false
+}
+
+/// The four primitives as the concrete tensor type `T`, if that is what they are.
+#[allow(dead_code)] // unused when neither CPU backend is compiled in
+fn downcast<'a, P: Any, T: Any>(
+    param: &'a mut P,
+    grad: &'a P,
+    moment_1: &'a mut P,
+    moment_2: &'a mut P,
+) -> Option<(&'a mut T, &'a T, &'a mut T, &'a mut T)> {
+    Some((
+        (param as &mut dyn Any).downcast_mut::<T>()?,
+        (grad as &dyn Any).downcast_ref::<T>()?,
+        (moment_1 as &mut dyn Any).downcast_mut::<T>()?,
+        (moment_2 as &mut dyn Any).downcast_mut::<T>()?,
+    ))
+}
+
+/// NdArray's tensors: an enum over dtypes around `ndarray`'s copy-on-write `ArcArray`.
+#[cfg(feature = "ndarray")]
+mod ndarray {
+    use burn::backend::ndarray::NdArrayTensor;
+
+    use crate::kernel::{adam_update, AdamCoefficients};
+
+    /// Updates in place and returns `true`, or returns `false` without changing anything when
+    /// the tensors cannot be fused (another dtype, a non-standard layout).
+    pub(super) fn fused(
+        param: &mut NdArrayTensor,
+        grad: &NdArrayTensor,
+        moment_1: &mut NdArrayTensor,
+        moment_2: &mut NdArrayTensor,
+        coefficients: &AdamCoefficients,
+    ) -> bool {
+        let (
+            NdArrayTensor::F32(param),
+            NdArrayTensor::F32(grad),
+            NdArrayTensor::F32(moment_1),
+            NdArrayTensor::F32(moment_2),
+        ) = (param, grad, moment_1, moment_2)
+        else {
+            return false;
+        };
+        let grad = grad.view();
+        let shape = grad.shape();
+        // The storage type is private to burn-ndarray, so the check is a macro, not a closure.
+        macro_rules! standard {
+            ($s:expr) => {
+                $s.shape() == shape && $s.view().is_standard_layout()
+            };
+        }
+        if !(grad.is_standard_layout()
+            && standard!(param)
+            && standard!(moment_1)
+            && standard!(moment_2))
+        {
+            return false;
+        }
+        // `as_slice_mut` copies a shared buffer first (copy-on-write), so other holders of the
+        // same data never see the update.
+        let (Some(grad), Some(param), Some(moment_1), Some(moment_2)) = (
+            grad.to_slice(),
+            param.ensure_owned().as_slice_mut(),
+            moment_1.ensure_owned().as_slice_mut(),
+            moment_2.ensure_owned().as_slice_mut(),
+        ) else {
+            return false;
+        };
+        adam_update(param, grad, moment_1, moment_2, coefficients);
+        true
+    }
+}
+
+/// Flex's tensors: a reference-counted byte buffer with a strided layout and a runtime dtype.
+#[cfg(feature = "flex")]
+mod flex {
+    use burn::backend::flex::FlexTensor;
+    use burn::tensor::DType;
+
+    use crate::kernel::{adam_update, AdamCoefficients};
+
+    /// The contiguous `f32` range of a tensor's buffer, if it has one of this shape.
+    fn f32_range(tensor: &FlexTensor, shape: &[usize]) -> Option<(usize, usize)> {
+        if tensor.dtype() != DType::F32 || tensor.layout().shape().as_slice() != shape {
+            return None;
+        }
+        tensor.layout().contiguous_offsets()
+    }
+
+    /// Updates in place and returns `true`, or returns `false` without changing anything when
+    /// the tensors cannot be fused (another dtype, a non-contiguous layout).
+    pub(super) fn fused(
+        param: &mut FlexTensor,
+        grad: &FlexTensor,
+        moment_1: &mut FlexTensor,
+        moment_2: &mut FlexTensor,
+        coefficients: &AdamCoefficients,
+    ) -> bool {
+        let shape = grad.layout().shape().as_slice().to_vec();
+        let ranges = (
+            f32_range(param, &shape),
+            f32_range(grad, &shape),
+            f32_range(moment_1, &shape),
+            f32_range(moment_2, &shape),
+        );
+        let (Some(p), Some(g), Some(m), Some(v)) = ranges else {
+            return false;
+        };
+        // `storage_mut` copies a shared buffer first (copy-on-write).
+        adam_update(
+            &mut param.storage_mut::<f32>()[p.0..p.1],
+            &grad.storage::<f32>()[g.0..g.1],
+            &mut moment_1.storage_mut::<f32>()[m.0..m.1],
+            &mut moment_2.storage_mut::<f32>()[v.0..v.1],
+            coefficients,
+        );
+        true
+    }
+}
+
+#[cfg(all(test, any(feature = "ndarray", feature = "flex")))]
+mod tests {
+    use burn::tensor::ops::FloatTensor;
+    use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+
+    use super::*;
+
+    #[cfg(feature = "ndarray")]
+    type Host = burn::backend::NdArray;
+    #[cfg(all(feature = "flex", not(feature = "ndarray")))]
+    type Host = burn::backend::Flex;
+
+    fn tensor(values: &[f32], shape: [usize; 2]) -> Tensor<Host, 2> {
+        Tensor::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
+    }
+
+    fn primitive(t: Tensor<Host, 2>) -> FloatTensor<Host> {
+        t.into_primitive().tensor()
+    }
+
+    fn values(p: FloatTensor<Host>) -> Vec<f32> {
+        Tensor::<Host, 2>::from_primitive(TensorPrimitive::Float(p))
+            .into_data()
+            .to_vec()
+            .unwrap()
+    }
+
+    const C: AdamCoefficients = AdamCoefficients {
+        beta_1: 0.9,
+        beta_2: 0.999,
+        correction: 1.0,
+        epsilon: 1e-8,
+        lr: 0.1,
+        l2_penalty: 0.0,
+        decay: 1.0,
+    };
+
+    #[test]
+    fn host_backend_tensors_are_updated_in_place() {
+        let data: Vec<f32> = (0..6).map(|i| i as f32).collect();
+        let mut p = primitive(tensor(&data, [2, 3]));
+        let g = primitive(tensor(&[1.0; 6], [2, 3]));
+        let (mut m, mut v) = (
+            primitive(tensor(&[0.0; 6], [2, 3])),
+            primitive(tensor(&[0.0; 6], [2, 3])),
+        );
+        assert!(fused_adam_in_place(&mut p, &g, &mut m, &mut v, &C));
+        let expected: Vec<f32> = data
+            .iter()
+            .map(|x| x - 0.1 * 0.1 / (0.001f32.sqrt() + 1e-8))
+            .collect();
+        let got = values(p);
+        for (a, b) in got.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-5, "{got:?} vs {expected:?}");
+        }
+        assert_eq!(values(m), vec![1.0 - 0.9f32; 6], "m = (1 - β₁)·g");
+    }
+
+    #[test]
+    fn a_transposed_gradient_is_left_to_the_tensor_path_untouched() {
+        let mut p = primitive(tensor(&[1.0; 6], [2, 3]));
+        // Same shape as `p`, but column-major in memory.
+        let g = primitive(tensor(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [3, 2]).transpose());
+        let (mut m, mut v) = (
+            primitive(tensor(&[0.0; 6], [2, 3])),
+            primitive(tensor(&[0.0; 6], [2, 3])),
+        );
+        assert!(!fused_adam_in_place(&mut p, &g, &mut m, &mut v, &C));
+        assert_eq!(values(p), vec![1.0; 6]);
+        assert_eq!(values(m), vec![0.0; 6]);
+    }
+
+    #[test]
+    fn a_shared_buffer_is_copied_before_the_update() {
+        let original = tensor(&[1.0; 6], [2, 3]);
+        let mut p = primitive(original.clone());
+        let g = primitive(tensor(&[1.0; 6], [2, 3]));
+        let (mut m, mut v) = (
+            primitive(tensor(&[0.0; 6], [2, 3])),
+            primitive(tensor(&[0.0; 6], [2, 3])),
+        );
+        assert!(fused_adam_in_place(&mut p, &g, &mut m, &mut v, &C));
+        assert_eq!(original.into_data().to_vec::<f32>().unwrap(), vec![1.0; 6]);
+        assert!(values(p).iter().all(|&x| x < 1.0));
+    }
+}

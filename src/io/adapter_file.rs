@@ -1,0 +1,249 @@
+//! Adapter files in Hugging Face PEFT's format: `adapter_model.safetensors` + `adapter_config.json`.
+//!
+//! PEFT names tensors `base_model.model.<module path>.lora_A.weight` with shape `[r, in]` and
+//! `...lora_B.weight` with shape `[out, r]`: the transposes of burn-lora's `A [in, r]` and
+//! `B [r, out]`. Saving transposes and names; loading checks every tensor against the model
+//! before anything changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+
+use crate::config::LoraConfig;
+use crate::error::{LoraError, Result};
+use crate::io::atomic_file::{io_error, write_all_atomic};
+use crate::io::path_map::PathMap;
+use crate::io::peft_config::PeftConfig;
+use crate::io::tensor_file::{
+    read_bytes, read_float_tensors, serialize_f32, tensor_values, FloatTensor,
+};
+use crate::layers::adapter::LoraAdapter;
+use crate::model::{check_unmerged, checked_layers_mut, lora_layer_paths, LoraModel};
+
+/// File name of the tensors in an adapter directory.
+pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// File name of the configuration in an adapter directory.
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+/// The prefix PEFT puts before module paths.
+const PEFT_PREFIX: &str = "base_model.model.";
+
+/// Saves adapter `name` of `model` to `dir` as `adapter_model.safetensors` and
+/// `adapter_config.json`, in PEFT's names, orientation and config fields. `paths` maps Burn module
+/// paths to the PyTorch ones (use [`PathMap::identity`] when they are the same).
+///
+/// Each file is written to a temporary file and renamed, so a failed save leaves any existing
+/// file intact.
+///
+/// ```
+/// use burn::backend::Flex as Inference;
+/// use burn_lora::{load_adapter, save_adapter, LoraConfig, LoraMlpConfig, LoraModel, PathMap};
+///
+/// let device = Default::default();
+/// let mut model = LoraMlpConfig::new(8, vec![6], 3).init::<Inference>(&device)?;
+/// model.attach(&LoraConfig::new(2, 4.0))?;
+/// let dir = tempfile::tempdir().unwrap();
+/// save_adapter(&model, "default", dir.path(), &PathMap::identity())?;
+///
+/// // Later: the same base, a fresh adapter slot filled from the file.
+/// model.remove_adapter("default")?;
+/// load_adapter(&mut model, "default", dir.path(), &PathMap::identity())?;
+/// assert_eq!(model.adapter_names(), vec!["default"]);
+/// # Ok::<(), burn_lora::LoraError>(())
+/// ```
+pub fn save_adapter<B: Backend, M: LoraModel<B>>(
+    model: &M,
+    name: &str,
+    dir: &Path,
+    paths: &PathMap,
+) -> Result<()> {
+    let burn_paths = lora_layer_paths(model)?;
+    let mut targets: Vec<(String, LoraConfig)> = Vec::new();
+    let mut tensors = Vec::new();
+    for (layer, burn_path) in model.lora_layers().into_iter().zip(&burn_paths) {
+        let Some(adapter) = layer.adapter(name) else {
+            continue;
+        };
+        adapter.ensure_finite()?;
+        let torch_path = paths.to_torch(burn_path);
+        let ([d_input, rank], [_, d_output]) = adapter.shapes();
+        let key = |factor: &str| format!("{PEFT_PREFIX}{torch_path}.{factor}.weight");
+        tensors.push((
+            key("lora_A"),
+            vec![rank, d_input],
+            tensor_values(adapter.lora_a().transpose())?,
+        ));
+        tensors.push((
+            key("lora_B"),
+            vec![d_output, rank],
+            tensor_values(adapter.lora_b().transpose())?,
+        ));
+        targets.push((torch_path, adapter.config().clone()));
+    }
+    if targets.is_empty() {
+        return Err(LoraError::UnknownAdapter(name.to_string()));
+    }
+    let config = PeftConfig::from_layers(&targets)?;
+
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let weights = serialize_f32(&tensors, metadata, &weights_path)?;
+    let config_path = dir.join(ADAPTER_CONFIG_FILE);
+    let json = serde_json::to_vec_pretty(&config).map_err(|e| LoraError::InvalidFile {
+        path: config_path.display().to_string(),
+        format: "adapter_config.json".into(),
+        reason: e.to_string(),
+    })?;
+    write_all_atomic(&[(&weights_path, &weights), (&config_path, &json)])
+}
+
+/// Loads the PEFT adapter in `dir` into `model` under `name` and makes it the active adapter.
+///
+/// Keys may carry PEFT's `base_model.model.` prefix or not. Rank and scale come from the config
+/// (`rank_pattern`, `alpha_pattern` and rsLoRA included). Every tensor is checked first: a missing
+/// or unexpected key, a shape or rank mismatch, an unsupported dtype, non-finite values, a
+/// truncated or garbage file are errors naming the key, and on any error the model is left
+/// exactly as it was.
+pub fn load_adapter<B: Backend, M: LoraModel<B>>(
+    model: &mut M,
+    name: &str,
+    dir: &Path,
+    paths: &PathMap,
+) -> Result<()> {
+    let adapters = read_adapter(model, name, dir, paths)?;
+    for (layer, adapter) in checked_layers_mut(model)?.into_iter().zip(adapters) {
+        if let Some(adapter) = adapter {
+            layer.insert_adapter(adapter)?;
+        }
+    }
+    model.freeze_base();
+    model.set_active_adapter(name)
+}
+
+/// Reads and checks the adapter files; one entry per model layer (`None` where not targeted).
+fn read_adapter<B: Backend, M: LoraModel<B>>(
+    model: &M,
+    name: &str,
+    dir: &Path,
+    paths: &PathMap,
+) -> Result<Vec<Option<LoraAdapter<B>>>> {
+    crate::layers::adapter::checked_name(name.to_string())?;
+    // `load_adapter` ends by activating the adapter model-wide, which refuses merged layers: check
+    // every layer now, not only the targeted ones, so that a merged layer elsewhere cannot fail
+    // the load after the adapters were inserted.
+    check_unmerged(model.lora_layers())?;
+    let config_path = dir.join(ADAPTER_CONFIG_FILE);
+    let config = PeftConfig::parse(&config_path, &read_bytes(&config_path)?)?;
+    let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
+    let tensors = read_float_tensors(&weights_path, &read_bytes(&weights_path)?)?;
+    let file = weights_path.display().to_string();
+
+    // Group the file's tensors by module path: path -> (A, B).
+    let mut by_module: BTreeMap<String, [Option<(String, FloatTensor)>; 2]> = BTreeMap::new();
+    for (key, tensor) in tensors {
+        let bare = key.strip_prefix(PEFT_PREFIX).unwrap_or(&key);
+        let (module, slot) = if let Some(module) = bare.strip_suffix(".lora_A.weight") {
+            (module, 0)
+        } else if let Some(module) = bare.strip_suffix(".lora_B.weight") {
+            (module, 1)
+        } else {
+            return Err(LoraError::UnexpectedKey {
+                path: file,
+                key,
+                reason: "not a lora_A.weight or lora_B.weight tensor".into(),
+            });
+        };
+        let entry = &mut by_module.entry(module.to_string()).or_default()[slot];
+        if let Some((other, _)) = entry {
+            // The same factor with and without PEFT's prefix: which one wins would be arbitrary.
+            let reason = format!("the same tensor as \"{other}\"");
+            return Err(LoraError::UnexpectedKey {
+                path: file,
+                key,
+                reason,
+            });
+        }
+        *entry = Some((key, tensor));
+    }
+
+    let layers = model.lora_layers();
+    let torch_paths: Vec<String> = lora_layer_paths(model)?
+        .iter()
+        .map(|p| paths.to_torch(p))
+        .collect();
+    for (module, factors) in &by_module {
+        let key = factors
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .next()
+            .unwrap_or_default();
+        if !torch_paths.contains(module) {
+            return Err(LoraError::UnexpectedKey {
+                path: file,
+                key,
+                reason: format!("the model has no LoRA layer at \"{module}\""),
+            });
+        }
+        if !config.targets(module) {
+            return Err(LoraError::UnexpectedKey {
+                path: file,
+                key,
+                reason: format!(
+                    "\"{module}\" is not in the config's target_modules (or is excluded)"
+                ),
+            });
+        }
+    }
+
+    let mut adapters = Vec::with_capacity(layers.len());
+    let mut any = false;
+    for (layer, torch_path) in layers.iter().zip(&torch_paths) {
+        let factors = by_module.remove(torch_path);
+        if factors.is_none() && (config.is_all_linear() || !config.targets(torch_path)) {
+            adapters.push(None);
+            continue;
+        }
+        let [a, b] = factors.unwrap_or_default();
+        let missing = |factor: &str| LoraError::MissingKey {
+            path: file.clone(),
+            key: format!("{PEFT_PREFIX}{torch_path}.{factor}.weight"),
+        };
+        let (a_key, a) = a.ok_or_else(|| missing("lora_A"))?;
+        let (b_key, b) = b.ok_or_else(|| missing("lora_B"))?;
+        let lora_config = config.lora_config_for(torch_path)?;
+        let (rank, d_input, d_output) = (lora_config.rank, layer.d_input(), layer.d_output());
+        for (key, tensor, expected) in [
+            (&a_key, &a, vec![rank, d_input]),
+            (&b_key, &b, vec![d_output, rank]),
+        ] {
+            if tensor.shape != expected {
+                return Err(LoraError::ShapeMismatch {
+                    what: format!("{file}: adapter key \"{key}\""),
+                    expected,
+                    found: tensor.shape.clone(),
+                });
+            }
+        }
+        if layer.adapter(name).is_some() {
+            return Err(LoraError::DuplicateAdapter(name.to_string()));
+        }
+        if layer.is_merged() {
+            return Err(LoraError::Merged(layer.adapter_names_merged()));
+        }
+        let device = layer.weight().device();
+        let a = a.transposed().into_burn::<B, 2>(&device);
+        let b = b.transposed().into_burn::<B, 2>(&device);
+        adapters.push(Some(LoraAdapter::from_factors(name, &lora_config, a, b)?));
+        any = true;
+    }
+    if !any {
+        return Err(LoraError::InvalidFile {
+            path: file,
+            format: "adapter_model.safetensors".into(),
+            reason: "no LoRA tensors for any layer of the model".into(),
+        });
+    }
+    Ok(adapters)
+}

@@ -1,0 +1,234 @@
+//! [`LoraAdapter`]: one named pair of low-rank factors and the way it changes a layer's output.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::linear;
+use burn::tensor::{ElementConversion, Tensor};
+
+use crate::config::LoraConfig;
+use crate::error::{LoraError, Result};
+
+/// One named low-rank adapter of a [`LoraLinear`](crate::LoraLinear): `ΔW = s · A B`.
+///
+/// `A` is `[d_input, rank]`, `B` is `[rank, d_output]` (Burn's `Linear` orientation; PEFT stores
+/// their transposes). Its contribution to a layer's output is `s · ((dropout(x) A) B)`: two
+/// skinny matmuls, never the dense `A B`.
+#[derive(Module, Debug)]
+pub struct LoraAdapter<B: Backend> {
+    /// Down-projection `A`, shape `[d_input, rank]`.
+    lora_a: Param<Tensor<B, 2>>,
+    /// Up-projection `B`, shape `[rank, d_output]`.
+    lora_b: Param<Tensor<B, 2>>,
+    /// Dropout on the adapter's input (only active on an autodiff backend, i.e. in training).
+    dropout: Dropout,
+    /// The adapter's name, unique within its layer.
+    #[module(skip)]
+    name: String,
+    /// The configuration it was created from (rank, alpha, rsLoRA, ...).
+    #[module(skip)]
+    config: LoraConfig,
+    /// Whether the adapter takes part in `forward`.
+    #[module(skip)]
+    active: bool,
+}
+
+impl<B: Backend> LoraAdapter<B> {
+    /// A fresh adapter for a `[d_input, d_output]` layer: `A` drawn by `config.init`, `B = 0`.
+    pub(crate) fn init(
+        name: String,
+        config: &LoraConfig,
+        d_input: usize,
+        d_output: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
+        config.validate_for(d_input, d_output)?;
+        // Drawn now rather than lazily, so clones of a model share the same A.
+        let lora_a: Tensor<B, 2> = config
+            .init
+            .initializer()
+            .init_with(
+                [d_input, config.rank],
+                Some(d_input),
+                Some(config.rank),
+                device,
+            )
+            .val();
+        let lora_a = Param::from_tensor(lora_a.detach());
+        let lora_b = Param::from_tensor(Tensor::zeros([config.rank, d_output], device));
+        Ok(Self::assemble(name, config, lora_a, lora_b))
+    }
+
+    /// An adapter from given factors `A [d_input, rank]` and `B [rank, d_output]`.
+    ///
+    /// The shapes must agree with `config.rank` and with each other, and every value must be
+    /// finite. The factors become trainable parameters. The rank may exceed
+    /// `min(d_input, d_output)`: PEFT accepts such adapters, and exact combinations
+    /// ([`LoraLinear::combined_adapter`](crate::LoraLinear::combined_adapter)) produce them.
+    pub fn from_factors(
+        name: impl Into<String>,
+        config: &LoraConfig,
+        lora_a: Tensor<B, 2>,
+        lora_b: Tensor<B, 2>,
+    ) -> Result<Self> {
+        let name = checked_name(name.into())?;
+        let [d_input, rank_a] = lora_a.dims();
+        let [rank_b, d_output] = lora_b.dims();
+        config.validate()?;
+        if rank_a != config.rank {
+            return Err(LoraError::ShapeMismatch {
+                what: format!("adapter \"{name}\" lora_A"),
+                expected: vec![d_input, config.rank],
+                found: vec![d_input, rank_a],
+            });
+        }
+        if rank_b != config.rank {
+            return Err(LoraError::ShapeMismatch {
+                what: format!("adapter \"{name}\" lora_B"),
+                expected: vec![config.rank, d_output],
+                found: vec![rank_b, d_output],
+            });
+        }
+        ensure_finite(&lora_a, || format!("adapter \"{name}\" lora_A"))?;
+        ensure_finite(&lora_b, || format!("adapter \"{name}\" lora_B"))?;
+        let lora_a = Param::from_tensor(lora_a.detach().require_grad());
+        let lora_b = Param::from_tensor(lora_b.detach().require_grad());
+        Ok(Self::assemble(name, config, lora_a, lora_b))
+    }
+
+    fn assemble(
+        name: String,
+        config: &LoraConfig,
+        lora_a: Param<Tensor<B, 2>>,
+        lora_b: Param<Tensor<B, 2>>,
+    ) -> Self {
+        Self {
+            lora_a,
+            lora_b,
+            dropout: DropoutConfig::new(config.dropout).init(),
+            name,
+            config: config.clone(),
+            active: true,
+        }
+    }
+
+    /// The adapter's contribution `s · ((dropout(x) A) B)` to a layer's output.
+    ///
+    /// # Shapes
+    /// - input: `[..., d_input]`
+    /// - output: `[..., d_output]`
+    pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        let hidden = linear(self.dropout.forward(input), self.lora_a.val(), None);
+        let scale = self.scale();
+        // Scale the rank-wide hidden tensor, not the output: r values per row instead of d_output.
+        let hidden = if scale == 1.0 {
+            hidden
+        } else {
+            hidden.mul_scalar(scale)
+        };
+        linear(hidden, self.lora_b.val(), None)
+    }
+
+    /// The dense update `ΔW = s · A B`, shape `[d_input, d_output]`, detached from autodiff.
+    ///
+    /// Only merging needs this; `forward` never builds it.
+    pub fn delta_weight(&self) -> Tensor<B, 2> {
+        self.lora_a
+            .val()
+            .detach()
+            .matmul(self.lora_b.val().detach())
+            .mul_scalar(self.scale())
+    }
+
+    /// Errors with [`LoraError::NonFinite`] if `A` or `B` holds NaN or infinity.
+    pub fn ensure_finite(&self) -> Result<()> {
+        ensure_finite(&self.lora_a.val(), || {
+            format!("adapter \"{}\" lora_A", self.name)
+        })?;
+        ensure_finite(&self.lora_b.val(), || {
+            format!("adapter \"{}\" lora_B", self.name)
+        })
+    }
+
+    /// The adapter's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The configuration the adapter was created with.
+    pub fn config(&self) -> &LoraConfig {
+        &self.config
+    }
+
+    /// The scale `s` applied to `A B`.
+    pub fn scale(&self) -> f64 {
+        self.config.scale()
+    }
+
+    /// The rank `r`.
+    pub fn rank(&self) -> usize {
+        self.config.rank
+    }
+
+    /// `A`, shape `[d_input, rank]`.
+    pub fn lora_a(&self) -> Tensor<B, 2> {
+        self.lora_a.val()
+    }
+
+    /// `B`, shape `[rank, d_output]`.
+    pub fn lora_b(&self) -> Tensor<B, 2> {
+        self.lora_b.val()
+    }
+
+    /// The parameter holding `A` (its id is the optimizer's key).
+    pub fn lora_a_param(&self) -> &Param<Tensor<B, 2>> {
+        &self.lora_a
+    }
+
+    /// The parameter holding `B`.
+    pub fn lora_b_param(&self) -> &Param<Tensor<B, 2>> {
+        &self.lora_b
+    }
+
+    /// The shapes of `A` and `B`.
+    pub fn shapes(&self) -> ([usize; 2], [usize; 2]) {
+        (self.lora_a.shape().dims(), self.lora_b.shape().dims())
+    }
+
+    /// Number of trainable values, `rank · (d_input + d_output)`.
+    pub fn num_params(&self) -> usize {
+        let ([d_input, rank], [_, d_output]) = self.shapes();
+        rank * (d_input + d_output)
+    }
+
+    /// Whether this adapter takes part in its layer's `forward`.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    pub(crate) fn set_active(&mut self, active: bool) {
+        self.active = active;
+    }
+}
+
+/// Rejects empty adapter names.
+pub(crate) fn checked_name(name: String) -> Result<String> {
+    if name.is_empty() {
+        Err(LoraError::InvalidAdapterName(name))
+    } else {
+        Ok(name)
+    }
+}
+
+/// Errors with [`LoraError::NonFinite`] naming `what()` if `tensor` holds NaN or infinity.
+pub(crate) fn ensure_finite<B: Backend, const D: usize>(
+    tensor: &Tensor<B, D>,
+    what: impl FnOnce() -> String,
+) -> Result<()> {
+    let all_finite: bool = tensor.clone().is_finite().all().into_scalar().elem();
+    if all_finite {
+        Ok(())
+    } else {
+        Err(LoraError::NonFinite(what()))
+    }
+}

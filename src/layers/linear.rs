@@ -1,0 +1,385 @@
+//! [`LoraLinear`]: a frozen `Linear` base plus named low-rank adapters.
+
+use burn::config::Config;
+use burn::module::{Initializer, Module, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::linear;
+use burn::tensor::Tensor;
+
+use crate::config::LoraConfig;
+use crate::error::{LoraError, Result as LoraResult};
+use crate::layers::adapter::{checked_name, LoraAdapter};
+
+/// Configuration to create a fresh [`LoraLinear`] (a randomly initialised base, no adapter yet).
+///
+/// To adapt a trained layer instead, use [`LoraLinear::from_linear`].
+#[derive(Config, Debug)]
+pub struct LoraLinearConfig {
+    /// Input width.
+    pub d_input: usize,
+    /// Output width.
+    pub d_output: usize,
+    /// Whether the base has a bias.
+    #[config(default = true)]
+    pub bias: bool,
+    /// Initialisation of the base weight and bias (Burn's `Linear` default).
+    #[config(
+        default = "Initializer::KaimingUniform{gain: 1.0 / 3.0f64.sqrt(), fan_out_only: false}"
+    )]
+    pub initializer: Initializer,
+}
+
+impl LoraLinearConfig {
+    /// Builds the layer; widths must be non-zero.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> LoraResult<LoraLinear<B>> {
+        if self.d_input == 0 || self.d_output == 0 {
+            return Err(LoraError::InvalidModel(format!(
+                "linear layer widths must be non-zero, got [{}, {}]",
+                self.d_input, self.d_output
+            )));
+        }
+        let base = LinearConfig::new(self.d_input, self.d_output)
+            .with_bias(self.bias)
+            .with_initializer(self.initializer.clone())
+            .init(device);
+        Ok(LoraLinear::from_linear(base))
+    }
+}
+
+/// A linear layer with a frozen base and low-rank adapters:
+/// `y = x W + b + Σ_active s · ((dropout(x) A) B)`.
+///
+/// The base is stored exactly as Burn's [`Linear`] stores it (fields `weight` and `bias`), so a
+/// checkpoint of a model built with `Linear` loads into the same model built with `LoraLinear`.
+/// Adapters live beside it, each under its own name; attaching one freezes the base (no
+/// gradient, no optimizer state), and switching between them never touches the base.
+///
+/// # Shapes
+/// - `weight`: `[d_input, d_output]`, `bias`: `[d_output]`
+/// - each adapter: `A [d_input, r]`, `B [r, d_output]`
+/// - `forward`: `[..., d_input]` → `[..., d_output]`
+///
+/// ```
+/// use burn::backend::Flex as Inference;
+/// use burn::tensor::Tensor;
+/// use burn_lora::{LoraConfig, LoraLinearConfig};
+///
+/// let device = Default::default();
+/// let mut layer = LoraLinearConfig::new(8, 4).init::<Inference>(&device)?;
+/// let x = Tensor::<Inference, 2>::ones([2, 8], &device);
+/// let before = layer.forward(x.clone());
+///
+/// layer.add_adapter("default", &LoraConfig::new(2, 4.0))?;
+/// // B starts at zero: attaching changes nothing until the adapter is trained.
+/// layer.forward(x.clone()).into_data().assert_eq(&before.into_data(), true);
+/// assert_eq!(layer.adapter_names(), vec!["default"]);
+/// # Ok::<(), burn_lora::LoraError>(())
+/// ```
+#[derive(Module, Debug)]
+pub struct LoraLinear<B: Backend> {
+    /// Base weight `W`, shape `[d_input, d_output]`; frozen once an adapter is attached.
+    weight: Param<Tensor<B, 2>>,
+    /// Base bias `b`, shape `[d_output]`; frozen once an adapter is attached.
+    bias: Option<Param<Tensor<B, 1>>>,
+    /// Named adapters; `None` when there are none, so base-only checkpoints load unchanged.
+    adapters: Option<Vec<LoraAdapter<B>>>,
+    /// `W + Σ s·A B` of the adapters merged in place, `[d_input, d_output]`; `None` when
+    /// unmerged. Kept beside `W` (never written into it) so that unmerging is exact and a
+    /// checkpoint saved while merged loads back to the same outputs into a merged or an
+    /// unmerged model.
+    merged_weight: Option<Param<Tensor<B, 2>>>,
+    /// When false, `forward` is exactly the base layer.
+    #[module(skip)]
+    enabled: bool,
+    /// Names of the adapters merged into `merged_weight` (meaningful only while it is `Some`).
+    #[module(skip)]
+    merged: Vec<String>,
+}
+
+impl<B: Backend> LoraLinear<B> {
+    /// Wraps a (trained) [`Linear`]; its tensors are moved, not copied.
+    pub fn from_linear(linear: Linear<B>) -> Self {
+        Self {
+            weight: linear.weight,
+            bias: linear.bias,
+            adapters: None,
+            merged_weight: None,
+            enabled: true,
+            merged: Vec::new(),
+        }
+    }
+
+    /// Applies the layer.
+    ///
+    /// # Shapes
+    /// - input: `[..., d_input]`
+    /// - output: `[..., d_output]`
+    pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        if !self.enabled {
+            return self.forward_base(input);
+        }
+        if let Some(merged) = &self.merged_weight {
+            return linear(input, merged.val(), self.bias.as_ref().map(|b| b.val()));
+        }
+        let mut active = self.adapters().iter().filter(|a| a.is_active()).peekable();
+        if active.peek().is_none() {
+            return self.forward_base(input);
+        }
+        let base = self.forward_base(input.clone());
+        active.fold(base, |output, adapter| {
+            output + adapter.forward(input.clone())
+        })
+    }
+
+    /// [`forward`](Self::forward) after checking the input's last dimension is `d_input`:
+    /// a wrong width is [`LoraError::ShapeMismatch`] instead of a panic inside the matmul.
+    pub fn try_forward<const D: usize>(&self, input: Tensor<B, D>) -> LoraResult<Tensor<B, D>> {
+        let dims = input.dims();
+        if dims.last() != Some(&self.d_input()) {
+            let mut expected = dims.to_vec();
+            if let Some(last) = expected.last_mut() {
+                *last = self.d_input();
+            }
+            return Err(LoraError::ShapeMismatch {
+                what: "layer input".into(),
+                expected,
+                found: dims.to_vec(),
+            });
+        }
+        Ok(self.forward(input))
+    }
+
+    /// The base layer alone, `x W + b`, whatever the adapters' state (merged ones included).
+    pub fn forward_base<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        linear(
+            input,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+        )
+    }
+
+    /// Adds a fresh adapter (`A` drawn by `config.init`, `B = 0`) and makes it the only active one.
+    ///
+    /// Freezes the base. Fails, leaving the layer unchanged, on an invalid config, a rank above
+    /// `min(d_input, d_output)`, an empty or duplicate name, or while adapters are merged.
+    pub fn add_adapter(&mut self, name: impl Into<String>, config: &LoraConfig) -> LoraResult<()> {
+        let name = checked_name(name.into())?;
+        self.check_can_add(&name)?;
+        let adapter = LoraAdapter::init(
+            name,
+            config,
+            self.d_input(),
+            self.d_output(),
+            &self.weight.device(),
+        )?;
+        self.push_adapter(adapter);
+        Ok(())
+    }
+
+    /// Inserts a ready-made adapter (see [`LoraAdapter::from_factors`]) and makes it the only
+    /// active one. Its factors must fit this layer's widths.
+    pub fn insert_adapter(&mut self, adapter: LoraAdapter<B>) -> LoraResult<()> {
+        self.check_can_add(adapter.name())?;
+        let ([d_input, rank], [_, d_output]) = adapter.shapes();
+        if [d_input, d_output] != [self.d_input(), self.d_output()] {
+            return Err(LoraError::ShapeMismatch {
+                what: format!("adapter \"{}\" ΔW", adapter.name()),
+                expected: vec![self.d_input(), self.d_output()],
+                found: vec![d_input, d_output],
+            });
+        }
+        adapter.config().validate()?;
+        if rank != adapter.rank() {
+            return Err(LoraError::ShapeMismatch {
+                what: format!("adapter \"{}\" lora_A", adapter.name()),
+                expected: vec![d_input, adapter.rank()],
+                found: vec![d_input, rank],
+            });
+        }
+        self.push_adapter(adapter);
+        Ok(())
+    }
+
+    fn check_can_add(&self, name: &str) -> LoraResult<()> {
+        if self.is_merged() {
+            return Err(LoraError::Merged(self.adapter_names_merged()));
+        }
+        if self.adapter(name).is_some() {
+            return Err(LoraError::DuplicateAdapter(name.to_string()));
+        }
+        Ok(())
+    }
+
+    fn push_adapter(&mut self, mut adapter: LoraAdapter<B>) {
+        self.freeze_base();
+        let adapters = self.adapters.get_or_insert_with(Vec::new);
+        for other in adapters.iter_mut() {
+            other.set_active(false);
+        }
+        adapter.set_active(true);
+        adapters.push(adapter);
+    }
+
+    /// Removes an adapter and returns it. The base stays frozen.
+    pub fn remove_adapter(&mut self, name: &str) -> LoraResult<LoraAdapter<B>> {
+        if self.is_merged() {
+            return Err(LoraError::Merged(self.adapter_names_merged()));
+        }
+        let adapters = self
+            .adapters
+            .as_mut()
+            .ok_or_else(|| LoraError::UnknownAdapter(name.to_string()))?;
+        let index = adapters
+            .iter()
+            .position(|a| a.name() == name)
+            .ok_or_else(|| LoraError::UnknownAdapter(name.to_string()))?;
+        let removed = adapters.remove(index);
+        if adapters.is_empty() {
+            self.adapters = None;
+        }
+        Ok(removed)
+    }
+
+    /// Makes exactly the named adapters active (all others inactive). An empty list deactivates
+    /// all. Unknown names are an error and change nothing.
+    pub fn set_active_adapters(&mut self, names: &[&str]) -> LoraResult<()> {
+        if self.is_merged() {
+            return Err(LoraError::Merged(self.adapter_names_merged()));
+        }
+        if let Some(unknown) = names.iter().find(|n| self.adapter(n).is_none()) {
+            return Err(LoraError::UnknownAdapter(unknown.to_string()));
+        }
+        for adapter in self.adapters.iter_mut().flatten() {
+            let active = names.contains(&adapter.name());
+            adapter.set_active(active);
+        }
+        Ok(())
+    }
+
+    /// Names of the active adapters.
+    pub fn active_adapters(&self) -> Vec<&str> {
+        self.adapters()
+            .iter()
+            .filter(|a| a.is_active())
+            .map(|a| a.name())
+            .collect()
+    }
+
+    /// Names of all adapters, in insertion order.
+    pub fn adapter_names(&self) -> Vec<&str> {
+        self.adapters().iter().map(|a| a.name()).collect()
+    }
+
+    /// All adapters, in insertion order.
+    pub fn adapters(&self) -> &[LoraAdapter<B>] {
+        self.adapters.as_deref().unwrap_or(&[])
+    }
+
+    /// The adapter with this name, if any.
+    pub fn adapter(&self, name: &str) -> Option<&LoraAdapter<B>> {
+        self.adapters().iter().find(|a| a.name() == name)
+    }
+
+    /// Turns all adapters on or off. Off, `forward` is bit-identical to the base layer, merged
+    /// or not.
+    pub fn set_enabled(&mut self, enabled: bool) {
+        self.enabled = enabled;
+    }
+
+    /// Whether adapters take part in `forward`.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Marks the base weight and bias as not requiring gradients.
+    pub fn freeze_base(&mut self) {
+        self.weight = self.weight.clone().set_require_grad(false);
+        self.bias = self.bias.take().map(|b| b.set_require_grad(false));
+    }
+
+    /// The base weight `W`, `[d_input, d_output]`.
+    pub fn weight(&self) -> Tensor<B, 2> {
+        self.weight.val()
+    }
+
+    /// The base bias `b`, `[d_output]`, if any.
+    pub fn bias(&self) -> Option<Tensor<B, 1>> {
+        self.bias.as_ref().map(|b| b.val())
+    }
+
+    /// Input width.
+    pub fn d_input(&self) -> usize {
+        self.weight.shape().dims::<2>()[0]
+    }
+
+    /// Output width.
+    pub fn d_output(&self) -> usize {
+        self.weight.shape().dims::<2>()[1]
+    }
+
+    /// Number of base values (weight and bias).
+    pub fn num_base_params(&self) -> usize {
+        self.d_input() * self.d_output() + self.bias.as_ref().map_or(0, |_| self.d_output())
+    }
+
+    /// The base weight parameter (its id and gradient setting included).
+    pub fn weight_param(&self) -> &Param<Tensor<B, 2>> {
+        &self.weight
+    }
+
+    /// The base bias parameter, if any.
+    pub fn bias_param(&self) -> Option<&Param<Tensor<B, 1>>> {
+        self.bias.as_ref()
+    }
+
+    /// Replaces the base values (same shapes, checked by the caller), keeping each parameter's
+    /// id, gradient setting and load/save mappers.
+    pub(crate) fn replace_base(&mut self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) {
+        self.weight = replace_value(self.weight.clone(), weight);
+        if let (Some(param), Some(bias)) = (self.bias.take(), bias) {
+            self.bias = Some(replace_value(param, bias));
+        }
+    }
+
+    pub(crate) fn adapter_names_merged(&self) -> Vec<String> {
+        self.merged_names().to_vec()
+    }
+
+    /// The merged weight `W + Σ s·A B`, while merged in place.
+    pub(crate) fn merged_weight_tensor(&self) -> Option<Tensor<B, 2>> {
+        self.merged_weight.as_ref().map(Param::val)
+    }
+
+    /// The adapters merged in place (empty when unmerged).
+    pub(crate) fn merged_names(&self) -> &[String] {
+        match self.merged_weight {
+            Some(_) => &self.merged,
+            None => &[],
+        }
+    }
+
+    /// Installs (`Some`) or drops (`None`) the merged weight and the names merged into it.
+    pub(crate) fn set_merged(&mut self, merged: Option<(Tensor<B, 2>, Vec<String>)>) {
+        match merged {
+            Some((weight, names)) => {
+                self.merged_weight =
+                    Some(Param::from_tensor(weight.detach()).set_require_grad(false));
+                self.merged = names;
+            }
+            None => {
+                self.merged_weight = None;
+                self.merged = Vec::new();
+            }
+        }
+    }
+}
+
+/// `param` holding `value` instead, with the same id, gradient setting and load/save mappers.
+fn replace_value<B: Backend, const D: usize>(
+    param: Param<Tensor<B, D>>,
+    value: Tensor<B, D>,
+) -> Param<Tensor<B, D>> {
+    let require_grad = param.is_require_grad();
+    param.map(|_| value.set_require_grad(require_grad))
+}

@@ -1,0 +1,113 @@
+//! The module paths of a model's LoRA layers, and the check that its two layer lists agree.
+
+use std::collections::HashMap;
+
+use burn::module::{ModuleVisitor, Param, ParamId};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use crate::error::{LoraError, Result};
+use crate::layers::linear::LoraLinear;
+use crate::model::LoraModel;
+
+/// The Burn module path of every layer of [`LoraModel::lora_layers`], in the same order
+/// (`"layers.0"` for the first layer of a [`LoraMlp`](crate::LoraMlp)).
+///
+/// Found by walking the module tree and matching each layer's weight parameter.
+///
+/// # Errors
+/// [`LoraError::InvalidModel`] when a listed layer is not part of the model's module tree,
+/// when its weight parameter sits at two paths of the tree (a cloned layer shares its
+/// parameter ids), or when two listed layers are one and the same.
+pub fn lora_layer_paths<B: Backend, M: LoraModel<B>>(model: &M) -> Result<Vec<String>> {
+    let mut visitor = PathVisitor {
+        stack: Vec::new(),
+        paths: HashMap::new(),
+    };
+    model.visit(&mut visitor);
+    let layers = model.lora_layers();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut result = Vec::with_capacity(layers.len());
+    for (index, layer) in layers.iter().enumerate() {
+        let found = visitor
+            .paths
+            .get(&layer.weight_param().id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let path = match found {
+            [path] => path.strip_suffix(".weight").unwrap_or(path),
+            [] => {
+                return Err(LoraError::InvalidModel(format!(
+                    "LoRA layer {index} of lora_layers() is not a field of the model's module tree"
+                )))
+            }
+            [first, second, ..] => {
+                return Err(LoraError::InvalidModel(format!(
+                    "the weight of LoRA layer {index} appears at two module paths, \"{first}\" and \
+                     \"{second}\" (a cloned layer shares its parameter ids): give each layer its own"
+                )))
+            }
+        };
+        if let Some(other) = seen.insert(path, index) {
+            return Err(LoraError::InvalidModel(format!(
+                "lora_layers() lists the layer at \"{path}\" twice (positions {other} and {index})"
+            )));
+        }
+        result.push(path.to_string());
+    }
+    Ok(result)
+}
+
+/// [`LoraModel::lora_layers_mut`], after checking that it lists the same layers as
+/// [`LoraModel::lora_layers`] (the same weight parameters) in the same order, so that results
+/// computed from one list can be paired with the other.
+pub(crate) fn checked_layers_mut<B: Backend, M: LoraModel<B>>(
+    model: &mut M,
+) -> Result<Vec<&mut LoraLinear<B>>> {
+    let ids = weight_ids(model.lora_layers().into_iter());
+    let layers = model.lora_layers_mut();
+    let ids_mut = weight_ids(layers.iter().map(|layer| &**layer));
+    if ids != ids_mut {
+        let position = ids
+            .iter()
+            .zip(&ids_mut)
+            .position(|(a, b)| a != b)
+            .unwrap_or(ids.len().min(ids_mut.len()));
+        return Err(LoraError::InvalidModel(format!(
+            "lora_layers() and lora_layers_mut() disagree (lengths {} and {}, first difference \
+             at position {position}): they must list the same layers in the same order",
+            ids.len(),
+            ids_mut.len()
+        )));
+    }
+    Ok(layers)
+}
+
+fn weight_ids<'a, B: Backend + 'a>(
+    layers: impl Iterator<Item = &'a LoraLinear<B>>,
+) -> Vec<ParamId> {
+    layers.map(|layer| layer.weight_param().id).collect()
+}
+
+/// Records the dotted paths of every float parameter.
+struct PathVisitor {
+    stack: Vec<String>,
+    paths: HashMap<ParamId, Vec<String>>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for PathVisitor {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.stack.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.paths
+            .entry(param.id)
+            .or_default()
+            .push(self.stack.join("."));
+    }
+}

@@ -1,0 +1,161 @@
+//! [`ParameterReport`]: per-layer shapes and the original / added / percentage parameter counts.
+
+use std::fmt;
+
+/// Shapes of one adapter in a [`LayerReport`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterShapes {
+    /// The adapter's name.
+    pub name: String,
+    /// Shape of `A`, `[d_input, rank]`.
+    pub lora_a: [usize; 2],
+    /// Shape of `B`, `[rank, d_output]`.
+    pub lora_b: [usize; 2],
+}
+
+/// The parameters of one layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerReport {
+    /// The layer's module path, e.g. `layers.0`.
+    pub path: String,
+    /// Shape of the base weight, `[d_input, d_output]`.
+    pub weight: [usize; 2],
+    /// Length of the base bias, if any.
+    pub bias: Option<usize>,
+    /// The layer's adapters.
+    pub adapters: Vec<AdapterShapes>,
+}
+
+impl LayerReport {
+    /// Base values: weight plus bias.
+    pub fn base_params(&self) -> usize {
+        self.weight[0] * self.weight[1] + self.bias.unwrap_or(0)
+    }
+
+    /// Adapter values: `A` plus `B` of every adapter.
+    pub fn lora_params(&self) -> usize {
+        self.adapters
+            .iter()
+            .map(|a| a.lora_a[0] * a.lora_a[1] + a.lora_b[0] * a.lora_b[1])
+            .sum()
+    }
+}
+
+/// How many parameters a model has and how many its adapters add, as the notebook prints it.
+///
+/// ```
+/// use burn::backend::Flex as Inference;
+/// use burn_lora::{LoraConfig, LoraMlpConfig, LoraModel};
+///
+/// let mut model = LoraMlpConfig::new(784, vec![1000, 2000], 10).init::<Inference>(&Default::default())?;
+/// model.attach(&LoraConfig::new(1, 1.0))?;
+/// let report = model.parameter_report();
+/// assert_eq!(report.base_params(), 2_807_010);
+/// assert_eq!(report.lora_params(), 6_794);
+/// assert_eq!(format!("{:.3}", report.percent_added()), "0.242");
+/// println!("{report}");
+/// # Ok::<(), burn_lora::LoraError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParameterReport {
+    /// One entry per linear layer, in order.
+    pub layers: Vec<LayerReport>,
+}
+
+impl ParameterReport {
+    /// Values in the frozen base.
+    pub fn base_params(&self) -> usize {
+        self.layers.iter().map(LayerReport::base_params).sum()
+    }
+
+    /// Values added by the adapters.
+    pub fn lora_params(&self) -> usize {
+        self.layers.iter().map(LayerReport::lora_params).sum()
+    }
+
+    /// Base plus adapters.
+    pub fn total_params(&self) -> usize {
+        self.base_params() + self.lora_params()
+    }
+
+    /// Adapter values as a percentage of the base.
+    pub fn percent_added(&self) -> f64 {
+        match self.base_params() {
+            0 => 0.0,
+            base => self.lora_params() as f64 / base as f64 * 100.0,
+        }
+    }
+}
+
+impl fmt::Display for ParameterReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, layer) in self.layers.iter().enumerate() {
+            write!(
+                f,
+                "Layer {} ({}): W: {:?}",
+                index + 1,
+                layer.path,
+                layer.weight
+            )?;
+            if let Some(bias) = layer.bias {
+                write!(f, " + bias: [{bias}]")?;
+            }
+            for adapter in &layer.adapters {
+                let prefix = if layer.adapters.len() > 1 {
+                    format!("{}.", adapter.name)
+                } else {
+                    String::new()
+                };
+                write!(
+                    f,
+                    " + {prefix}lora_A: {:?} + {prefix}lora_B: {:?}",
+                    adapter.lora_a, adapter.lora_b
+                )?;
+            }
+            writeln!(f)?;
+        }
+        let rows = [
+            ("Total number of parameters (original)", self.base_params()),
+            (
+                "Total number of parameters (original + LoRA)",
+                self.total_params(),
+            ),
+            ("Parameters introduced by LoRA", self.lora_params()),
+        ];
+        for (label, value) in rows {
+            writeln!(f, "{:<46}{:>12}", format!("{label}:"), grouped(value))?;
+        }
+        write!(
+            f,
+            "{:<46}{:>11.3}%",
+            "Parameters increment:",
+            self.percent_added()
+        )
+    }
+}
+
+/// `2807010` → `"2,807,010"`.
+fn grouped(value: usize) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grouped;
+
+    #[test]
+    fn grouped_inserts_thousands_separators() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(6_794), "6,794");
+        assert_eq!(grouped(2_807_010), "2,807,010");
+    }
+}

@@ -1,0 +1,191 @@
+//! A user's model lists its LoRA layers twice (`lora_layers`, `lora_layers_mut`): operations
+//! that pair the two lists refuse lists that disagree, and module paths are never guessed.
+
+mod common;
+
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn_lora::{
+    load_adapter, load_pytorch_base, lora_layer_paths, save_adapter, LoraConfig, LoraError,
+    LoraLinear, LoraLinearConfig, LoraModel, PathMap,
+};
+use common::safetensors_io::{write_raw, Raw};
+use common::B;
+
+/// Two layers; `swapped` makes `lora_layers_mut` list them in the other order.
+#[derive(Module, Debug)]
+struct Net<B: Backend> {
+    encoder: LoraLinear<B>,
+    head: LoraLinear<B>,
+    #[module(skip)]
+    swapped: bool,
+}
+
+impl<B: Backend> LoraModel<B> for Net<B> {
+    fn lora_layers(&self) -> Vec<&LoraLinear<B>> {
+        vec![&self.encoder, &self.head]
+    }
+    fn lora_layers_mut(&mut self) -> Vec<&mut LoraLinear<B>> {
+        if self.swapped {
+            vec![&mut self.head, &mut self.encoder]
+        } else {
+            vec![&mut self.encoder, &mut self.head]
+        }
+    }
+}
+
+/// Square layers, so swapped factors would fit and go unnoticed without the check.
+fn net(swapped: bool) -> Net<B> {
+    let device = Default::default();
+    let layer = || LoraLinearConfig::new(6, 6).init::<B>(&device).unwrap();
+    Net {
+        encoder: layer(),
+        head: layer(),
+        swapped,
+    }
+}
+
+fn is_invalid_model(result: Result<(), LoraError>, context: &str) {
+    match result {
+        Err(LoraError::InvalidModel(message)) => {
+            assert!(
+                message.contains("disagree") || message.contains("path"),
+                "{context}: {message}"
+            )
+        }
+        other => panic!("{context}: expected InvalidModel, got {other:?}"),
+    }
+}
+
+#[test]
+fn paths_are_the_field_names() {
+    assert_eq!(lora_layer_paths(&net(false)).unwrap(), ["encoder", "head"]);
+}
+
+#[test]
+fn disagreeing_layer_lists_are_an_error_for_load_adapter_and_change_nothing() {
+    let mut source = net(false);
+    source
+        .encoder
+        .add_adapter("default", &LoraConfig::new(2, 2.0))
+        .unwrap();
+    source
+        .head
+        .add_adapter("default", &LoraConfig::new(2, 2.0))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    save_adapter(&source, "default", dir.path(), &PathMap::identity()).unwrap();
+
+    let mut model = net(true);
+    is_invalid_model(
+        load_adapter(&mut model, "default", dir.path(), &PathMap::identity()),
+        "load_adapter",
+    );
+    assert!(model.adapter_names().is_empty());
+}
+
+#[test]
+fn disagreeing_layer_lists_are_an_error_for_combine_and_pytorch_base() {
+    let mut model = net(true);
+    model
+        .encoder
+        .add_adapter("a", &LoraConfig::new(2, 2.0))
+        .unwrap();
+    model
+        .head
+        .add_adapter("a", &LoraConfig::new(2, 2.0))
+        .unwrap();
+    is_invalid_model(model.combine_adapters("mix", &[("a", 1.0)]), "combine");
+    assert_eq!(model.adapter_names(), vec!["a"]);
+
+    // A state dict that fits both layers: the check, not a shape, must stop it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("base.safetensors");
+    let tensors: Vec<Raw> = ["encoder", "head"]
+        .iter()
+        .flat_map(|layer| {
+            [
+                Raw::f32(&format!("{layer}.weight"), vec![6, 6], &[0.0; 36]),
+                Raw::f32(&format!("{layer}.bias"), vec![6], &[0.0; 6]),
+            ]
+        })
+        .collect();
+    write_raw(&path, &tensors);
+    let before = model.encoder.weight().into_data();
+    is_invalid_model(
+        load_pytorch_base(&mut model, &path, &PathMap::identity()),
+        "load_pytorch_base",
+    );
+    model.encoder.weight().into_data().assert_eq(&before, true);
+}
+
+/// A model whose "two" layers are clones of one: they share their parameter ids.
+#[derive(Module, Debug)]
+struct Cloned<B: Backend> {
+    first: LoraLinear<B>,
+    second: LoraLinear<B>,
+}
+
+impl<B: Backend> LoraModel<B> for Cloned<B> {
+    fn lora_layers(&self) -> Vec<&LoraLinear<B>> {
+        vec![&self.first, &self.second]
+    }
+    fn lora_layers_mut(&mut self) -> Vec<&mut LoraLinear<B>> {
+        vec![&mut self.first, &mut self.second]
+    }
+}
+
+#[test]
+fn cloned_layers_sharing_parameter_ids_are_an_error_not_a_guessed_path() {
+    let layer = LoraLinearConfig::new(4, 3)
+        .init::<B>(&Default::default())
+        .unwrap();
+    let model = Cloned {
+        first: layer.clone(),
+        second: layer,
+    };
+    match lora_layer_paths(&model) {
+        Err(LoraError::InvalidModel(message)) => {
+            assert!(message.contains("\"first.weight\""), "{message}");
+            assert!(message.contains("\"second.weight\""), "{message}");
+        }
+        other => panic!("expected InvalidModel, got {other:?}"),
+    }
+}
+
+/// A model that lists a layer which is not one of its fields.
+#[derive(Module, Debug)]
+struct Outside<B: Backend> {
+    inner: LoraLinear<B>,
+    #[module(skip)]
+    stray: Option<LoraLinear<B>>,
+}
+
+impl<B: Backend> LoraModel<B> for Outside<B> {
+    fn lora_layers(&self) -> Vec<&LoraLinear<B>> {
+        let mut layers = vec![&self.inner];
+        layers.extend(self.stray.as_ref());
+        layers
+    }
+    fn lora_layers_mut(&mut self) -> Vec<&mut LoraLinear<B>> {
+        let mut layers = vec![&mut self.inner];
+        layers.extend(self.stray.as_mut());
+        layers
+    }
+}
+
+#[test]
+fn a_listed_layer_outside_the_module_tree_is_an_error_not_a_fallback_name() {
+    let device = Default::default();
+    let layer = || LoraLinearConfig::new(4, 3).init::<B>(&device).unwrap();
+    let model = Outside {
+        inner: layer(),
+        stray: Some(layer()),
+    };
+    match lora_layer_paths(&model) {
+        Err(LoraError::InvalidModel(message)) => {
+            assert!(message.contains("layer 1"), "{message}")
+        }
+        other => panic!("expected InvalidModel, got {other:?}"),
+    }
+}
