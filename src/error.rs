@@ -128,7 +128,7 @@ pub enum LoraError {
         /// The dtype found.
         dtype: String,
     },
-    /// A whole-model checkpoint could not be written or read (burn-store's message).
+    /// A whole-model checkpoint could not be written: a parameter's values could not be read.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {
         /// The file.

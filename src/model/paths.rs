@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::error::{LoraError, Result};
 use crate::layers::linear::LoraLinear;
@@ -20,17 +20,17 @@ use crate::model::LoraModel;
 /// when its weight parameter sits at two paths of the tree (a cloned layer shares its
 /// parameter ids), or when two listed layers are one and the same.
 pub fn lora_layer_paths<B: Backend, M: LoraModel<B>>(model: &M) -> Result<Vec<String>> {
-    let mut visitor = PathVisitor {
-        stack: Vec::new(),
-        paths: HashMap::new(),
-    };
+    let mut visitor = ParamCollector::new(false);
     model.visit(&mut visitor);
+    let mut paths: HashMap<ParamId, Vec<String>> = HashMap::new();
+    for param in visitor.floats {
+        paths.entry(param.id).or_default().push(param.path);
+    }
     let layers = model.lora_layers();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut result = Vec::with_capacity(layers.len());
     for (index, layer) in layers.iter().enumerate() {
-        let found = visitor
-            .paths
+        let found = paths
             .get(&layer.weight_param().id)
             .map(Vec::as_slice)
             .unwrap_or_default();
@@ -89,13 +89,40 @@ fn weight_ids<'a, B: Backend + 'a>(
     layers.map(|layer| layer.weight_param().id).collect()
 }
 
-/// Records the dotted paths of every float parameter.
-struct PathVisitor {
-    stack: Vec<String>,
-    paths: HashMap<ParamId, Vec<String>>,
+/// One float parameter met by a [`ParamCollector`].
+pub(crate) struct FloatParam {
+    /// Its dotted module path (`layers.0.weight`).
+    pub path: String,
+    /// Its id.
+    pub id: ParamId,
+    /// Its values, when the collector reads them.
+    pub data: Option<TensorData>,
 }
 
-impl<B: Backend> ModuleVisitor<B> for PathVisitor {
+/// Walks a module and records every float parameter (path, id and, if asked, values) and the
+/// paths of its int and bool parameters.
+pub(crate) struct ParamCollector {
+    stack: Vec<String>,
+    read_values: bool,
+    /// The float parameters, in the module's visiting order.
+    pub floats: Vec<FloatParam>,
+    /// Paths of int and bool parameters.
+    pub others: Vec<String>,
+}
+
+impl ParamCollector {
+    /// A collector that reads the float values too when `read_values`.
+    pub fn new(read_values: bool) -> Self {
+        Self {
+            stack: Vec::new(),
+            read_values,
+            floats: Vec::new(),
+            others: Vec::new(),
+        }
+    }
+}
+
+impl<B: Backend> ModuleVisitor<B> for ParamCollector {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.stack.push(name.to_string());
     }
@@ -105,9 +132,19 @@ impl<B: Backend> ModuleVisitor<B> for PathVisitor {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.paths
-            .entry(param.id)
-            .or_default()
-            .push(self.stack.join("."));
+        let data = self.read_values.then(|| param.val().into_data());
+        self.floats.push(FloatParam {
+            path: self.stack.join("."),
+            id: param.id,
+            data,
+        });
+    }
+
+    fn visit_int<const D: usize>(&mut self, _param: &Param<Tensor<B, D, Int>>) {
+        self.others.push(self.stack.join("."));
+    }
+
+    fn visit_bool<const D: usize>(&mut self, _param: &Param<Tensor<B, D, Bool>>) {
+        self.others.push(self.stack.join("."));
     }
 }
