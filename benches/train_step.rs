@@ -2,7 +2,7 @@
 //! full fine-tuning against LoRA on all three layers, each with burn-lora's `FusedAdam` and,
 //! for reference, Burn's own `Adam`.
 //!
-//! `cargo bench --bench train_step` (add `--no-default-features --features flex,mnist` for Flex).
+//! `cargo bench --bench train_step` (Flex; add `--features ndarray` for NdArray).
 
 use burn::nn::loss::CrossEntropyLossConfig;
 mod bench_util;
