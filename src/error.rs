@@ -139,6 +139,10 @@ pub enum LoraError {
     /// A feature of the file or config that burn-lora does not implement (DoRA, trained biases…).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A layer selection ([`Targets`](crate::Targets)) that is invalid or selects nothing: a bad
+    /// regular expression, no LoRA layer matched, or a match that is not a LoRA layer.
+    #[error("invalid targets: {0}")]
+    InvalidTargets(String),
     /// The SVD routine failed to converge.
     #[error("SVD failed: {0}")]
     SvdFailed(String),

@@ -27,7 +27,7 @@
 //! use burn::nn::loss::CrossEntropyLossConfig;
 //! use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 //! use burn::tensor::{Distribution, Int, Tensor};
-//! use burn_lora::{LoraConfig, LoraInit, LoraMlpConfig, LoraModel};
+//! use burn_lora::{LoraConfig, LoraInit, LoraMlpConfig, LoraModel, Targets};
 //!
 //! type B = Autodiff<Flex>;
 //! let device = Default::default();
@@ -36,7 +36,8 @@
 //! let mut model = LoraMlpConfig::new(20, vec![30], 5).init::<B>(&device)?;
 //!
 //! // Attach rank-1 LoRA to every layer; the base is frozen from now on.
-//! model.attach(&LoraConfig::new(1, 1.0).with_init(LoraInit::Gaussian { std: 1.0 }))?;
+//! let config = LoraConfig::new(1, 1.0).with_init(LoraInit::Gaussian { std: 1.0 });
+//! model.attach("default", &config, &Targets::all())?;
 //! println!("{}", model.parameter_report());
 //!
 //! // Train a step: only A and B change (any Burn optimizer; `burn-fused-adam` is faster on CPU).
@@ -67,11 +68,12 @@ pub use io::adapter_file::{load_adapter, save_adapter, ADAPTER_CONFIG_FILE, ADAP
 pub use io::checkpoint::save_checkpoint;
 pub use io::path_map::PathMap;
 pub use io::peft_config::{PeftConfig, TargetModules};
-pub use io::pytorch_base::load_pytorch_base;
 pub use layers::adapter::LoraAdapter;
+pub use layers::layer::{LayerKind, LoraLayer};
 pub use layers::linear::{LoraLinear, LoraLinearConfig};
 pub use model::lora_model::LoraModel;
 pub use model::mlp::{LoraMlp, LoraMlpConfig, DEFAULT_ADAPTER};
 pub use model::paths::lora_layer_paths;
 pub use model::report::{AdapterShapes, LayerReport, ParameterReport};
+pub use model::targets::Targets;
 pub use svd::{numerical_rank, singular_values, truncated_svd, LowRankFactors};

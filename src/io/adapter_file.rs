@@ -27,6 +27,13 @@ pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 /// The prefix PEFT puts before module paths.
 const PEFT_PREFIX: &str = "base_model.model.";
+/// The names PEFT gives `A` (slot 0) and `B` (slot 1) after a module path, for every layer kind.
+const FACTOR_SUFFIXES: [(&str, usize); 4] = [
+    (".lora_A.weight", 0),
+    (".lora_B.weight", 1),
+    (".lora_embedding_A", 0),
+    (".lora_embedding_B", 1),
+];
 
 /// Saves adapter `name` of `model` to `dir` as `adapter_model.safetensors` and
 /// `adapter_config.json`, in PEFT's names, orientation and config fields. `paths` maps Burn module
@@ -66,16 +73,17 @@ pub fn save_adapter<B: Backend, M: LoraModel<B>>(
         };
         adapter.ensure_finite()?;
         let torch_path = paths.to_torch(burn_path);
-        let ([d_input, rank], [_, d_output]) = adapter.shapes();
-        let key = |factor: &str| format!("{PEFT_PREFIX}{torch_path}.{factor}.weight");
+        let rank = adapter.rank();
+        let [key_a, key_b] = layer.peft_factor_keys();
+        let [shape_a, shape_b] = layer.peft_factor_shapes(rank);
         tensors.push((
-            key("lora_A"),
-            vec![rank, d_input],
+            format!("{PEFT_PREFIX}{torch_path}.{key_a}"),
+            shape_a,
             tensor_values(adapter.lora_a().transpose())?,
         ));
         tensors.push((
-            key("lora_B"),
-            vec![d_output, rank],
+            format!("{PEFT_PREFIX}{torch_path}.{key_b}"),
+            shape_b,
             tensor_values(adapter.lora_b().transpose())?,
         ));
         targets.push((torch_path, adapter.config().clone()));
@@ -143,15 +151,16 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
     let mut by_module: BTreeMap<String, [Option<(String, FloatTensor)>; 2]> = BTreeMap::new();
     for (key, tensor) in tensors {
         let bare = key.strip_prefix(PEFT_PREFIX).unwrap_or(&key);
-        let (module, slot) = if let Some(module) = bare.strip_suffix(".lora_A.weight") {
-            (module, 0)
-        } else if let Some(module) = bare.strip_suffix(".lora_B.weight") {
-            (module, 1)
-        } else {
+        let Some((module, slot)) = FACTOR_SUFFIXES
+            .iter()
+            .find_map(|(suffix, slot)| bare.strip_suffix(suffix).map(|module| (module, *slot)))
+        else {
             return Err(LoraError::UnexpectedKey {
                 path: file,
                 key,
-                reason: "not a lora_A.weight or lora_B.weight tensor".into(),
+                reason: "not a LoRA factor (lora_A.weight, lora_B.weight, lora_embedding_A, \
+                         lora_embedding_B)"
+                    .into(),
             });
         };
         let entry = &mut by_module.entry(module.to_string()).or_default()[slot];
@@ -206,22 +215,31 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
             continue;
         }
         let [a, b] = factors.unwrap_or_default();
+        let [key_a, key_b] = layer.peft_factor_keys();
         let missing = |factor: &str| LoraError::MissingKey {
             path: file.clone(),
-            key: format!("{PEFT_PREFIX}{torch_path}.{factor}.weight"),
+            key: format!("{PEFT_PREFIX}{torch_path}.{factor}"),
         };
-        let (a_key, a) = a.ok_or_else(|| missing("lora_A"))?;
-        let (b_key, b) = b.ok_or_else(|| missing("lora_B"))?;
+        let (a_key, a) = a.ok_or_else(|| missing(key_a))?;
+        let (b_key, b) = b.ok_or_else(|| missing(key_b))?;
+        for (key, expected) in [(&a_key, key_a), (&b_key, key_b)] {
+            if !key.ends_with(expected) {
+                return Err(LoraError::UnexpectedKey {
+                    path: file.clone(),
+                    key: key.clone(),
+                    reason: format!("the layer at \"{torch_path}\" names this factor {expected}"),
+                });
+            }
+        }
         let lora_config = config.lora_config_for(torch_path)?;
-        let (rank, d_input, d_output) = (lora_config.rank, layer.d_input(), layer.d_output());
-        for (key, tensor, expected) in [
-            (&a_key, &a, vec![rank, d_input]),
-            (&b_key, &b, vec![d_output, rank]),
-        ] {
-            if tensor.shape != expected {
+        let rank = lora_config.rank;
+        let [d_input, d_output] = layer.adapter_dims();
+        let [shape_a, shape_b] = layer.peft_factor_shapes(rank);
+        for (key, tensor, expected) in [(&a_key, &a, &shape_a), (&b_key, &b, &shape_b)] {
+            if &tensor.shape != expected {
                 return Err(LoraError::ShapeMismatch {
                     what: format!("{file}: adapter key \"{key}\""),
-                    expected,
+                    expected: expected.clone(),
                     found: tensor.shape.clone(),
                 });
             }
@@ -230,11 +248,17 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
             return Err(LoraError::DuplicateAdapter(name.to_string()));
         }
         if layer.is_merged() {
-            return Err(LoraError::Merged(layer.adapter_names_merged()));
+            return Err(LoraError::Merged(layer.merged_adapters().to_vec()));
         }
-        let device = layer.weight().device();
-        let a = a.transposed().into_burn::<B, 2>(&device);
-        let b = b.transposed().into_burn::<B, 2>(&device);
+        let device = layer.device();
+        let a = a
+            .reshaped(vec![rank, d_input])
+            .transposed()
+            .into_burn::<B, 2>(&device);
+        let b = b
+            .reshaped(vec![d_output, rank])
+            .transposed()
+            .into_burn::<B, 2>(&device);
         adapters.push(Some(LoraAdapter::from_factors(name, &lora_config, a, b)?));
         any = true;
     }

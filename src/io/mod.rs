@@ -6,5 +6,4 @@ pub(crate) mod atomic_file;
 pub(crate) mod checkpoint;
 pub(crate) mod path_map;
 pub(crate) mod peft_config;
-pub(crate) mod pytorch_base;
 pub(crate) mod tensor_file;

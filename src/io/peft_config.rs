@@ -302,7 +302,7 @@ fn unsupported_field(field: &str, value: &Value) -> Option<&'static str> {
 }
 
 /// `path == name` or `path` ends with `.name`.
-fn suffix_match(path: &str, name: &str) -> bool {
+pub(crate) fn suffix_match(path: &str, name: &str) -> bool {
     path == name
         || path
             .strip_suffix(name)
@@ -310,7 +310,7 @@ fn suffix_match(path: &str, name: &str) -> bool {
 }
 
 /// PEFT's lookup: the first key `k` with `path` matching `(.*\.)?k$`.
-fn pattern_value<T: Copy>(patterns: &IndexMap<String, T>, path: &str) -> Option<T> {
+pub(crate) fn pattern_value<T: Copy>(patterns: &IndexMap<String, T>, path: &str) -> Option<T> {
     patterns.iter().find_map(|(key, value)| {
         let matches = Regex::new(&format!(r"^(?:.*\.)?(?:{key})$"))
             .map(|re| re.is_match(path))

@@ -38,6 +38,14 @@ impl FloatTensor {
         }
     }
 
+    /// The same values under another shape with as many elements (the caller checked it).
+    pub fn reshaped(self, shape: Vec<usize>) -> FloatTensor {
+        FloatTensor {
+            shape,
+            values: self.values,
+        }
+    }
+
     /// The tensor on a Burn device (must be 2-D or 1-D as `D` says; the caller checked the shape).
     pub fn into_burn<B: Backend, const D: usize>(self, device: &B::Device) -> Tensor<B, D> {
         Tensor::from_data(TensorData::new(self.values, self.shape), device)

@@ -1,15 +1,15 @@
 //! [`LoraLinear`]: a frozen `Linear` base plus named low-rank adapters.
 
 use burn::config::Config;
-use burn::module::{Initializer, Module, Param};
+use burn::module::{Initializer, Module, Param, ParamId};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
 use burn::tensor::Tensor;
 
-use crate::config::LoraConfig;
 use crate::error::{LoraError, Result as LoraResult};
-use crate::layers::adapter::{checked_name, LoraAdapter};
+use crate::layers::adapter::LoraAdapter;
+use crate::layers::layer::{LayerKind, LoraLayer};
 
 /// Configuration to create a fresh [`LoraLinear`] (a randomly initialised base, no adapter yet).
 ///
@@ -63,7 +63,7 @@ impl LoraLinearConfig {
 /// ```
 /// use burn::backend::Flex as Inference;
 /// use burn::tensor::Tensor;
-/// use burn_lora::{LoraConfig, LoraLinearConfig};
+/// use burn_lora::{LoraConfig, LoraLayer, LoraLinearConfig};
 ///
 /// let device = Default::default();
 /// let mut layer = LoraLinearConfig::new(8, 4).init::<Inference>(&device)?;
@@ -122,7 +122,10 @@ impl<B: Backend> LoraLinear<B> {
         if let Some(merged) = &self.merged_weight {
             return linear(input, merged.val(), self.bias.as_ref().map(|b| b.val()));
         }
-        let mut active = self.adapters().iter().filter(|a| a.is_active()).peekable();
+        let mut active = LoraLayer::adapters(self)
+            .iter()
+            .filter(|a| a.is_active())
+            .peekable();
         if active.peek().is_none() {
             return self.forward_base(input);
         }
@@ -157,145 +160,6 @@ impl<B: Backend> LoraLinear<B> {
             self.weight.val(),
             self.bias.as_ref().map(|b| b.val()),
         )
-    }
-
-    /// Adds a fresh adapter (`A` drawn by `config.init`, `B = 0`) and makes it the only active one.
-    ///
-    /// Freezes the base. Fails, leaving the layer unchanged, on an invalid config, a rank above
-    /// `min(d_input, d_output)`, an empty or duplicate name, or while adapters are merged.
-    pub fn add_adapter(&mut self, name: impl Into<String>, config: &LoraConfig) -> LoraResult<()> {
-        let name = checked_name(name.into())?;
-        self.check_can_add(&name)?;
-        let adapter = LoraAdapter::init(
-            name,
-            config,
-            self.d_input(),
-            self.d_output(),
-            &self.weight.device(),
-        )?;
-        self.push_adapter(adapter);
-        Ok(())
-    }
-
-    /// Inserts a ready-made adapter (see [`LoraAdapter::from_factors`]) and makes it the only
-    /// active one. Its factors must fit this layer's widths.
-    pub fn insert_adapter(&mut self, adapter: LoraAdapter<B>) -> LoraResult<()> {
-        self.check_can_add(adapter.name())?;
-        let ([d_input, rank], [_, d_output]) = adapter.shapes();
-        if [d_input, d_output] != [self.d_input(), self.d_output()] {
-            return Err(LoraError::ShapeMismatch {
-                what: format!("adapter \"{}\" ΔW", adapter.name()),
-                expected: vec![self.d_input(), self.d_output()],
-                found: vec![d_input, d_output],
-            });
-        }
-        adapter.config().validate()?;
-        if rank != adapter.rank() {
-            return Err(LoraError::ShapeMismatch {
-                what: format!("adapter \"{}\" lora_A", adapter.name()),
-                expected: vec![d_input, adapter.rank()],
-                found: vec![d_input, rank],
-            });
-        }
-        self.push_adapter(adapter);
-        Ok(())
-    }
-
-    fn check_can_add(&self, name: &str) -> LoraResult<()> {
-        if self.is_merged() {
-            return Err(LoraError::Merged(self.adapter_names_merged()));
-        }
-        if self.adapter(name).is_some() {
-            return Err(LoraError::DuplicateAdapter(name.to_string()));
-        }
-        Ok(())
-    }
-
-    fn push_adapter(&mut self, mut adapter: LoraAdapter<B>) {
-        self.freeze_base();
-        let adapters = self.adapters.get_or_insert_with(Vec::new);
-        for other in adapters.iter_mut() {
-            other.set_active(false);
-        }
-        adapter.set_active(true);
-        adapters.push(adapter);
-    }
-
-    /// Removes an adapter and returns it. The base stays frozen.
-    pub fn remove_adapter(&mut self, name: &str) -> LoraResult<LoraAdapter<B>> {
-        if self.is_merged() {
-            return Err(LoraError::Merged(self.adapter_names_merged()));
-        }
-        let adapters = self
-            .adapters
-            .as_mut()
-            .ok_or_else(|| LoraError::UnknownAdapter(name.to_string()))?;
-        let index = adapters
-            .iter()
-            .position(|a| a.name() == name)
-            .ok_or_else(|| LoraError::UnknownAdapter(name.to_string()))?;
-        let removed = adapters.remove(index);
-        if adapters.is_empty() {
-            self.adapters = None;
-        }
-        Ok(removed)
-    }
-
-    /// Makes exactly the named adapters active (all others inactive). An empty list deactivates
-    /// all. Unknown names are an error and change nothing.
-    pub fn set_active_adapters(&mut self, names: &[&str]) -> LoraResult<()> {
-        if self.is_merged() {
-            return Err(LoraError::Merged(self.adapter_names_merged()));
-        }
-        if let Some(unknown) = names.iter().find(|n| self.adapter(n).is_none()) {
-            return Err(LoraError::UnknownAdapter(unknown.to_string()));
-        }
-        for adapter in self.adapters.iter_mut().flatten() {
-            let active = names.contains(&adapter.name());
-            adapter.set_active(active);
-        }
-        Ok(())
-    }
-
-    /// Names of the active adapters.
-    pub fn active_adapters(&self) -> Vec<&str> {
-        self.adapters()
-            .iter()
-            .filter(|a| a.is_active())
-            .map(|a| a.name())
-            .collect()
-    }
-
-    /// Names of all adapters, in insertion order.
-    pub fn adapter_names(&self) -> Vec<&str> {
-        self.adapters().iter().map(|a| a.name()).collect()
-    }
-
-    /// All adapters, in insertion order.
-    pub fn adapters(&self) -> &[LoraAdapter<B>] {
-        self.adapters.as_deref().unwrap_or(&[])
-    }
-
-    /// The adapter with this name, if any.
-    pub fn adapter(&self, name: &str) -> Option<&LoraAdapter<B>> {
-        self.adapters().iter().find(|a| a.name() == name)
-    }
-
-    /// Turns all adapters on or off. Off, `forward` is bit-identical to the base layer, merged
-    /// or not.
-    pub fn set_enabled(&mut self, enabled: bool) {
-        self.enabled = enabled;
-    }
-
-    /// Whether adapters take part in `forward`.
-    pub fn is_enabled(&self) -> bool {
-        self.enabled
-    }
-
-    /// Marks the base weight and bias as not requiring gradients.
-    pub fn freeze_base(&mut self) {
-        self.weight = self.weight.clone().set_require_grad(false);
-        self.bias = self.bias.take().map(|b| b.set_require_grad(false));
     }
 
     /// The base weight `W`, `[d_input, d_output]`.
@@ -342,21 +206,9 @@ impl<B: Backend> LoraLinear<B> {
         }
     }
 
-    pub(crate) fn adapter_names_merged(&self) -> Vec<String> {
-        self.merged_names().to_vec()
-    }
-
     /// The merged weight `W + Σ s·A B`, while merged in place.
     pub(crate) fn merged_weight_tensor(&self) -> Option<Tensor<B, 2>> {
         self.merged_weight.as_ref().map(Param::val)
-    }
-
-    /// The adapters merged in place (empty when unmerged).
-    pub(crate) fn merged_names(&self) -> &[String] {
-        match self.merged_weight {
-            Some(_) => &self.merged,
-            None => &[],
-        }
     }
 
     /// Installs (`Some`) or drops (`None`) the merged weight and the names merged into it.
@@ -382,4 +234,93 @@ fn replace_value<B: Backend, const D: usize>(
 ) -> Param<Tensor<B, D>> {
     let require_grad = param.is_require_grad();
     param.map(|_| value.set_require_grad(require_grad))
+}
+
+impl<B: Backend> LoraLayer<B> for LoraLinear<B> {
+    fn kind(&self) -> LayerKind {
+        LayerKind::Linear
+    }
+
+    fn adapter_dims(&self) -> [usize; 2] {
+        [self.d_input(), self.d_output()]
+    }
+
+    fn base_weight_shape(&self) -> Vec<usize> {
+        self.weight.shape().dims::<2>().to_vec()
+    }
+
+    fn base_bias_len(&self) -> Option<usize> {
+        self.bias.as_ref().map(|_| self.d_output())
+    }
+
+    fn base_weight_id(&self) -> ParamId {
+        self.weight.id
+    }
+
+    fn device(&self) -> B::Device {
+        self.weight.device()
+    }
+
+    fn peft_factor_keys(&self) -> [&'static str; 2] {
+        ["lora_A.weight", "lora_B.weight"]
+    }
+
+    fn peft_factor_shapes(&self, rank: usize) -> [Vec<usize>; 2] {
+        [vec![rank, self.d_input()], vec![self.d_output(), rank]]
+    }
+
+    fn adapters(&self) -> &[LoraAdapter<B>] {
+        self.adapters.as_deref().unwrap_or(&[])
+    }
+
+    fn adapter_slot(&mut self) -> &mut Option<Vec<LoraAdapter<B>>> {
+        &mut self.adapters
+    }
+
+    fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn set_enabled(&mut self, enabled: bool) {
+        self.enabled = enabled;
+    }
+
+    fn freeze_base(&mut self) {
+        self.weight = self.weight.clone().set_require_grad(false);
+        self.bias = self.bias.take().map(|b| b.set_require_grad(false));
+    }
+
+    fn merged_adapters(&self) -> &[String] {
+        match self.merged_weight {
+            Some(_) => &self.merged,
+            None => &[],
+        }
+    }
+
+    fn merge(&mut self) -> LoraResult<()> {
+        if self.is_merged() {
+            return Err(LoraError::Merged(self.merged_adapters().to_vec()));
+        }
+        if let Some((weight, names)) = self.merged_base()? {
+            self.set_merged(Some((weight, names)));
+        }
+        Ok(())
+    }
+
+    fn unmerge(&mut self) -> LoraResult<()> {
+        if !self.is_merged() {
+            return Err(LoraError::NotMerged);
+        }
+        self.set_merged(None);
+        Ok(())
+    }
+
+    fn merge_and_unload(&mut self) -> LoraResult<()> {
+        let weight = self.effective_weight()?;
+        let bias = self.bias();
+        self.replace_base(weight, bias);
+        self.set_merged(None);
+        self.adapters = None;
+        Ok(())
+    }
 }

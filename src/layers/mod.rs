@@ -1,7 +1,7 @@
-//! LoRA layers: one adapted layer and its named adapters, with merge and combination beside
-//! `forward`.
+//! LoRA layers: the [`LoraLayer`](crate::LoraLayer) trait every kind implements, one named
+//! adapter, and each adapted layer with its merge beside `forward`.
 
 pub(crate) mod adapter;
-mod combine;
+pub(crate) mod layer;
 pub(crate) mod linear;
 mod merge;

@@ -1,44 +1,92 @@
-//! [`LoraModel`]: any model that holds [`LoraLinear`] layers.
+//! [`LoraModel`]: the model-level API, the same for every model that holds LoRA layers.
 
-use burn::module::Module;
+use std::collections::HashSet;
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
 
+use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};
-use crate::layers::linear::LoraLinear;
-use crate::model::checked_layers_mut;
+use crate::layers::adapter::checked_name;
+use crate::layers::layer::LoraLayer;
+use crate::model::paths::{checked_layers_mut, lora_layer_paths, module_paths};
+use crate::model::report::{parameter_report, ParameterReport};
+use crate::model::targets::Targets;
 
-/// A model whose [`LoraLinear`] layers can be listed, so adapters can be saved, loaded and
-/// switched model-wide. Implement it for your own model by listing its LoRA layers:
+/// A model whose LoRA layers ([`LoraLinear`](crate::LoraLinear),
+/// [`LoraEmbedding`](crate::LoraEmbedding), [`LoraConv2d`](crate::LoraConv2d)) can be listed,
+/// so that adapters are attached, switched, merged, saved and loaded model-wide.
+///
+/// Derive it beside Burn's `Module` (`#[derive(Module, LoraModel)]`): the derive lists the LoRA
+/// layers among the struct's fields (direct, in `Vec`, `Option` or arrays, and inside nested
+/// structs that derive it too) in field order. Every operation is all-or-nothing: on error the
+/// model is exactly as it was.
 ///
 /// ```
+/// use burn::backend::Flex;
 /// use burn::prelude::*;
-/// use burn_lora::{LoraLinear, LoraModel};
+/// use burn_lora::{LoraConfig, LoraLinear, LoraLinearConfig, LoraModel, Targets};
 ///
-/// #[derive(Module, Debug)]
+/// #[derive(Module, Debug, LoraModel)]
+/// struct Block<B: Backend> {
+///     query: LoraLinear<B>,
+///     value: LoraLinear<B>,
+/// }
+///
+/// #[derive(Module, Debug, LoraModel)]
 /// struct Net<B: Backend> {
-///     encoder: LoraLinear<B>,
+///     blocks: Vec<Block<B>>,
 ///     head: LoraLinear<B>,
 /// }
 ///
-/// impl<B: Backend> LoraModel<B> for Net<B> {
-///     fn lora_layers(&self) -> Vec<&LoraLinear<B>> {
-///         vec![&self.encoder, &self.head]
-///     }
-///     fn lora_layers_mut(&mut self) -> Vec<&mut LoraLinear<B>> {
-///         vec![&mut self.encoder, &mut self.head]
-///     }
-/// }
-/// ```
+/// let device = Default::default();
+/// let linear = |i, o| LoraLinearConfig::new(i, o).init::<Flex>(&device);
+/// let block = || Ok::<_, burn_lora::LoraError>(Block { query: linear(8, 8)?, value: linear(8, 8)? });
+/// let mut net = Net { blocks: vec![block()?, block()?], head: linear(8, 2)? };
 ///
-/// Layer paths (`encoder`, `head`, `layers.0`, …) come from Burn's module tree, so they are the
-/// field names you wrote; adapter files map them to PyTorch names through
-/// [`PathMap`](crate::PathMap).
+/// net.attach("default", &LoraConfig::new(4, 8.0), &Targets::names(["query", "value"]))?;
+/// assert_eq!(net.lora_layer_paths()?, ["blocks.0.query", "blocks.0.value", "blocks.1.query",
+///     "blocks.1.value", "head"]);
+/// println!("{}", net.parameter_report());
+/// let plain = net.merge_and_unload()?; // no adapters left
+/// assert!(plain.adapter_names().is_empty());
+/// # Ok::<(), burn_lora::LoraError>(())
+/// ```
 pub trait LoraModel<B: Backend>: Module<B> {
+    /// Pushes every LoRA layer of the model onto `layers`, in a fixed order.
+    fn visit_lora_layers<'a>(&'a self, layers: &mut Vec<&'a dyn LoraLayer<B>>);
+
+    /// Pushes the same layers, mutably, in the same order. Operations that pair the two lists
+    /// check that they agree and fail with [`LoraError::InvalidModel`] when they do not.
+    fn visit_lora_layers_mut<'a>(&'a mut self, layers: &mut Vec<&'a mut dyn LoraLayer<B>>);
+
     /// Every LoRA layer of the model, in a fixed order.
-    fn lora_layers(&self) -> Vec<&LoraLinear<B>>;
-    /// The same layers, mutably, in the same order. Operations that pair the two lists check
-    /// that they agree and fail with [`LoraError::InvalidModel`] when they do not.
-    fn lora_layers_mut(&mut self) -> Vec<&mut LoraLinear<B>>;
+    fn lora_layers(&self) -> Vec<&dyn LoraLayer<B>> {
+        let mut layers = Vec::new();
+        self.visit_lora_layers(&mut layers);
+        layers
+    }
+
+    /// The same layers, mutably, in the same order.
+    fn lora_layers_mut(&mut self) -> Vec<&mut dyn LoraLayer<B>> {
+        let mut layers = Vec::new();
+        self.visit_lora_layers_mut(&mut layers);
+        layers
+    }
+
+    /// The Burn module path of every LoRA layer, in [`lora_layers`](Self::lora_layers) order
+    /// (`"layers.0"`, `"encoder.layers.3.mha.query"`).
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidModel`] when a listed layer is not in the module tree, sits at two
+    /// paths, or is listed twice.
+    fn lora_layer_paths(&self) -> Result<Vec<String>>
+    where
+        Self: Sized,
+    {
+        lora_layer_paths(self)
+    }
 
     /// Names of all adapters in the model, in order of first appearance.
     fn adapter_names(&self) -> Vec<String> {
@@ -51,6 +99,69 @@ pub trait LoraModel<B: Backend>: Module<B> {
             }
         }
         names
+    }
+
+    /// Attaches a fresh adapter `name` (`A` drawn by `config.init`, `B = 0`) to the LoRA layers
+    /// `targets` selects, with its rank and alpha overrides, makes it the active adapter, and
+    /// freezes everything but the adapters (as PEFT does; see
+    /// [`mark_trainable`](Self::mark_trainable) for a head trained beside them).
+    ///
+    /// # Errors
+    /// Checked before anything changes: an empty or duplicate name, an invalid config or a rank
+    /// above a layer's `min(d_input, d_output)`, merged adapters, and
+    /// [`LoraError::InvalidTargets`] when nothing matches or a name or pattern selects a module
+    /// that is not a LoRA layer.
+    fn attach(&mut self, name: &str, config: &LoraConfig, targets: &Targets) -> Result<()>
+    where
+        Self: Sized,
+    {
+        checked_name(name.to_string())?;
+        config.validate()?;
+        check_unmerged(self.lora_layers())?;
+        let paths = self.lora_layer_paths()?;
+        let is_inside_layer = |module: &str| {
+            paths.iter().any(|p| {
+                module == p
+                    || module
+                        .strip_prefix(p.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
+            })
+        };
+        if let Some(module) = module_paths(self)
+            .into_iter()
+            .find(|m| targets.names_module(m) && !is_inside_layer(m))
+        {
+            return Err(LoraError::InvalidTargets(format!(
+                "\"{module}\" matches the targets but is not a LoRA layer (the LoRA layers are {paths:?})"
+            )));
+        }
+        let selected: Vec<(usize, LoraConfig)> = self
+            .lora_layers()
+            .iter()
+            .zip(&paths)
+            .enumerate()
+            .filter(|(_, (layer, path))| targets.selects(path, layer.kind()))
+            .map(|(index, (_, path))| (index, targets.config_for(path, config)))
+            .collect();
+        if selected.is_empty() {
+            return Err(LoraError::InvalidTargets(format!(
+                "no LoRA layer matches {targets:?}; the model's LoRA layers are {paths:?}"
+            )));
+        }
+        let mut layers = checked_layers_mut(self)?;
+        for (index, config) in &selected {
+            layers[*index].check_new_adapter(name, config)?;
+        }
+        for (done, (index, config)) in selected.iter().enumerate() {
+            if let Err(error) = layers[*index].add_adapter(name, config) {
+                for (index, _) in &selected[..done] {
+                    let _ = layers[*index].remove_adapter(name);
+                }
+                return Err(error);
+            }
+        }
+        self.freeze_base();
+        self.set_active_adapter(name)
     }
 
     /// Makes `name` the only active adapter in every layer; layers without it run their base
@@ -88,10 +199,13 @@ pub trait LoraModel<B: Backend>: Module<B> {
     }
 
     /// Adds adapter `name` whose update in every layer is the weighted sum `Σ wᵢ · ΔWᵢ` of the
-    /// named adapters (exact: factors are concatenated, see
-    /// [`LoraLinear::combined_adapter`]), and makes it the active one. Fails, changing nothing,
-    /// if a source adapter is unknown, `name` exists, or adapters are merged.
-    fn combine_adapters(&mut self, name: &str, weights: &[(&str, f64)]) -> Result<()> {
+    /// named adapters (exact: factors are concatenated, see [`LoraLayer::combined_adapter`]),
+    /// and makes it the active one. Fails, changing nothing, if a source adapter is unknown,
+    /// `name` exists, or adapters are merged.
+    fn combine_adapters(&mut self, name: &str, weights: &[(&str, f64)]) -> Result<()>
+    where
+        Self: Sized,
+    {
         check_unmerged(self.lora_layers())?;
         let known = self.adapter_names();
         if let Some((unknown, _)) = weights.iter().find(|(n, _)| !known.iter().any(|k| k == n)) {
@@ -114,25 +228,168 @@ pub trait LoraModel<B: Backend>: Module<B> {
     }
 
     /// Turns every layer's adapters on or off. Off, the output is bit-identical to the base
-    /// model's (unless adapters are merged in place).
+    /// model's, merged or not.
     fn set_enabled(&mut self, enabled: bool) {
         for layer in self.lora_layers_mut() {
             layer.set_enabled(enabled);
         }
     }
 
-    /// Freezes every base weight and bias of the LoRA layers (no gradient, no optimizer state).
-    fn freeze_base(&mut self) {
-        for layer in self.lora_layers_mut() {
-            layer.freeze_base();
+    /// Freezes every parameter of the model except the adapters' factors: no gradient, no
+    /// optimizer state.
+    fn freeze_base(&mut self)
+    where
+        Self: Sized,
+    {
+        let trainable = adapter_param_ids(self);
+        set_require_grad(self, |id, _| {
+            if trainable.contains(&id) {
+                None
+            } else {
+                Some(false)
+            }
+        });
+    }
+
+    /// Makes the parameters of the modules whose path equals one of `modules` or ends in
+    /// `.module` trainable again after [`attach`](Self::attach) froze them: a classification
+    /// head trained beside the adapters (PEFT's `modules_to_save`).
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidTargets`] if a name matches no module.
+    fn mark_trainable(&mut self, modules: &[&str]) -> Result<()>
+    where
+        Self: Sized,
+    {
+        let all = module_paths(self);
+        if let Some(missing) = modules.iter().find(|m| {
+            !all.iter()
+                .any(|p| crate::io::peft_config::suffix_match(p, m))
+        }) {
+            return Err(LoraError::InvalidTargets(format!(
+                "no module \"{missing}\" to mark trainable"
+            )));
         }
+        set_require_grad(self, |_, path| {
+            let inside = |module: &&str| {
+                let mut prefix = String::new();
+                path.split('.').any(|part| {
+                    if !prefix.is_empty() {
+                        prefix.push('.');
+                    }
+                    prefix.push_str(part);
+                    crate::io::peft_config::suffix_match(&prefix, module)
+                })
+            };
+            modules.iter().any(|m| inside(m)).then_some(true)
+        });
+        Ok(())
+    }
+
+    /// Merges the active adapters of every layer in place (see [`LoraLayer::merge`]): inference
+    /// at the base's cost, undone exactly by [`unmerge`](Self::unmerge). On error nothing is
+    /// merged.
+    fn merge(&mut self) -> Result<()> {
+        check_unmerged(self.lora_layers())?;
+        let mut layers = self.lora_layers_mut();
+        for index in 0..layers.len() {
+            if let Err(error) = layers[index].merge() {
+                for layer in layers[..index].iter_mut().filter(|l| l.is_merged()) {
+                    let _ = layer.unmerge();
+                }
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes [`merge`](Self::merge) in every merged layer; [`LoraError::NotMerged`] if none is.
+    fn unmerge(&mut self) -> Result<()> {
+        if !self.is_merged() {
+            return Err(LoraError::NotMerged);
+        }
+        for layer in self.lora_layers_mut() {
+            if layer.is_merged() {
+                layer.unmerge()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any layer has adapters merged in place.
+    fn is_merged(&self) -> bool {
+        self.lora_layers().iter().any(|l| l.is_merged())
+    }
+
+    /// Merge-and-unload: a copy of the model without adapters whose base weights are what
+    /// `forward` computes now (`W + Σ_active s · ΔW` where enabled). This model is left as it
+    /// was.
+    fn merge_and_unload(&self) -> Result<Self>
+    where
+        Self: Sized,
+    {
+        let mut model = self.clone();
+        for layer in model.lora_layers_mut() {
+            layer.merge_and_unload()?;
+        }
+        Ok(model)
+    }
+
+    /// Per-layer shapes and the original / added / percentage parameter counts.
+    fn parameter_report(&self) -> ParameterReport
+    where
+        Self: Sized,
+    {
+        parameter_report(self)
     }
 }
 
 /// [`LoraError::Merged`] if any layer has adapters merged in place.
-pub(crate) fn check_unmerged<B: Backend>(layers: Vec<&LoraLinear<B>>) -> Result<()> {
+pub(crate) fn check_unmerged<B: Backend>(layers: Vec<&dyn LoraLayer<B>>) -> Result<()> {
     match layers.into_iter().find(|l| l.is_merged()) {
-        Some(layer) => Err(LoraError::Merged(layer.adapter_names_merged())),
+        Some(layer) => Err(LoraError::Merged(layer.merged_adapters().to_vec())),
         None => Ok(()),
     }
+}
+
+/// Ids of every adapter factor of the model.
+fn adapter_param_ids<B: Backend, M: LoraModel<B>>(model: &M) -> HashSet<ParamId> {
+    model
+        .lora_layers()
+        .iter()
+        .flat_map(|layer| layer.adapters())
+        .flat_map(|a| [a.lora_a_param().id, a.lora_b_param().id])
+        .collect()
+}
+
+/// Sets `require_grad` of every float parameter for which `decide(id, path)` says so.
+fn set_require_grad<B: Backend, M: Module<B>>(
+    model: &mut M,
+    decide: impl Fn(ParamId, &str) -> Option<bool>,
+) {
+    struct Setter<F> {
+        stack: Vec<String>,
+        decide: F,
+    }
+    impl<B: Backend, F: Fn(ParamId, &str) -> Option<bool>> ModuleMapper<B> for Setter<F> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.stack.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.stack.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            match (self.decide)(param.id, &self.stack.join(".")) {
+                Some(require_grad) if require_grad != param.is_require_grad() => {
+                    param.set_require_grad(require_grad)
+                }
+                _ => param,
+            }
+        }
+    }
+    let mut setter = Setter {
+        stack: Vec::new(),
+        decide,
+    };
+    *model = model.clone().map(&mut setter);
 }

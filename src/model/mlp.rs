@@ -6,13 +6,12 @@ use burn::nn::{Linear, Relu};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::config::LoraConfig;
 use crate::error::{LoraError, Result as LoraResult};
+use crate::layers::layer::LoraLayer;
 use crate::layers::linear::{LoraLinear, LoraLinearConfig};
-use crate::model::report::{AdapterShapes, LayerReport, ParameterReport};
-use crate::model::{check_unmerged, LoraModel};
+use crate::model::LoraModel;
 
-/// The adapter name [`LoraMlp::attach`] uses (PEFT's default name too).
+/// The adapter name PEFT uses when none is given; the examples use it too.
 pub const DEFAULT_ADAPTER: &str = "default";
 
 /// Configuration of a [`LoraMlp`]: `d_input → hidden[0] → … → n_classes`, ReLU between layers.
@@ -62,9 +61,9 @@ impl LoraMlpConfig {
 
 /// A ReLU multi-layer perceptron whose linear layers are [`LoraLinear`]s.
 ///
-/// Train it as a plain MLP, then [`attach`](Self::attach) LoRA (which freezes every base weight
-/// and bias), train only the adapters, toggle them, merge them. Switching, listing and removing
-/// adapters come from the [`LoraModel`] trait. Its layers live at the module
+/// Train it as a plain MLP, then [`attach`](LoraModel::attach) LoRA (which freezes every base
+/// weight and bias), train only the adapters, toggle them, merge them: all of it comes from the
+/// [`LoraModel`] trait, as for any model. Its layers live at the module
 /// paths `layers.0`, `layers.1`, … (the PyTorch names of an `nn.ModuleList` called `layers`).
 ///
 /// # Shapes
@@ -77,12 +76,12 @@ impl LoraMlpConfig {
 /// use burn::nn::loss::CrossEntropyLossConfig;
 /// use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 /// use burn::tensor::{Distribution, Int, Tensor};
-/// use burn_lora::{LoraConfig, LoraMlpConfig, LoraModel};
+/// use burn_lora::{LoraConfig, LoraMlpConfig, LoraModel, Targets};
 ///
 /// type B = burn::backend::Autodiff<burn::backend::Flex>;
 /// let device = Default::default();
 /// let mut model = LoraMlpConfig::new(16, vec![32], 4).init::<B>(&device)?;
-/// model.attach(&LoraConfig::new(2, 2.0))?; // freezes the base
+/// model.attach("default", &LoraConfig::new(2, 2.0), &Targets::all())?; // freezes the base
 ///
 /// // One training step: only the adapters receive gradients.
 /// let x = Tensor::<B, 2>::random([8, 16], Distribution::Default, &device);
@@ -170,113 +169,6 @@ impl<B: Backend> LoraMlp<B> {
         Ok(self.forward(input))
     }
 
-    /// Attaches a fresh adapter named [`DEFAULT_ADAPTER`] to every layer and freezes the base.
-    pub fn attach(&mut self, config: &LoraConfig) -> LoraResult<()> {
-        let all: Vec<usize> = (0..self.layers.len()).collect();
-        self.attach_to(DEFAULT_ADAPTER, config, &all)
-    }
-
-    /// Attaches a fresh adapter `name` to the chosen layers (by index) and freezes every base
-    /// weight and bias of the model, adapted or not. The new adapter becomes the active one.
-    ///
-    /// All checks (indices, rank against each layer, duplicate names) run before anything
-    /// changes: on error the model is exactly as it was.
-    pub fn attach_to(
-        &mut self,
-        name: &str,
-        config: &LoraConfig,
-        layers: &[usize],
-    ) -> LoraResult<()> {
-        let mut targets = layers.to_vec();
-        targets.sort_unstable();
-        targets.dedup();
-        if name.is_empty() {
-            return Err(LoraError::InvalidAdapterName(name.to_string()));
-        }
-        for &index in &targets {
-            let layer = self.layers.get(index).ok_or(LoraError::LayerOutOfRange {
-                index,
-                count: self.layers.len(),
-            })?;
-            config.validate_for(layer.d_input(), layer.d_output())?;
-            if layer.adapter(name).is_some() {
-                return Err(LoraError::DuplicateAdapter(name.to_string()));
-            }
-            if layer.is_merged() {
-                return Err(LoraError::Merged(layer.adapter_names_merged()));
-            }
-        }
-        for &index in &targets {
-            self.layers[index].add_adapter(name, config)?;
-        }
-        self.freeze_base();
-        self.set_active_adapter(name)
-    }
-
-    /// Merges the active adapters into the base weights in place (see [`LoraLinear::merge`] for
-    /// the tolerance of [`unmerge`](Self::unmerge)). On error nothing is merged.
-    pub fn merge(&mut self) -> LoraResult<()> {
-        check_unmerged(self.lora_layers())?;
-        let prepared = self
-            .layers
-            .iter()
-            .map(LoraLinear::effective_weight)
-            .collect::<LoraResult<Vec<_>>>()?;
-        for (layer, (weight, names)) in self.layers.iter_mut().zip(prepared) {
-            layer.apply_merge(weight, names);
-        }
-        Ok(())
-    }
-
-    /// Undoes [`merge`](Self::merge) in every merged layer.
-    pub fn unmerge(&mut self) -> LoraResult<()> {
-        if !self.layers.iter().any(LoraLinear::is_merged) {
-            return Err(LoraError::NotMerged);
-        }
-        for layer in self.layers.iter_mut().filter(|l| l.is_merged()) {
-            layer.unmerge()?;
-        }
-        Ok(())
-    }
-
-    /// Merge-and-unload: a new model without adapters whose weights are `W + Σ_active s·A B`.
-    /// This model is left as it was.
-    pub fn merge_and_unload(&self) -> LoraResult<LoraMlp<B>> {
-        let linears = self
-            .layers
-            .iter()
-            .map(LoraLinear::merge_to_linear)
-            .collect::<LoraResult<Vec<_>>>()?;
-        Self::from_linears(linears)
-    }
-
-    /// The per-layer shapes and parameter counts.
-    pub fn parameter_report(&self) -> ParameterReport {
-        let layers = self
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(index, layer)| LayerReport {
-                path: format!("layers.{index}"),
-                weight: [layer.d_input(), layer.d_output()],
-                bias: layer.bias_param().map(|_| layer.d_output()),
-                adapters: layer
-                    .adapters()
-                    .iter()
-                    .map(|adapter| {
-                        let (lora_a, lora_b) = adapter.shapes();
-                        AdapterShapes {
-                            name: adapter.name().to_string(),
-                            lora_a,
-                            lora_b,
-                        }
-                    })
-                    .collect(),
-            })
-            .collect();
-        ParameterReport { layers }
-    }
-
     /// The linear layers, input first.
     pub fn layers(&self) -> &[LoraLinear<B>] {
         &self.layers
@@ -292,11 +184,11 @@ impl<B: Backend> LoraMlp<B> {
 }
 
 impl<B: Backend> LoraModel<B> for LoraMlp<B> {
-    fn lora_layers(&self) -> Vec<&LoraLinear<B>> {
-        self.layers.iter().collect()
+    fn visit_lora_layers<'a>(&'a self, layers: &mut Vec<&'a dyn LoraLayer<B>>) {
+        self.layers.visit_lora_layers(layers);
     }
 
-    fn lora_layers_mut(&mut self) -> Vec<&mut LoraLinear<B>> {
-        self.layers.iter_mut().collect()
+    fn visit_lora_layers_mut<'a>(&'a mut self, layers: &mut Vec<&'a mut dyn LoraLayer<B>>) {
+        self.layers.visit_lora_layers_mut(layers);
     }
 }

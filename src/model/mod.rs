@@ -1,10 +1,13 @@
-//! The model-level API: the [`LoraModel`](crate::LoraModel) trait, the module paths of a
-//! model's LoRA layers, the parameter report, and [`LoraMlp`](crate::LoraMlp) built with them.
+//! The model-level API: the [`LoraModel`](crate::LoraModel) trait and what it is built from
+//! (containers, module paths, targets, the parameter report), and
+//! [`LoraMlp`](crate::LoraMlp) written with them.
 
+mod containers;
 pub(crate) mod lora_model;
 pub(crate) mod mlp;
 pub(crate) mod paths;
 pub(crate) mod report;
+pub(crate) mod targets;
 
 pub(crate) use lora_model::{check_unmerged, LoraModel};
 pub(crate) use paths::{checked_layers_mut, lora_layer_paths};

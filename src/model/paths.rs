@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 
-use burn::module::{ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::error::{LoraError, Result};
-use crate::layers::linear::LoraLinear;
+use crate::layers::layer::LoraLayer;
 use crate::model::LoraModel;
 
 /// The Burn module path of every layer of [`LoraModel::lora_layers`], in the same order
@@ -31,7 +31,7 @@ pub fn lora_layer_paths<B: Backend, M: LoraModel<B>>(model: &M) -> Result<Vec<St
     let mut result = Vec::with_capacity(layers.len());
     for (index, layer) in layers.iter().enumerate() {
         let found = paths
-            .get(&layer.weight_param().id)
+            .get(&layer.base_weight_id())
             .map(Vec::as_slice)
             .unwrap_or_default();
         let path = match found {
@@ -63,7 +63,7 @@ pub fn lora_layer_paths<B: Backend, M: LoraModel<B>>(model: &M) -> Result<Vec<St
 /// computed from one list can be paired with the other.
 pub(crate) fn checked_layers_mut<B: Backend, M: LoraModel<B>>(
     model: &mut M,
-) -> Result<Vec<&mut LoraLinear<B>>> {
+) -> Result<Vec<&mut dyn LoraLayer<B>>> {
     let ids = weight_ids(model.lora_layers().into_iter());
     let layers = model.lora_layers_mut();
     let ids_mut = weight_ids(layers.iter().map(|layer| &**layer));
@@ -84,9 +84,32 @@ pub(crate) fn checked_layers_mut<B: Backend, M: LoraModel<B>>(
 }
 
 fn weight_ids<'a, B: Backend + 'a>(
-    layers: impl Iterator<Item = &'a LoraLinear<B>>,
+    layers: impl Iterator<Item = &'a (dyn LoraLayer<B> + 'a)>,
 ) -> Vec<ParamId> {
-    layers.map(|layer| layer.weight_param().id).collect()
+    layers.map(|layer| layer.base_weight_id()).collect()
+}
+
+/// Every module path of the model's tree that holds parameters, directly or below: for a
+/// parameter at `a.b.weight`, the paths `a` and `a.b`.
+pub(crate) fn module_paths<B: Backend, M: Module<B>>(model: &M) -> Vec<String> {
+    let mut visitor = ParamCollector::new(false);
+    model.visit(&mut visitor);
+    let mut paths: Vec<String> = Vec::new();
+    for path in visitor
+        .floats
+        .iter()
+        .map(|p| &p.path)
+        .chain(&visitor.others)
+    {
+        let parts: Vec<&str> = path.split('.').collect();
+        for end in 1..parts.len() {
+            let module = parts[..end].join(".");
+            if !paths.contains(&module) {
+                paths.push(module);
+            }
+        }
+    }
+    paths
 }
 
 /// One float parameter met by a [`ParamCollector`].
@@ -95,6 +118,8 @@ pub(crate) struct FloatParam {
     pub path: String,
     /// Its id.
     pub id: ParamId,
+    /// Its number of values.
+    pub len: usize,
     /// Its values, when the collector reads them.
     pub data: Option<TensorData>,
 }
@@ -136,6 +161,7 @@ impl<B: Backend> ModuleVisitor<B> for ParamCollector {
         self.floats.push(FloatParam {
             path: self.stack.join("."),
             id: param.id,
+            len: param.shape().num_elements(),
             data,
         });
     }

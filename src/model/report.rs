@@ -2,12 +2,18 @@
 
 use std::fmt;
 
+use burn::tensor::backend::Backend;
+
+use crate::model::paths::ParamCollector;
+use crate::model::LoraModel;
+
 /// Shapes of one adapter in a [`LayerReport`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdapterShapes {
     /// The adapter's name.
     pub name: String,
-    /// Shape of `A`, `[d_input, rank]`.
+    /// Shape of `A`, `[d_input, rank]` (the layer's adapter view, see
+    /// [`LoraLayer::adapter_dims`](crate::LoraLayer::adapter_dims)).
     pub lora_a: [usize; 2],
     /// Shape of `B`, `[rank, d_output]`.
     pub lora_b: [usize; 2],
@@ -18,8 +24,8 @@ pub struct AdapterShapes {
 pub struct LayerReport {
     /// The layer's module path, e.g. `layers.0`.
     pub path: String,
-    /// Shape of the base weight, `[d_input, d_output]`.
-    pub weight: [usize; 2],
+    /// Shape of the base weight as Burn stores it (`[d_input, d_output]` for a linear layer).
+    pub weight: Vec<usize>,
     /// Length of the base bias, if any.
     pub bias: Option<usize>,
     /// The layer's adapters.
@@ -29,7 +35,7 @@ pub struct LayerReport {
 impl LayerReport {
     /// Base values: weight plus bias.
     pub fn base_params(&self) -> usize {
-        self.weight[0] * self.weight[1] + self.bias.unwrap_or(0)
+        self.weight.iter().product::<usize>() + self.bias.unwrap_or(0)
     }
 
     /// Adapter values: `A` plus `B` of every adapter.
@@ -58,14 +64,20 @@ impl LayerReport {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParameterReport {
-    /// One entry per linear layer, in order.
+    /// One entry per LoRA layer, in order.
     pub layers: Vec<LayerReport>,
+    /// Values of the parameters outside the LoRA layers (norms, plain layers, ...).
+    pub other_params: usize,
 }
 
 impl ParameterReport {
-    /// Values in the frozen base.
+    /// Values of the original model: the LoRA layers' bases plus every other parameter.
     pub fn base_params(&self) -> usize {
-        self.layers.iter().map(LayerReport::base_params).sum()
+        self.layers
+            .iter()
+            .map(LayerReport::base_params)
+            .sum::<usize>()
+            + self.other_params
     }
 
     /// Values added by the adapters.
@@ -114,6 +126,13 @@ impl fmt::Display for ParameterReport {
             }
             writeln!(f)?;
         }
+        if self.other_params > 0 {
+            writeln!(
+                f,
+                "Other parameters (outside LoRA layers): {}",
+                grouped(self.other_params)
+            )?;
+        }
         let rows = [
             ("Total number of parameters (original)", self.base_params()),
             (
@@ -131,6 +150,57 @@ impl fmt::Display for ParameterReport {
             "Parameters increment:",
             self.percent_added()
         )
+    }
+}
+
+/// The report of `model`: one entry per LoRA layer, plus the count of every other parameter
+/// (adapter factors and merged weights excluded).
+pub(crate) fn parameter_report<B: Backend, M: LoraModel<B>>(model: &M) -> ParameterReport {
+    let paths = model.lora_layer_paths().unwrap_or_else(|_| {
+        (0..model.lora_layers().len())
+            .map(|i| format!("lora_layer_{i}"))
+            .collect()
+    });
+    let layers: Vec<LayerReport> = model
+        .lora_layers()
+        .into_iter()
+        .zip(&paths)
+        .map(|(layer, path)| LayerReport {
+            path: path.clone(),
+            weight: layer.base_weight_shape(),
+            bias: layer.base_bias_len(),
+            adapters: layer
+                .adapters()
+                .iter()
+                .map(|adapter| {
+                    let (lora_a, lora_b) = adapter.shapes();
+                    AdapterShapes {
+                        name: adapter.name().to_string(),
+                        lora_a,
+                        lora_b,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    let mut collector = ParamCollector::new(false);
+    model.visit(&mut collector);
+    let other_params = collector
+        .floats
+        .iter()
+        .filter(|param| {
+            !paths.iter().any(|layer| {
+                param
+                    .path
+                    .strip_prefix(layer.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+            })
+        })
+        .map(|param| param.len)
+        .sum();
+    ParameterReport {
+        layers,
+        other_params,
     }
 }
 

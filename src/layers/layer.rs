@@ -1,0 +1,290 @@
+//! [`LoraLayer`]: what every LoRA layer (linear, embedding, convolution) offers the model-level
+//! API, whatever the shape of its base weight.
+
+use burn::module::ParamId;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use crate::config::LoraConfig;
+use crate::error::{LoraError, Result};
+use crate::layers::adapter::{checked_name, ensure_finite, LoraAdapter};
+
+/// The kind of base layer a [`LoraLayer`] adapts (PEFT's `"all-linear"` selects
+/// [`Linear`](Self::Linear) ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LayerKind {
+    /// [`LoraLinear`](crate::LoraLinear).
+    Linear,
+    /// [`LoraEmbedding`](crate::LoraEmbedding).
+    Embedding,
+    /// [`LoraConv2d`](crate::LoraConv2d).
+    Conv2d,
+}
+
+/// A layer with a frozen base and named low-rank adapters, seen through what every kind has in
+/// common: each adapter is a pair `A [d_input, r]`, `B [r, d_output]` whose update
+/// `ΔW = s · A B` the layer adds to its base weight, laid out its own way (see
+/// [`adapter_dims`](Self::adapter_dims)).
+///
+/// Model-wide operations ([`LoraModel`](crate::LoraModel)) go through this trait, so they work
+/// alike for every layer kind. Bring it into scope to call its methods on a layer:
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn_lora::{LoraConfig, LoraLayer, LoraLinearConfig};
+///
+/// let mut layer = LoraLinearConfig::new(8, 4).init::<Flex>(&Default::default())?;
+/// layer.add_adapter("a", &LoraConfig::new(2, 4.0))?;
+/// layer.add_adapter("b", &LoraConfig::new(1, 1.0))?;
+/// assert_eq!(layer.adapter_names(), vec!["a", "b"]);
+/// assert_eq!(layer.active_adapters(), vec!["b"]);
+/// # Ok::<(), burn_lora::LoraError>(())
+/// ```
+pub trait LoraLayer<B: Backend> {
+    /// Which kind of base layer this is.
+    fn kind(&self) -> LayerKind;
+
+    /// `[d_input, d_output]` of the adapters' matrix view: `A` is `[d_input, r]`, `B` is
+    /// `[r, d_output]`. Linear: `[in, out]`; embedding: `[num_embeddings, dim]`; convolution:
+    /// `[in/groups · kh · kw, out]`.
+    fn adapter_dims(&self) -> [usize; 2];
+
+    /// Shape of the base weight as Burn stores it.
+    fn base_weight_shape(&self) -> Vec<usize>;
+
+    /// Length of the base bias, if the layer has one.
+    fn base_bias_len(&self) -> Option<usize>;
+
+    /// Id of the base weight parameter (how the layer is found in the module tree).
+    fn base_weight_id(&self) -> ParamId;
+
+    /// The device the layer lives on.
+    fn device(&self) -> B::Device;
+
+    /// PEFT's names of `A` and `B` after the module path, e.g. `["lora_A.weight", "lora_B.weight"]`.
+    fn peft_factor_keys(&self) -> [&'static str; 2];
+
+    /// PEFT's shapes of `A` and `B` at rank `rank`. Each is the transpose of burn-lora's factor,
+    /// reshaped (a convolution's `A` is a kernel).
+    fn peft_factor_shapes(&self, rank: usize) -> [Vec<usize>; 2];
+
+    /// All adapters, in insertion order.
+    fn adapters(&self) -> &[LoraAdapter<B>];
+
+    /// The layer's adapter storage (`None` when it has no adapter, so base-only records load).
+    #[doc(hidden)]
+    fn adapter_slot(&mut self) -> &mut Option<Vec<LoraAdapter<B>>>;
+
+    /// Whether adapters take part in `forward`.
+    fn is_enabled(&self) -> bool;
+
+    /// Turns all adapters on or off. Off, `forward` is bit-identical to the base layer, merged
+    /// or not.
+    fn set_enabled(&mut self, enabled: bool);
+
+    /// Marks the base parameters as not requiring gradients.
+    fn freeze_base(&mut self);
+
+    /// Names of the adapters merged in place (empty when unmerged).
+    fn merged_adapters(&self) -> &[String];
+
+    /// Merges the active adapters in place, so `forward` costs what the base costs: the merged
+    /// weight `W + Σ_active s · ΔW` is kept beside `W`, which stays unchanged, so
+    /// [`unmerge`](Self::unmerge) is exact. A layer with no active adapter (or disabled) stays
+    /// unmerged. Fails, changing nothing, if already merged or the result would be non-finite.
+    fn merge(&mut self) -> Result<()>;
+
+    /// Drops the merged weight; fails with [`LoraError::NotMerged`] when nothing is merged.
+    fn unmerge(&mut self) -> Result<()>;
+
+    /// Makes the base what `forward` computes now (`W + Σ_active s · ΔW` when enabled) and
+    /// removes every adapter: a plain layer again, on which new adapters can be attached.
+    fn merge_and_unload(&mut self) -> Result<()>;
+
+    /// Whether adapters are merged in place.
+    fn is_merged(&self) -> bool {
+        !self.merged_adapters().is_empty()
+    }
+
+    /// Names of all adapters, in insertion order.
+    fn adapter_names(&self) -> Vec<&str> {
+        self.adapters().iter().map(|a| a.name()).collect()
+    }
+
+    /// The adapter with this name, if any.
+    fn adapter(&self, name: &str) -> Option<&LoraAdapter<B>> {
+        self.adapters().iter().find(|a| a.name() == name)
+    }
+
+    /// Names of the active adapters.
+    fn active_adapters(&self) -> Vec<&str> {
+        self.adapters()
+            .iter()
+            .filter(|a| a.is_active())
+            .map(|a| a.name())
+            .collect()
+    }
+
+    /// Checks that a fresh adapter `name` from `config` could be added, without adding it.
+    fn check_new_adapter(&self, name: &str, config: &LoraConfig) -> Result<()> {
+        checked_name(name.to_string())?;
+        self.check_can_add(name)?;
+        let [d_input, d_output] = self.adapter_dims();
+        config.validate_for(d_input, d_output)
+    }
+
+    /// Adds a fresh adapter (`A` drawn by `config.init`, `B = 0`) and makes it the only active
+    /// one. Freezes the base. Fails, leaving the layer unchanged, on an invalid config, a rank
+    /// above `min(d_input, d_output)`, an empty or duplicate name, or while merged.
+    fn add_adapter(&mut self, name: &str, config: &LoraConfig) -> Result<()> {
+        self.check_new_adapter(name, config)?;
+        let [d_input, d_output] = self.adapter_dims();
+        let adapter =
+            LoraAdapter::init(name.to_string(), config, d_input, d_output, &self.device())?;
+        push_adapter(self, adapter);
+        Ok(())
+    }
+
+    /// Inserts a ready-made adapter (see [`LoraAdapter::from_factors`]) and makes it the only
+    /// active one. Its factors must fit [`adapter_dims`](Self::adapter_dims).
+    fn insert_adapter(&mut self, adapter: LoraAdapter<B>) -> Result<()> {
+        self.check_can_add(adapter.name())?;
+        let ([d_input, _], [_, d_output]) = adapter.shapes();
+        if [d_input, d_output] != self.adapter_dims() {
+            return Err(LoraError::ShapeMismatch {
+                what: format!("adapter \"{}\" ΔW", adapter.name()),
+                expected: self.adapter_dims().to_vec(),
+                found: vec![d_input, d_output],
+            });
+        }
+        adapter.config().validate()?;
+        push_adapter(self, adapter);
+        Ok(())
+    }
+
+    /// Errors if an adapter `name` cannot be added now (merged, or the name exists).
+    #[doc(hidden)]
+    fn check_can_add(&self, name: &str) -> Result<()> {
+        if self.is_merged() {
+            return Err(LoraError::Merged(self.merged_adapters().to_vec()));
+        }
+        if self.adapter(name).is_some() {
+            return Err(LoraError::DuplicateAdapter(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Removes an adapter and returns it. The base stays frozen.
+    fn remove_adapter(&mut self, name: &str) -> Result<LoraAdapter<B>> {
+        if self.is_merged() {
+            return Err(LoraError::Merged(self.merged_adapters().to_vec()));
+        }
+        let slot = self.adapter_slot();
+        let adapters = slot
+            .as_mut()
+            .ok_or_else(|| LoraError::UnknownAdapter(name.to_string()))?;
+        let index = adapters
+            .iter()
+            .position(|a| a.name() == name)
+            .ok_or_else(|| LoraError::UnknownAdapter(name.to_string()))?;
+        let removed = adapters.remove(index);
+        if adapters.is_empty() {
+            *slot = None;
+        }
+        Ok(removed)
+    }
+
+    /// Makes exactly the named adapters active (all others inactive). An empty list
+    /// deactivates all. Unknown names are an error and change nothing.
+    fn set_active_adapters(&mut self, names: &[&str]) -> Result<()> {
+        if self.is_merged() {
+            return Err(LoraError::Merged(self.merged_adapters().to_vec()));
+        }
+        if let Some(unknown) = names.iter().find(|n| self.adapter(n).is_none()) {
+            return Err(LoraError::UnknownAdapter(unknown.to_string()));
+        }
+        for adapter in self.adapter_slot().iter_mut().flatten() {
+            let active = names.contains(&adapter.name());
+            adapter.set_active(active);
+        }
+        Ok(())
+    }
+
+    /// The adapter whose update is `Σ wᵢ · sᵢ · Aᵢ Bᵢ` over the named `(adapter, weight)` pairs
+    /// this layer holds, built exactly by concatenating factors: `A = [w₁s₁A₁ | w₂s₂A₂ | …]`,
+    /// `B = [B₁; B₂; …]`, scale 1 (rank and alpha `Σrᵢ`). No SVD, no approximation. `None` when
+    /// the layer holds none of the adapters.
+    fn combined_adapter(
+        &self,
+        name: &str,
+        weights: &[(&str, f64)],
+    ) -> Result<Option<LoraAdapter<B>>> {
+        let name = checked_name(name.to_string())?;
+        let mut lora_a: Vec<Tensor<B, 2>> = Vec::new();
+        let mut lora_b: Vec<Tensor<B, 2>> = Vec::new();
+        for &(source, weight) in weights {
+            if !weight.is_finite() {
+                return Err(LoraError::NonFinite(format!(
+                    "combination weight of adapter \"{source}\""
+                )));
+            }
+            let Some(adapter) = self.adapter(source) else {
+                continue;
+            };
+            adapter.ensure_finite()?;
+            lora_a.push(
+                adapter
+                    .lora_a()
+                    .detach()
+                    .mul_scalar(weight * adapter.scale()),
+            );
+            lora_b.push(adapter.lora_b().detach());
+        }
+        if lora_a.is_empty() {
+            return Ok(None);
+        }
+        let a = Tensor::cat(lora_a, 1);
+        let b = Tensor::cat(lora_b, 0);
+        let rank = a.dims()[1];
+        // Rank Σrᵢ may exceed min(d_input, d_output); the concatenation is exact regardless.
+        let config = LoraConfig::new(rank, rank as f64);
+        LoraAdapter::from_factors(name, &config, a, b).map(Some)
+    }
+
+    /// `Σ_active s · A B` in the adapters' matrix view `[d_input, d_output]` with the names it
+    /// includes, or `None` when disabled or no adapter is active. Every adapter and the sum are
+    /// checked to be finite.
+    #[doc(hidden)]
+    fn active_delta(&self) -> Result<Option<(Tensor<B, 2>, Vec<String>)>> {
+        if !self.is_enabled() {
+            return Ok(None);
+        }
+        let active: Vec<_> = self.adapters().iter().filter(|a| a.is_active()).collect();
+        let mut delta: Option<Tensor<B, 2>> = None;
+        for adapter in &active {
+            adapter.ensure_finite()?;
+            let update = adapter.delta_weight();
+            delta = Some(match delta {
+                Some(sum) => sum + update,
+                None => update,
+            });
+        }
+        let Some(delta) = delta else {
+            return Ok(None);
+        };
+        ensure_finite(&delta, || "merged update Σ s·AB".to_string())?;
+        let names = active.iter().map(|a| a.name().to_string()).collect();
+        Ok(Some((delta, names)))
+    }
+}
+
+/// Freezes the base, deactivates the other adapters and appends `adapter` as the active one.
+fn push_adapter<B: Backend, L: LoraLayer<B> + ?Sized>(layer: &mut L, mut adapter: LoraAdapter<B>) {
+    layer.freeze_base();
+    let adapters = layer.adapter_slot().get_or_insert_with(Vec::new);
+    for other in adapters.iter_mut() {
+        other.set_active(false);
+    }
+    adapter.set_active(true);
+    adapters.push(adapter);
+}
