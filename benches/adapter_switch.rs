@@ -4,6 +4,7 @@
 //! `cargo bench --bench adapter_switch`
 
 use burn::tensor::{Distribution, Tensor};
+use burn_lora::LoraLayer;
 use burn_lora::{LoraAdapter, LoraConfig, LoraMlp, LoraMlpConfig, LoraModel};
 use burn_lora_support::backend::{self, Inference};
 use burn_store::{ModuleSnapshot, SafetensorsStore};

@@ -6,6 +6,7 @@
 mod bench_util;
 
 use burn::tensor::{Distribution, Tensor};
+use burn_lora::LoraLayer;
 use burn_lora::{LoraConfig, LoraLinear, LoraLinearConfig};
 use burn_lora_support::backend::{self, Train};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};

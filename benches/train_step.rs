@@ -10,6 +10,7 @@ mod bench_util;
 use burn::optim::AdamConfig;
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig};
+use burn_lora::{LoraLayer, Targets, DEFAULT_ADAPTER};
 use burn_lora_support::backend::{self, Train};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -42,7 +43,13 @@ fn bench_steps(c: &mut Criterion, batch: usize) {
     for (name, rank, adam) in variants {
         let mut model: LoraMlp<Train> = LoraMlpConfig::notebook().init(&device).unwrap();
         if let Some(rank) = rank {
-            model.attach(&LoraConfig::new(rank, rank as f64)).unwrap();
+            model
+                .attach(
+                    DEFAULT_ADAPTER,
+                    &LoraConfig::new(rank, rank as f64),
+                    &Targets::all(),
+                )
+                .unwrap();
         }
         let loss = |model: &LoraMlp<Train>| loss_fn.forward(model.forward(x.clone()), y.clone());
         let id = BenchmarkId::from_parameter(name);

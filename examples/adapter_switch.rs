@@ -15,6 +15,7 @@ use burn::tensor::backend::Backend;
 use burn_lora::{
     load_adapter, save_adapter, LoraConfig, LoraInit, LoraMlp, LoraMlpConfig, LoraModel, PathMap,
 };
+use burn_lora::{LoraLayer, Targets};
 use burn_lora_support::backend::{self, Inference, Train};
 use burn_lora_support::mnist::Mnist;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
@@ -71,7 +72,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let mut model = base.clone();
         let config =
             LoraConfig::new(args.rank, args.alpha).with_init(LoraInit::Gaussian { std: 1.0 });
-        model.attach_to(name, &config, &[0, 1, 2])?;
+        model.attach(name, &config, &Targets::all())?;
         let split = mnist.train.only_digit(*digit);
         let settings = TrainSettings {
             label: name,

@@ -12,6 +12,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use burn::tensor::TensorData;
 use burn_lora::{save_adapter, LoraConfig, LoraInit, LoraMlp, LoraMlpConfig, LoraModel, PathMap};
+use burn_lora::{LoraLayer, Targets, DEFAULT_ADAPTER};
 use burn_lora_support::backend::{self, Train};
 use clap::Parser;
 use common::eval::{evaluate, table};
@@ -86,7 +87,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     // 3. Attach rank-1 LoRA to all three layers: A ~ N(0, 1), B = 0; the base is frozen.
     let lora = LoraConfig::new(args.rank, args.alpha).with_init(LoraInit::Gaussian { std: 1.0 });
-    phases.time("attach LoRA", || model.attach(&lora))?;
+    phases.time("attach LoRA", || {
+        model.attach(DEFAULT_ADAPTER, &lora, &Targets::all())
+    })?;
     println!("{}\n", model.parameter_report());
 
     // 4. Fine-tune only the adapters on one digit.

@@ -11,6 +11,7 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_fused_adam::FusedAdamConfig;
 use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig};
+use burn_lora::{LoraLayer, Targets, DEFAULT_ADAPTER};
 use burn_lora_support::backend::{self, Train};
 use clap::{Parser, ValueEnum};
 
@@ -74,7 +75,7 @@ fn train(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     let mut model: LoraMlp<Train> =
         LoraMlpConfig::new(WIDTH, vec![WIDTH, WIDTH, WIDTH], WIDTH).init(&device)?;
     if mode == Mode::Lora {
-        model.attach(&LoraConfig::new(8, 8.0))?;
+        model.attach(DEFAULT_ADAPTER, &LoraConfig::new(8, 8.0), &Targets::all())?;
     }
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut optim = FusedAdamConfig::new()

@@ -71,7 +71,7 @@ pub use io::peft_config::{PeftConfig, TargetModules};
 pub use layers::adapter::LoraAdapter;
 pub use layers::layer::{LayerKind, LoraLayer};
 pub use layers::linear::{LoraLinear, LoraLinearConfig};
-pub use model::lora_model::LoraModel;
+pub use model::lora_model::{LoraModel, VisitLoraLayers};
 pub use model::mlp::{LoraMlp, LoraMlpConfig, DEFAULT_ADAPTER};
 pub use model::paths::lora_layer_paths;
 pub use model::report::{AdapterShapes, LayerReport, ParameterReport};

@@ -18,6 +18,7 @@ use burn_lora::{
     load_adapter, save_adapter, LoraConfig, LoraError, LoraInit, LoraMlp, LoraMlpConfig, LoraModel,
     PathMap, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
 };
+use burn_lora::{LoraLayer, Targets, DEFAULT_ADAPTER};
 use common::assert_error::{is_invalid_file, is_shape_mismatch};
 use common::safetensors_io::{
     edit_config, edit_tensors, key, raw, raw_mut, read_config, read_raw, Raw, PEFT_PREFIX,
@@ -324,7 +325,11 @@ fn notebook_rank_1_adapter_file_is_about_27_kb() {
         .init::<B>(&Default::default())
         .unwrap();
     model
-        .attach(&LoraConfig::new(1, 1.0).with_init(LoraInit::Gaussian { std: 1.0 }))
+        .attach(
+            DEFAULT_ADAPTER,
+            &LoraConfig::new(1, 1.0).with_init(LoraInit::Gaussian { std: 1.0 }),
+            &Targets::all(),
+        )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     save_adapter(&model, "default", dir.path(), &PathMap::identity()).unwrap();
@@ -694,7 +699,11 @@ fn failed_save_of_a_diverged_adapter_leaves_existing_files_byte_identical() {
         .init::<AB>(&device)
         .unwrap();
     model
-        .attach(&LoraConfig::new(2, 4.0).with_init(LoraInit::Gaussian { std: 1.0 }))
+        .attach(
+            DEFAULT_ADAPTER,
+            &LoraConfig::new(2, 4.0).with_init(LoraInit::Gaussian { std: 1.0 }),
+            &Targets::all(),
+        )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     save_adapter(&model, "default", dir.path(), &PathMap::identity()).unwrap();

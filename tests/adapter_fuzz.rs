@@ -9,6 +9,7 @@ mod common;
 
 use std::path::Path;
 
+use burn_lora::LoraLayer;
 use burn_lora::{
     load_adapter, save_adapter, LoraConfig, LoraMlp, LoraModel, PathMap, ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,

@@ -2,6 +2,7 @@
 
 mod common;
 
+use burn_lora::LoraLayer;
 use burn_lora::{LoraConfig, LoraError, LoraMlp, LoraModel};
 use common::{base_model, insert_trained, max_abs_diff, on_all, randn, B};
 

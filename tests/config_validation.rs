@@ -2,6 +2,7 @@
 
 mod common;
 
+use burn_lora::LoraLayer;
 use burn_lora::{LoraConfig, LoraError, LoraInit, LoraLinearConfig, LoraMlpConfig};
 use common::B;
 

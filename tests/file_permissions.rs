@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use burn_lora::{save_adapter, save_checkpoint, LoraConfig, PathMap};
+use burn_lora::{LoraLayer, Targets, DEFAULT_ADAPTER};
 use burn_lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use common::base_model;
 
@@ -21,7 +22,9 @@ fn saved_files_get_the_umask_permissions_or_keep_the_replaced_files() {
     // SAFETY: umask has no memory-safety preconditions; this binary runs this one test.
     let previous = unsafe { libc::umask(0o027) };
     let mut model = base_model(&[6, 5, 4]);
-    model.attach(&LoraConfig::new(2, 2.0)).unwrap();
+    model
+        .attach(DEFAULT_ADAPTER, &LoraConfig::new(2, 2.0), &Targets::all())
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let adapter = dir.path().join("adapter");
     let checkpoint = dir.path().join("model.safetensors");

@@ -5,6 +5,7 @@ mod common;
 
 use burn::module::Module;
 use burn::tensor::backend::Backend;
+use burn_lora::LoraLayer;
 use burn_lora::{
     load_adapter, load_pytorch_base, lora_layer_paths, save_adapter, LoraConfig, LoraError,
     LoraLinear, LoraLinearConfig, LoraModel, PathMap,

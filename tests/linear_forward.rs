@@ -11,6 +11,7 @@ use burn::module::AutodiffModule;
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
+use burn_lora::LoraLayer;
 use burn_lora::{LoraAdapter, LoraConfig, LoraError, LoraLinear, LoraLinearConfig};
 use common::{assert_bit_identical, max_abs_diff, randn, AB, B};
 

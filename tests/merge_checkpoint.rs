@@ -6,6 +6,7 @@ mod common;
 
 use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn_lora::LoraLayer;
 use burn_lora::{save_checkpoint, LoraConfig, LoraMlp, LoraModel};
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use common::{assert_bit_identical, base_model, insert_trained, max_abs_diff, on_all, probe, B};

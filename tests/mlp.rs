@@ -8,6 +8,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use burn_lora::{LoraConfig, LoraError, LoraInit, LoraMlp, LoraMlpConfig, LoraModel};
+use burn_lora::{LoraLayer, Targets, DEFAULT_ADAPTER};
 use common::{assert_bit_identical, max_abs_diff, randn, B};
 
 fn notebook_model() -> LoraMlp<B> {
@@ -39,7 +40,11 @@ fn with_trained_adapter(mut model: LoraMlp<B>, config: &LoraConfig, seed: u64) -
 fn parameter_report_matches_the_notebook() {
     let mut model = notebook_model();
     model
-        .attach(&LoraConfig::new(1, 1.0).with_init(LoraInit::Gaussian { std: 1.0 }))
+        .attach(
+            DEFAULT_ADAPTER,
+            &LoraConfig::new(1, 1.0).with_init(LoraInit::Gaussian { std: 1.0 }),
+            &Targets::all(),
+        )
         .unwrap();
     let report = model.parameter_report();
     assert_eq!(report.base_params(), 2_807_010);
@@ -79,7 +84,9 @@ fn attach_output_equals_base_and_disable_restores_it_exactly() {
         .unwrap();
     let x = randn::<B, 2>([5, 20], 3);
     let base = model.forward(x.clone());
-    model.attach(&LoraConfig::new(2, 2.0)).unwrap();
+    model
+        .attach(DEFAULT_ADAPTER, &LoraConfig::new(2, 2.0), &Targets::all())
+        .unwrap();
     assert_bit_identical(model.forward(x.clone()), base.clone());
 
     let mut model = with_trained_adapter(model, &LoraConfig::new(2, 2.0), 10);
@@ -112,7 +119,9 @@ fn failed_attach_changes_nothing() {
         .init::<B>(&Default::default())
         .unwrap();
     // Rank 4 fits layer 0 (10x8) but not layer 1 (8x3): nothing may be attached.
-    let err = model.attach(&LoraConfig::new(4, 1.0)).unwrap_err();
+    let err = model
+        .attach(DEFAULT_ADAPTER, &LoraConfig::new(4, 1.0), &Targets::all())
+        .unwrap_err();
     assert!(matches!(err, LoraError::RankTooLarge { .. }), "{err}");
     assert!(model.adapter_names().is_empty());
     let err = model
@@ -120,9 +129,11 @@ fn failed_attach_changes_nothing() {
         .unwrap_err();
     assert_eq!(err, LoraError::LayerOutOfRange { index: 5, count: 2 });
     assert!(model.adapter_names().is_empty());
-    model.attach(&LoraConfig::new(1, 1.0)).unwrap();
+    model
+        .attach(DEFAULT_ADAPTER, &LoraConfig::new(1, 1.0), &Targets::all())
+        .unwrap();
     assert!(matches!(
-        model.attach(&LoraConfig::new(1, 1.0)),
+        model.attach(DEFAULT_ADAPTER, &LoraConfig::new(1, 1.0), &Targets::all()),
         Err(LoraError::DuplicateAdapter(_))
     ));
     assert!(matches!(
@@ -224,7 +235,9 @@ fn checkpoint_of_a_plain_linear_model_loads_into_lora_mlp() {
 
     // And the loaded model takes an adapter like any other.
     let mut model = model;
-    model.attach(&LoraConfig::new(2, 2.0)).unwrap();
+    model
+        .attach(DEFAULT_ADAPTER, &LoraConfig::new(2, 2.0), &Targets::all())
+        .unwrap();
     assert_bit_identical(model.forward(x), expected);
 }
 
@@ -304,7 +317,9 @@ fn clones_of_a_model_with_a_fresh_adapter_share_its_factors() {
     let mut model = LoraMlpConfig::new(6, vec![5], 2)
         .init::<B>(&Default::default())
         .unwrap();
-    model.attach(&LoraConfig::new(1, 1.0)).unwrap();
+    model
+        .attach(DEFAULT_ADAPTER, &LoraConfig::new(1, 1.0), &Targets::all())
+        .unwrap();
     let copy = model.clone();
     for (a, b) in model.layers().iter().zip(copy.layers()) {
         assert_bit_identical(a.adapters()[0].lora_a(), b.adapters()[0].lora_a());

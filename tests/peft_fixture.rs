@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use burn::tensor::{Tensor, TensorData};
+use burn_lora::LoraLayer;
 use burn_lora::{
     load_adapter, load_pytorch_base, save_adapter, LoraMlp, LoraMlpConfig, LoraModel, PathMap,
     ADAPTER_WEIGHTS_FILE,

@@ -4,6 +4,7 @@
 
 mod common;
 
+use burn_lora::LoraLayer;
 use burn_lora::{load_pytorch_base, LoraConfig, LoraError, LoraModel, PathMap};
 use common::assert_error::assert_shape_mismatch;
 use common::safetensors_io::{raw_mut, state_dict, write_raw, Raw};

@@ -10,6 +10,7 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_lora::{LoraConfig, LoraInit, LoraMlp, LoraMlpConfig};
+use burn_lora::{LoraLayer, Targets, DEFAULT_ADAPTER};
 use common::{assert_bit_identical, max_abs_diff, AB};
 
 fn base_ids(model: &LoraMlp<AB>) -> Vec<ParamId> {
@@ -41,7 +42,11 @@ fn base_is_bit_identical_after_training_and_never_gets_gradients_or_optimizer_st
         .init::<AB>(&device)
         .unwrap();
     model
-        .attach(&LoraConfig::new(2, 4.0).with_init(LoraInit::Gaussian { std: 1.0 }))
+        .attach(
+            DEFAULT_ADAPTER,
+            &LoraConfig::new(2, 4.0).with_init(LoraInit::Gaussian { std: 1.0 }),
+            &Targets::all(),
+        )
         .unwrap();
 
     let base_before: Vec<_> = model

@@ -1,19 +1,17 @@
-//! [`LoraModel`] for the LoRA layers themselves (a model of one layer) and for Burn's module
-//! containers (`Vec`, `Option`, arrays) of anything that is one, so that the derive and
-//! hand-written models can hold layers in them.
-
-use core::fmt::Debug;
+//! [`VisitLoraLayers`] for the LoRA layers themselves and for Burn's module containers (`Vec`,
+//! `Option`, arrays) of anything that holds them, so that the derive and hand-written models
+//! can hold layers in them.
 
 use burn::tensor::backend::Backend;
 
 use crate::layers::layer::LoraLayer;
 use crate::layers::linear::LoraLinear;
-use crate::model::LoraModel;
+use crate::model::lora_model::VisitLoraLayers;
 
-/// A LoRA layer is a model of one layer.
+/// A LoRA layer visits itself.
 macro_rules! layer_is_a_model {
     ($layer:ident) => {
-        impl<B: Backend> LoraModel<B> for $layer<B> {
+        impl<B: Backend> VisitLoraLayers<B> for $layer<B> {
             fn visit_lora_layers<'a>(&'a self, layers: &mut Vec<&'a dyn LoraLayer<B>>) {
                 layers.push(self);
             }
@@ -27,7 +25,7 @@ macro_rules! layer_is_a_model {
 
 layer_is_a_model!(LoraLinear);
 
-impl<B: Backend, T: LoraModel<B> + Debug + Send + Clone> LoraModel<B> for Vec<T> {
+impl<B: Backend, T: VisitLoraLayers<B>> VisitLoraLayers<B> for Vec<T> {
     fn visit_lora_layers<'a>(&'a self, layers: &mut Vec<&'a dyn LoraLayer<B>>) {
         for item in self {
             item.visit_lora_layers(layers);
@@ -41,7 +39,7 @@ impl<B: Backend, T: LoraModel<B> + Debug + Send + Clone> LoraModel<B> for Vec<T>
     }
 }
 
-impl<B: Backend, T: LoraModel<B> + Debug + Send + Clone> LoraModel<B> for Option<T> {
+impl<B: Backend, T: VisitLoraLayers<B>> VisitLoraLayers<B> for Option<T> {
     fn visit_lora_layers<'a>(&'a self, layers: &mut Vec<&'a dyn LoraLayer<B>>) {
         if let Some(item) = self {
             item.visit_lora_layers(layers);
@@ -55,7 +53,7 @@ impl<B: Backend, T: LoraModel<B> + Debug + Send + Clone> LoraModel<B> for Option
     }
 }
 
-impl<B: Backend, T: LoraModel<B> + Debug + Send + Clone, const N: usize> LoraModel<B> for [T; N] {
+impl<B: Backend, T: VisitLoraLayers<B>, const N: usize> VisitLoraLayers<B> for [T; N] {
     fn visit_lora_layers<'a>(&'a self, layers: &mut Vec<&'a dyn LoraLayer<B>>) {
         for item in self {
             item.visit_lora_layers(layers);

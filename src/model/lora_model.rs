@@ -53,14 +53,7 @@ use crate::model::targets::Targets;
 /// assert!(plain.adapter_names().is_empty());
 /// # Ok::<(), burn_lora::LoraError>(())
 /// ```
-pub trait LoraModel<B: Backend>: Module<B> {
-    /// Pushes every LoRA layer of the model onto `layers`, in a fixed order.
-    fn visit_lora_layers<'a>(&'a self, layers: &mut Vec<&'a dyn LoraLayer<B>>);
-
-    /// Pushes the same layers, mutably, in the same order. Operations that pair the two lists
-    /// check that they agree and fail with [`LoraError::InvalidModel`] when they do not.
-    fn visit_lora_layers_mut<'a>(&'a mut self, layers: &mut Vec<&'a mut dyn LoraLayer<B>>);
-
+pub trait LoraModel<B: Backend>: Module<B> + VisitLoraLayers<B> {
     /// Every LoRA layer of the model, in a fixed order.
     fn lora_layers(&self) -> Vec<&dyn LoraLayer<B>> {
         let mut layers = Vec::new();
@@ -342,6 +335,42 @@ pub trait LoraModel<B: Backend>: Module<B> {
     {
         parameter_report(self)
     }
+}
+
+/// Anything that holds LoRA layers: the layers themselves, Burn's containers of them (`Vec`,
+/// `Option`, arrays), and models. `#[derive(LoraModel)]` implements it; by hand, push every
+/// layer in a fixed order, the same in both methods:
+///
+/// ```
+/// use burn::prelude::*;
+/// use burn_lora::{LoraLayer, LoraLinear, LoraModel, VisitLoraLayers};
+///
+/// #[derive(Module, Debug)]
+/// struct Net<B: Backend> {
+///     encoder: LoraLinear<B>,
+///     head: LoraLinear<B>,
+/// }
+///
+/// impl<B: Backend> VisitLoraLayers<B> for Net<B> {
+///     fn visit_lora_layers<'a>(&'a self, layers: &mut Vec<&'a dyn LoraLayer<B>>) {
+///         self.encoder.visit_lora_layers(layers);
+///         self.head.visit_lora_layers(layers);
+///     }
+///     fn visit_lora_layers_mut<'a>(&'a mut self, layers: &mut Vec<&'a mut dyn LoraLayer<B>>) {
+///         self.encoder.visit_lora_layers_mut(layers);
+///         self.head.visit_lora_layers_mut(layers);
+///     }
+/// }
+///
+/// impl<B: Backend> LoraModel<B> for Net<B> {}
+/// ```
+pub trait VisitLoraLayers<B: Backend> {
+    /// Pushes every LoRA layer onto `layers`, in a fixed order.
+    fn visit_lora_layers<'a>(&'a self, layers: &mut Vec<&'a dyn LoraLayer<B>>);
+
+    /// Pushes the same layers, mutably, in the same order. Operations that pair the two lists
+    /// check that they agree and fail with [`LoraError::InvalidModel`] when they do not.
+    fn visit_lora_layers_mut<'a>(&'a mut self, layers: &mut Vec<&'a mut dyn LoraLayer<B>>);
 }
 
 /// [`LoraError::Merged`] if any layer has adapters merged in place.

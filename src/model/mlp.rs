@@ -9,6 +9,7 @@ use burn::tensor::Tensor;
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::layer::LoraLayer;
 use crate::layers::linear::{LoraLinear, LoraLinearConfig};
+use crate::model::lora_model::VisitLoraLayers;
 use crate::model::LoraModel;
 
 /// The adapter name PEFT uses when none is given; the examples use it too.
@@ -183,7 +184,7 @@ impl<B: Backend> LoraMlp<B> {
     }
 }
 
-impl<B: Backend> LoraModel<B> for LoraMlp<B> {
+impl<B: Backend> VisitLoraLayers<B> for LoraMlp<B> {
     fn visit_lora_layers<'a>(&'a self, layers: &mut Vec<&'a dyn LoraLayer<B>>) {
         self.layers.visit_lora_layers(layers);
     }
@@ -192,3 +193,5 @@ impl<B: Backend> LoraModel<B> for LoraMlp<B> {
         self.layers.visit_lora_layers_mut(layers);
     }
 }
+
+impl<B: Backend> LoraModel<B> for LoraMlp<B> {}

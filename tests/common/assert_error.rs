@@ -1,6 +1,7 @@
 //! Assertions on [`LoraError`]s about files: the variant and what it names.
 
 use burn_lora::LoraError;
+use burn_lora::LoraLayer;
 
 /// Asserts `err` is [`LoraError::InvalidFile`] for a path ending in `file`, in `format`.
 pub fn assert_invalid_file(err: &LoraError, file: &str, expected_format: &str, case: &str) {

@@ -9,6 +9,7 @@ pub use burn_lora_support::testing::{
 };
 
 use burn::tensor::Tensor;
+use burn_lora::LoraLayer;
 use burn_lora::{LoraAdapter, LoraConfig, LoraMlp, LoraMlpConfig, LoraModel};
 
 /// A freshly initialised MLP with these widths (input first) and no adapter.

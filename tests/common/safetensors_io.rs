@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use burn_lora::LoraLayer;
 use burn_lora::{LoraMlp, LoraModel, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};

@@ -3,6 +3,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn_lora::LoraLayer;
 use burn_lora::{LoraMlp, LoraModel};
 
 use super::{probe, values, B};

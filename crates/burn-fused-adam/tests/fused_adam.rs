@@ -11,6 +11,7 @@ use burn::tensor::{Int, Tensor};
 use burn_fused_adam::FusedAdamConfig;
 use burn_fused_adam::InvalidSetting;
 use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig};
+use burn_lora::{LoraLayer, Targets, DEFAULT_ADAPTER};
 use burn_lora_support::backend::Train as AB;
 use burn_lora_support::testing::{assert_bit_identical, max_abs_diff, randn, values};
 
@@ -178,7 +179,9 @@ fn clones_of_the_model_are_not_updated_in_place() {
 #[test]
 fn frozen_base_is_bit_identical_after_lora_training() {
     let mut model = model(7);
-    model.attach(&LoraConfig::new(2, 2.0)).unwrap();
+    model
+        .attach(DEFAULT_ADAPTER, &LoraConfig::new(2, 2.0), &Targets::all())
+        .unwrap();
     let base: Vec<_> = model
         .layers()
         .iter()
@@ -243,7 +246,9 @@ fn every_bad_setting_is_an_error_naming_it() {
 fn only_parameters_with_gradients_get_state() {
     // LoRA freezes the base: only the two factors of each layer's adapter have state.
     let mut model = model(9);
-    model.attach(&LoraConfig::new(1, 1.0)).unwrap();
+    model
+        .attach(DEFAULT_ADAPTER, &LoraConfig::new(1, 1.0), &Targets::all())
+        .unwrap();
     let mut optim = FusedAdamConfig::new().init().unwrap();
     let trained = train(model, &mut optim, 2);
     assert_eq!(optim.to_record().len(), 2 * trained.layers().len());
