@@ -5,7 +5,7 @@ mod common;
 
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn_lora::LoraLayer;
+use burn_lora::{LoraLayer, VisitLoraLayers};
 use burn_lora::{
     load_adapter, load_pytorch_base, lora_layer_paths, save_adapter, LoraConfig, LoraError,
     LoraLinear, LoraLinearConfig, LoraModel, PathMap,
@@ -22,18 +22,23 @@ struct Net<B: Backend> {
     swapped: bool,
 }
 
-impl<B: Backend> LoraModel<B> for Net<B> {
-    fn lora_layers(&self) -> Vec<&LoraLinear<B>> {
-        vec![&self.encoder, &self.head]
+impl<B: Backend> VisitLoraLayers<B> for Net<B> {
+    fn visit_lora_layers<'a>(&'a self, layers: &mut Vec<&'a dyn LoraLayer<B>>) {
+        layers.push(&self.encoder);
+        layers.push(&self.head);
     }
-    fn lora_layers_mut(&mut self) -> Vec<&mut LoraLinear<B>> {
+    fn visit_lora_layers_mut<'a>(&'a mut self, layers: &mut Vec<&'a mut dyn LoraLayer<B>>) {
         if self.swapped {
-            vec![&mut self.head, &mut self.encoder]
+            layers.push(&mut self.head);
+            layers.push(&mut self.encoder);
         } else {
-            vec![&mut self.encoder, &mut self.head]
+            layers.push(&mut self.encoder);
+            layers.push(&mut self.head);
         }
     }
 }
+
+impl<B: Backend> LoraModel<B> for Net<B> {}
 
 /// Square layers, so swapped factors would fit and go unnoticed without the check.
 fn net(swapped: bool) -> Net<B> {
@@ -127,14 +132,18 @@ struct Cloned<B: Backend> {
     second: LoraLinear<B>,
 }
 
-impl<B: Backend> LoraModel<B> for Cloned<B> {
-    fn lora_layers(&self) -> Vec<&LoraLinear<B>> {
-        vec![&self.first, &self.second]
+impl<B: Backend> VisitLoraLayers<B> for Cloned<B> {
+    fn visit_lora_layers<'a>(&'a self, layers: &mut Vec<&'a dyn LoraLayer<B>>) {
+        layers.push(&self.first);
+        layers.push(&self.second);
     }
-    fn lora_layers_mut(&mut self) -> Vec<&mut LoraLinear<B>> {
-        vec![&mut self.first, &mut self.second]
+    fn visit_lora_layers_mut<'a>(&'a mut self, layers: &mut Vec<&'a mut dyn LoraLayer<B>>) {
+        layers.push(&mut self.first);
+        layers.push(&mut self.second);
     }
 }
+
+impl<B: Backend> LoraModel<B> for Cloned<B> {}
 
 #[test]
 fn cloned_layers_sharing_parameter_ids_are_an_error_not_a_guessed_path() {
@@ -162,18 +171,18 @@ struct Outside<B: Backend> {
     stray: Option<LoraLinear<B>>,
 }
 
-impl<B: Backend> LoraModel<B> for Outside<B> {
-    fn lora_layers(&self) -> Vec<&LoraLinear<B>> {
-        let mut layers = vec![&self.inner];
-        layers.extend(self.stray.as_ref());
-        layers
+impl<B: Backend> VisitLoraLayers<B> for Outside<B> {
+    fn visit_lora_layers<'a>(&'a self, layers: &mut Vec<&'a dyn LoraLayer<B>>) {
+        self.inner.visit_lora_layers(layers);
+        self.stray.visit_lora_layers(layers);
     }
-    fn lora_layers_mut(&mut self) -> Vec<&mut LoraLinear<B>> {
-        let mut layers = vec![&mut self.inner];
-        layers.extend(self.stray.as_mut());
-        layers
+    fn visit_lora_layers_mut<'a>(&'a mut self, layers: &mut Vec<&'a mut dyn LoraLayer<B>>) {
+        self.inner.visit_lora_layers_mut(layers);
+        self.stray.visit_lora_layers_mut(layers);
     }
 }
+
+impl<B: Backend> LoraModel<B> for Outside<B> {}
 
 #[test]
 fn a_listed_layer_outside_the_module_tree_is_an_error_not_a_fallback_name() {
