@@ -1,5 +1,5 @@
-//! Files: PEFT adapter files, PyTorch base weights, whole-model checkpoints, and the
-//! safetensors and atomic-write plumbing they share.
+//! Files: PEFT adapter files, PyTorch base weights and state dicts, whole-model checkpoints, and
+//! the safetensors and atomic-write plumbing they share.
 
 pub(crate) mod adapter_file;
 pub(crate) mod atomic_file;
@@ -7,4 +7,6 @@ pub(crate) mod checkpoint;
 pub(crate) mod path_map;
 pub(crate) mod peft_config;
 pub(crate) mod pytorch_base;
+pub(crate) mod pytorch_checkpoint;
 pub(crate) mod tensor_file;
+pub(crate) mod torch_param;
