@@ -136,6 +136,15 @@ pub enum LoraError {
         /// What went wrong.
         reason: String,
     },
+    /// A regular expression (a [`PathMap`](crate::PathMap) rule or a key pattern of
+    /// [`LoadOptions`](crate::LoadOptions)) that does not compile.
+    #[error("invalid regular expression {pattern:?}: {reason}")]
+    InvalidPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What the regex compiler said.
+        reason: String,
+    },
     /// A feature of the file or config that burn-lora does not implement (DoRA, trained biases…).
     #[error("unsupported: {0}")]
     Unsupported(String),

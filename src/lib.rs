@@ -17,7 +17,8 @@
 //! - **Models** (`src/model/`): the [`LoraModel`] trait (list, switch, combine, remove adapters
 //!   model-wide), [`lora_layer_paths`], the [`ParameterReport`], and [`LoraMlp`].
 //! - **Files** (`src/io/`): PEFT adapter files ([`save_adapter`], [`load_adapter`],
-//!   [`PeftConfig`]), PyTorch base weights ([`load_pytorch_base`]) and whole-model checkpoints
+//!   [`PeftConfig`]), whole PyTorch / Hugging Face state dicts into any Burn module ([`load_pytorch_checkpoint`] with
+//!   [`LoadOptions`], reporting a [`LoadReport`]) and whole-model checkpoints
 //!   ([`save_checkpoint`]).
 //! - [`truncated_svd`]: low-rank factorisation of a weight.
 //! - [`LoraError`]: every bad input is an error naming what is wrong, never a panic.
@@ -68,6 +69,7 @@ pub use io::adapter_file::{load_adapter, save_adapter, ADAPTER_CONFIG_FILE, ADAP
 pub use io::checkpoint::save_checkpoint;
 pub use io::path_map::PathMap;
 pub use io::peft_config::{PeftConfig, TargetModules};
+pub use io::pytorch_checkpoint::{load_pytorch_checkpoint, LoadOptions, LoadReport};
 pub use layers::adapter::LoraAdapter;
 pub use layers::layer::{LayerKind, LoraLayer};
 pub use layers::linear::{LoraLinear, LoraLinearConfig};

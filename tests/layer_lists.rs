@@ -3,11 +3,13 @@
 
 mod common;
 
+use common::load_pytorch_base;
+
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn_lora::{LoraLayer, VisitLoraLayers};
 use burn_lora::{
-    load_adapter, load_pytorch_base, lora_layer_paths, save_adapter, LoraConfig, LoraError,
+    load_adapter, lora_layer_paths, save_adapter, LoraConfig, LoraError,
     LoraLinear, LoraLinearConfig, LoraModel, PathMap,
 };
 use common::safetensors_io::{write_raw, Raw};

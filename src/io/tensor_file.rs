@@ -46,9 +46,14 @@ impl FloatTensor {
         }
     }
 
+    /// The values as Burn tensor data (f32, this shape).
+    pub fn into_data(self) -> TensorData {
+        TensorData::new(self.values, self.shape)
+    }
+
     /// The tensor on a Burn device (must be 2-D or 1-D as `D` says; the caller checked the shape).
     pub fn into_burn<B: Backend, const D: usize>(self, device: &B::Device) -> Tensor<B, D> {
-        Tensor::from_data(TensorData::new(self.values, self.shape), device)
+        Tensor::from_data(self.into_data(), device)
     }
 }
 
@@ -57,30 +62,46 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| io_error(path, e))
 }
 
-/// Every tensor of a safetensors buffer as f32 (F32, F64, F16 and BF16 are accepted). Truncated or garbage buffers, unsupported dtypes and non-finite values are
-/// errors naming the file and key.
+/// Every tensor of a safetensors buffer as f32 (F32, F64, F16 and BF16 are accepted).
+/// Truncated or garbage buffers, unsupported dtypes and non-finite values are errors naming the
+/// file and key.
 pub(crate) fn read_float_tensors(
     path: &Path,
     bytes: &[u8],
 ) -> Result<HashMap<String, FloatTensor>> {
-    let invalid = |reason: String| LoraError::InvalidFile {
-        path: path.display().to_string(),
-        format: "safetensors".into(),
-        reason,
-    };
-    let tensors = SafeTensors::deserialize(bytes).map_err(|e| invalid(e.to_string()))?;
+    let tensors = parse_safetensors(path, bytes)?;
     let mut out = HashMap::with_capacity(tensors.len());
     for (key, view) in tensors.iter() {
-        let tensor = to_f32(path, key, &view)?;
-        if tensor.values.iter().any(|v| !v.is_finite()) {
-            return Err(LoraError::NonFinite(format!(
-                "{}: tensor \"{key}\"",
-                path.display()
-            )));
-        }
-        out.insert(key.to_string(), tensor);
+        out.insert(key.to_string(), float_tensor(path, key, &view)?);
     }
     Ok(out)
+}
+
+/// The safetensors header of `bytes`, checked (every tensor's offsets inside the buffer, sizes
+/// matching dtype and shape) but no tensor converted: read the ones needed with
+/// [`float_tensor`]. Truncated or garbage buffers are [`LoraError::InvalidFile`].
+pub(crate) fn parse_safetensors<'data>(
+    path: &Path,
+    bytes: &'data [u8],
+) -> Result<SafeTensors<'data>> {
+    SafeTensors::deserialize(bytes).map_err(|e| LoraError::InvalidFile {
+        path: path.display().to_string(),
+        format: "safetensors".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The tensor `key` of file `path` as f32: [`LoraError::UnsupportedDtype`] unless it is F32,
+/// F64, F16 or BF16, [`LoraError::NonFinite`] if a value is NaN or infinite as f32.
+pub(crate) fn float_tensor(path: &Path, key: &str, view: &TensorView<'_>) -> Result<FloatTensor> {
+    let tensor = to_f32(path, key, view)?;
+    if tensor.values.iter().any(|v| !v.is_finite()) {
+        return Err(LoraError::NonFinite(format!(
+            "{}: tensor \"{key}\"",
+            path.display()
+        )));
+    }
+    Ok(tensor)
 }
 
 fn to_f32(path: &Path, key: &str, view: &TensorView<'_>) -> Result<FloatTensor> {
@@ -350,6 +371,73 @@ mod tests {
                 "{what}: {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn one_tensor_is_read_by_key_without_converting_the_others() {
+        let half: Vec<u8> = [0x3C00u16, 0xC000]
+            .iter()
+            .flat_map(|b| b.to_le_bytes())
+            .collect();
+        let ids: Vec<u8> = [0i64, 1, 2].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = safetensors_bytes(&[
+            ("weight", Dtype::F16, vec![2], half),
+            ("position_ids", Dtype::I64, vec![1, 3], ids),
+        ]);
+        // The whole-file reader refuses the int buffer...
+        assert!(matches!(
+            read(&bytes).unwrap_err(),
+            LoraError::UnsupportedDtype { key, .. } if key == "position_ids"
+        ));
+        // ...the lazy one reads the float tensor and names the int one only when asked for it.
+        let file = parse_safetensors(&path(), &bytes).unwrap();
+        let mut keys = file.names();
+        keys.sort();
+        assert_eq!(keys, ["position_ids", "weight"]);
+        let weight = float_tensor(&path(), "weight", &file.tensor("weight").unwrap()).unwrap();
+        assert_eq!(weight.shape, vec![2]);
+        assert_eq!(weight.values, vec![1.0, -2.0]);
+        let view = file.tensor("position_ids").unwrap();
+        assert_eq!(
+            float_tensor(&path(), "position_ids", &view).unwrap_err(),
+            LoraError::UnsupportedDtype {
+                path: path().display().to_string(),
+                key: "position_ids".into(),
+                dtype: "I64".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn float_tensor_refuses_non_finite_values_naming_the_key() {
+        let bytes = safetensors_bytes(&[("w", Dtype::F32, vec![2], f32_bytes(&[1.0, f32::NAN]))]);
+        let file = parse_safetensors(&path(), &bytes).unwrap();
+        let err = float_tensor(&path(), "w", &file.tensor("w").unwrap()).unwrap_err();
+        assert!(
+            matches!(&err, LoraError::NonFinite(what) if what.contains("\"w\"")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn parse_safetensors_refuses_truncated_bytes_as_invalid_file() {
+        let bytes = safetensors_bytes(&[("w", Dtype::F32, vec![2], f32_bytes(&[1.0, 2.0]))]);
+        let err = parse_safetensors(&path(), &bytes[..bytes.len() - 1]).unwrap_err();
+        assert!(
+            matches!(&err, LoraError::InvalidFile { format, .. } if format == "safetensors"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn into_data_keeps_shape_and_values() {
+        let tensor = FloatTensor {
+            shape: vec![2, 1],
+            values: vec![0.5, -1.5],
+        };
+        let data = tensor.into_data();
+        assert_eq!(data.shape.to_vec(), vec![2, 1]);
+        assert_eq!(data.to_vec::<f32>().unwrap(), vec![0.5, -1.5]);
     }
 
     #[test]

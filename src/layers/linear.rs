@@ -228,7 +228,7 @@ impl<B: Backend> LoraLinear<B> {
 }
 
 /// `param` holding `value` instead, with the same id, gradient setting and load/save mappers.
-fn replace_value<B: Backend, const D: usize>(
+pub(crate) fn replace_value<B: Backend, const D: usize>(
     param: Param<Tensor<B, D>>,
     value: Tensor<B, D>,
 ) -> Param<Tensor<B, D>> {

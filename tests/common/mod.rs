@@ -69,3 +69,13 @@ pub fn probe(d_input: usize) -> Tensor<B, 2> {
 pub mod assert_error;
 pub mod safetensors_io;
 pub mod snapshot;
+
+/// Loads a PyTorch state dict strictly (every key used, every parameter found), as the base
+/// of a model is loaded before its adapter.
+pub fn load_pytorch_base<Bk: burn::tensor::backend::Backend, M: burn::module::Module<Bk>>(
+    model: &mut M,
+    file: &std::path::Path,
+    paths: &burn_lora::PathMap,
+) -> burn_lora::Result<burn_lora::LoadReport> {
+    burn_lora::load_pytorch_checkpoint(model, file, paths, &burn_lora::LoadOptions::new())
+}

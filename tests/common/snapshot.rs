@@ -1,6 +1,7 @@
 //! [`Snapshot`]: everything observable about a model, bit for bit, to prove that a failed
-//! operation left it exactly as it was.
+//! operation left it exactly as it was; [`ParamSnapshot`]: every parameter of any module.
 
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use burn_lora::LoraLayer;
@@ -94,5 +95,81 @@ impl Snapshot {
         }
         assert!(self.output == other.output, "output changed ({context})");
         assert!(self == other, "model changed ({context})");
+    }
+}
+
+/// Every float parameter of any module, bit for bit, with its Burn path, id and gradient
+/// setting: proves that a failed load left a model of any shape exactly as it was, and that a
+/// successful one kept ids and gradient settings.
+#[derive(Debug, PartialEq)]
+pub struct ParamSnapshot {
+    pub params: Vec<ParamState>,
+}
+
+/// One parameter of a [`ParamSnapshot`].
+#[derive(Debug, PartialEq)]
+pub struct ParamState {
+    /// Its dotted Burn path (`blocks.0.query.weight`).
+    pub path: String,
+    pub id: ParamId,
+    pub require_grad: bool,
+    pub shape: Vec<usize>,
+    pub bits: Vec<u32>,
+}
+
+impl ParamSnapshot {
+    /// Reads every float parameter of `model` (initialising lazy ones).
+    pub fn of<Bk: Backend, M: Module<Bk>>(model: &M) -> Self {
+        let mut reader = ParamReader {
+            stack: Vec::new(),
+            params: Vec::new(),
+        };
+        model.visit(&mut reader);
+        Self {
+            params: reader.params,
+        }
+    }
+
+    /// The parameter at `path` (panics, naming it, when there is none).
+    pub fn get(&self, path: &str) -> &ParamState {
+        self.params
+            .iter()
+            .find(|p| p.path == path)
+            .unwrap_or_else(|| panic!("no parameter at {path}"))
+    }
+
+    /// Panics, naming the first parameter that differs, if `self != other`.
+    pub fn assert_same(&self, other: &ParamSnapshot, context: &str) {
+        let paths = |s: &ParamSnapshot| s.params.iter().map(|p| p.path.clone()).collect::<Vec<_>>();
+        assert_eq!(paths(self), paths(other), "parameters changed ({context})");
+        for (a, b) in self.params.iter().zip(&other.params) {
+            assert!(a == b, "{} changed ({context})", a.path);
+        }
+    }
+}
+
+struct ParamReader {
+    stack: Vec<String>,
+    params: Vec<ParamState>,
+}
+
+impl<Bk: Backend> ModuleVisitor<Bk> for ParamReader {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.stack.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Bk, D>>) {
+        let value = param.val();
+        self.params.push(ParamState {
+            path: self.stack.join("."),
+            id: param.id,
+            require_grad: value.is_require_grad(),
+            shape: value.dims().to_vec(),
+            bits: bits(value),
+        });
     }
 }
