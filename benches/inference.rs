@@ -9,7 +9,9 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::{Distribution, Tensor};
 use burn_lora::LoraLayer;
-use burn_lora::{LoraAdapter, LoraConfig, LoraLinear, LoraLinearConfig, LoraMlp, LoraMlpConfig};
+use burn_lora::{
+    LoraAdapter, LoraConfig, LoraLinear, LoraLinearConfig, LoraMlp, LoraMlpConfig, LoraModel,
+};
 use burn_lora_support::backend::{self, Inference};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 

@@ -9,8 +9,8 @@ mod bench_util;
 
 use burn::optim::AdamConfig;
 use burn::tensor::{Distribution, Int, Tensor};
-use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig};
-use burn_lora::{LoraLayer, Targets, DEFAULT_ADAPTER};
+use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig, LoraModel};
+use burn_lora::{Targets, DEFAULT_ADAPTER};
 use burn_lora_support::backend::{self, Train};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 

@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
+use burn_lora::Targets;
 use burn_lora::{
     load_adapter, save_adapter, LoraConfig, LoraInit, LoraMlp, LoraMlpConfig, LoraModel, PathMap,
 };
-use burn_lora::{LoraLayer, Targets};
 use burn_lora_support::backend::{self, Inference, Train};
 use burn_lora_support::mnist::Mnist;
 use burn_store::{ModuleSnapshot, SafetensorsStore};

@@ -12,7 +12,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use burn::tensor::TensorData;
 use burn_lora::{save_adapter, LoraConfig, LoraInit, LoraMlp, LoraMlpConfig, LoraModel, PathMap};
-use burn_lora::{LoraLayer, Targets, DEFAULT_ADAPTER};
+use burn_lora::{Targets, DEFAULT_ADAPTER};
 use burn_lora_support::backend::{self, Train};
 use clap::Parser;
 use common::eval::{evaluate, table};

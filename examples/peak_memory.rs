@@ -10,8 +10,8 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_fused_adam::FusedAdamConfig;
-use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig};
-use burn_lora::{LoraLayer, Targets, DEFAULT_ADAPTER};
+use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig, LoraModel};
+use burn_lora::{Targets, DEFAULT_ADAPTER};
 use burn_lora_support::backend::{self, Train};
 use clap::{Parser, ValueEnum};
 

@@ -15,7 +15,6 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use burn_lora::LoraLayer;
 use burn_lora::{numerical_rank, singular_values, truncated_svd, LoraError};
 use burn_lora_support::backend::Inference;
 

@@ -8,8 +8,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use burn_lora::{save_adapter, save_checkpoint, LoraConfig, PathMap};
-use burn_lora::{LoraLayer, Targets, DEFAULT_ADAPTER};
+use burn_lora::{save_adapter, save_checkpoint, LoraConfig, LoraModel, PathMap};
+use burn_lora::{Targets, DEFAULT_ADAPTER};
 use burn_lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use common::base_model;
 

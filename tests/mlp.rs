@@ -54,14 +54,21 @@ fn parameter_report_matches_the_notebook() {
     let shapes: Vec<_> = report
         .layers
         .iter()
-        .map(|l| (l.weight, l.bias, l.adapters[0].lora_a, l.adapters[0].lora_b))
+        .map(|l| {
+            (
+                l.weight.clone(),
+                l.bias,
+                l.adapters[0].lora_a,
+                l.adapters[0].lora_b,
+            )
+        })
         .collect();
     assert_eq!(
         shapes,
         vec![
-            ([784, 1000], Some(1000), [784, 1], [1, 1000]),
-            ([1000, 2000], Some(2000), [1000, 1], [1, 2000]),
-            ([2000, 10], Some(10), [2000, 1], [1, 10]),
+            (vec![784, 1000], Some(1000), [784, 1], [1, 1000]),
+            (vec![1000, 2000], Some(2000), [1000, 1], [1, 2000]),
+            (vec![2000, 10], Some(10), [2000, 1], [1, 10]),
         ]
     );
     let text = report.to_string();
@@ -103,7 +110,11 @@ fn attach_to_chosen_layers_freezes_the_whole_base() {
         .init::<common::AB>(&Default::default())
         .unwrap();
     model
-        .attach_to("last", &LoraConfig::new(1, 1.0), &[1])
+        .attach(
+            "last",
+            &LoraConfig::new(1, 1.0),
+            &Targets::names(["layers.1"]),
+        )
         .unwrap();
     assert!(model.layers()[0].adapters().is_empty());
     assert_eq!(model.layers()[1].adapter_names(), vec!["last"]);
@@ -125,9 +136,9 @@ fn failed_attach_changes_nothing() {
     assert!(matches!(err, LoraError::RankTooLarge { .. }), "{err}");
     assert!(model.adapter_names().is_empty());
     let err = model
-        .attach_to("x", &LoraConfig::new(1, 1.0), &[0, 5])
+        .attach("x", &LoraConfig::new(1, 1.0), &Targets::names(["layers.5"]))
         .unwrap_err();
-    assert_eq!(err, LoraError::LayerOutOfRange { index: 5, count: 2 });
+    assert!(matches!(err, LoraError::InvalidTargets(_)), "{err}");
     assert!(model.adapter_names().is_empty());
     model
         .attach(DEFAULT_ADAPTER, &LoraConfig::new(1, 1.0), &Targets::all())

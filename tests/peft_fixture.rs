@@ -13,11 +13,10 @@ use std::path::PathBuf;
 use burn::tensor::{Tensor, TensorData};
 use burn_lora::LoraLayer;
 use burn_lora::{
-    load_adapter, save_adapter, LoraMlp, LoraMlpConfig, LoraModel, PathMap,
-    ADAPTER_WEIGHTS_FILE,
+    load_adapter, save_adapter, LoraMlp, LoraMlpConfig, LoraModel, PathMap, ADAPTER_WEIGHTS_FILE,
 };
 use common::safetensors_io::{raw, read_config, read_metadata, read_raw};
-use common::{load_pytorch_base, assert_bit_identical, max_abs_diff, B};
+use common::{assert_bit_identical, load_pytorch_base, max_abs_diff, B};
 use safetensors::Dtype;
 use serde_json::Value;
 

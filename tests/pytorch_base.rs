@@ -4,12 +4,11 @@
 
 mod common;
 
-use burn_lora::LoraLayer;
 use burn_lora::{LoraConfig, LoraError, LoraModel, PathMap};
 use common::assert_error::assert_shape_mismatch;
 use common::safetensors_io::{raw_mut, state_dict, write_raw, Raw};
 use common::snapshot::Snapshot;
-use common::{load_pytorch_base, assert_bit_identical, base_model, insert_trained, on_all};
+use common::{assert_bit_identical, base_model, insert_trained, load_pytorch_base, on_all};
 use safetensors::Dtype;
 
 #[test]

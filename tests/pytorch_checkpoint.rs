@@ -17,7 +17,7 @@ use burn::nn::{
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use burn_lora::{
-    load_pytorch_checkpoint, LoadOptions, LoadReport, LoraConfig, LoraError, LoraLinear,
+    load_pytorch_checkpoint, LoadOptions, LoadReport, LoraConfig, LoraError, LoraLayer, LoraLinear,
     LoraLinearConfig, PathMap,
 };
 use common::assert_error::{assert_invalid_file, assert_shape_mismatch};

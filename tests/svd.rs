@@ -2,7 +2,6 @@
 //! truncation, singular values, numerical rank, and errors instead of panics.
 
 use burn::tensor::{Tensor, TensorData};
-use burn_lora::LoraLayer;
 use burn_lora::{numerical_rank, singular_values, truncated_svd, LoraError};
 use burn_lora_support::backend::Inference as B;
 

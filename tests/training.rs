@@ -9,7 +9,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
-use burn_lora::{LoraConfig, LoraInit, LoraMlp, LoraMlpConfig};
+use burn_lora::{LoraConfig, LoraInit, LoraMlp, LoraMlpConfig, LoraModel};
 use burn_lora::{LoraLayer, Targets, DEFAULT_ADAPTER};
 use common::{assert_bit_identical, max_abs_diff, AB};
 

@@ -1,7 +1,6 @@
 //! Test-set evaluation: accuracy and wrong count per digit, printed side by side.
 
 use burn::tensor::backend::Backend;
-use burn_lora::LoraLayer;
 use burn_lora::LoraMlp;
 use burn_lora_support::mnist::MnistSplit;
 

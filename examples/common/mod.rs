@@ -10,7 +10,6 @@ pub mod train;
 
 use std::path::PathBuf;
 
-use burn_lora::LoraLayer;
 use burn_lora_support::mnist::{Mnist, MnistLoader};
 
 /// Loads MNIST from `dir`, else `MNIST_DIR`, else burn-dataset's cache, else a download.

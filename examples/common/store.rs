@@ -1,6 +1,5 @@
 //! Whole-model files: a Burn module saved as safetensors, replacing any earlier file atomically.
 
-use burn_lora::LoraLayer;
 use std::path::Path;
 
 use burn::module::Module;

@@ -6,7 +6,6 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
 use burn_fused_adam::FusedAdamConfig;
-use burn_lora::LoraLayer;
 use burn_lora::LoraMlp;
 use burn_lora_support::mnist::MnistSplit;
 use indicatif::{ProgressBar, ProgressStyle};

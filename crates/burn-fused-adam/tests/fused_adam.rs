@@ -10,7 +10,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use burn_fused_adam::FusedAdamConfig;
 use burn_fused_adam::InvalidSetting;
-use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig};
+use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig, LoraModel};
 use burn_lora::{LoraLayer, Targets, DEFAULT_ADAPTER};
 use burn_lora_support::backend::Train as AB;
 use burn_lora_support::testing::{assert_bit_identical, max_abs_diff, randn, values};
