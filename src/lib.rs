@@ -20,6 +20,9 @@
 //!   [`PeftConfig`]), whole PyTorch / Hugging Face state dicts into any Burn module ([`load_pytorch_checkpoint`] with
 //!   [`LoadOptions`], reporting a [`LoadReport`]) and whole-model checkpoints
 //!   ([`save_checkpoint`]).
+//! - **Blocks** (`src/nn/`): [`nn`], Burn's transformer blocks (multi-head attention,
+//!   feed-forward, encoder) with every linear layer a [`LoraLinear`], at the same paths as in
+//!   `burn::nn`: a model built from them switches by changing its `use` lines.
 //! - [`truncated_svd`]: low-rank factorisation of a weight.
 //! - [`LoraError`]: every bad input is an error naming what is wrong, never a panic.
 //!
@@ -61,6 +64,7 @@ mod error;
 mod io;
 mod layers;
 mod model;
+pub mod nn;
 mod svd;
 
 pub use config::{LoraConfig, LoraInit};

@@ -9,8 +9,9 @@ pub use burn_lora_support::testing::{
 };
 
 use burn::tensor::Tensor;
-use burn_lora::LoraLayer;
-use burn_lora::{LoraAdapter, LoraConfig, LoraMlp, LoraMlpConfig, LoraModel};
+use burn_lora::{
+    LoraAdapter, LoraConfig, LoraLayer, LoraLinear, LoraMlp, LoraMlpConfig, LoraModel,
+};
 
 /// A freshly initialised MLP with these widths (input first) and no adapter.
 ///
@@ -38,19 +39,24 @@ pub fn insert_trained(
 ) {
     for (index, config) in layers {
         let layer = model.layer_mut(*index).unwrap();
-        let (d_in, d_out) = (layer.d_input(), layer.d_output());
-        let seed = seed + 10 * *index as u64;
-        let adapter = LoraAdapter::from_factors(
-            name,
-            config,
-            randn([d_in, config.rank], seed),
-            randn::<B, 2>([config.rank, d_out], seed + 1).mul_scalar(0.1),
-        )
-        .unwrap();
-        layer.insert_adapter(adapter).unwrap();
+        insert_trained_layer(layer, name, config, seed + 10 * *index as u64);
     }
     model.freeze_base();
     model.set_active_adapter(name).unwrap();
+}
+
+/// Inserts adapter `name` with random non-zero factors (seeds `seed`, `seed + 1`) into one layer
+/// and makes it the layer's only active adapter.
+pub fn insert_trained_layer(layer: &mut LoraLinear<B>, name: &str, config: &LoraConfig, seed: u64) {
+    let (d_in, d_out) = (layer.d_input(), layer.d_output());
+    let adapter = LoraAdapter::from_factors(
+        name,
+        config,
+        randn([d_in, config.rank], seed),
+        randn::<B, 2>([config.rank, d_out], seed + 1).mul_scalar(0.1),
+    )
+    .unwrap();
+    layer.insert_adapter(adapter).unwrap();
 }
 
 /// The same config on every layer of `model`.

@@ -1,0 +1,221 @@
+//! [`MultiHeadAttention`]: Burn's multi-head attention with [`LoraLinear`] projections.
+
+use burn::config::Config;
+use burn::module::{Content, DisplaySettings, Initializer, Module, ModuleDisplay};
+use burn::nn::{Dropout, DropoutConfig, Gelu, LinearConfig};
+use burn::tensor::activation::{quiet_softmax, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Tensor};
+
+use super::{MhaCache, MhaInput, MhaOutput};
+use crate::LoraLinear;
+
+/// Configuration of a [`MultiHeadAttention`]: Burn's `MultiHeadAttentionConfig`, field for
+/// field (same defaults, same JSON).
+#[derive(Config, Debug)]
+pub struct MultiHeadAttentionConfig {
+    /// Width of the model (each projection is `d_model → d_model`).
+    pub d_model: usize,
+    /// Number of heads; `d_model / n_heads` is the width of each.
+    pub n_heads: usize,
+    /// Dropout rate on the attention scores.
+    #[config(default = 0.1)]
+    pub dropout: f64,
+    /// Value given to masked attention scores before the softmax (too low may give NaN).
+    #[config(default = -1.0e4)]
+    pub min_float: f64,
+    /// Use the "quiet softmax" (an implicit extra zero logit), letting a head attend to
+    /// nothing: <https://www.evanmiller.org/attention-is-off-by-one.html>.
+    #[config(default = false)]
+    pub quiet_softmax: bool,
+    /// Initialisation of the projections' weights and biases.
+    #[config(
+        default = "Initializer::KaimingUniform{gain: 1.0 / 3.0f64.sqrt(), fan_out_only: false}"
+    )]
+    pub initializer: Initializer,
+}
+
+/// Multi-head attention ("Attention Is All You Need"), as Burn's `MultiHeadAttention` with each
+/// projection a [`LoraLinear`] that can take adapters.
+///
+/// Same fields (in the same order) and module paths as Burn's, so its records load unchanged.
+///
+/// # Shapes
+/// - `query`, `key`, `value`, `output`: `d_model → d_model`
+/// - see [`forward`](Self::forward)
+#[derive(Module, Debug)]
+#[module(custom_display)]
+pub struct MultiHeadAttention<B: Backend> {
+    /// Projection of the input to the queries.
+    pub query: LoraLinear<B>,
+    /// Projection of the input to the keys.
+    pub key: LoraLinear<B>,
+    /// Projection of the input to the values.
+    pub value: LoraLinear<B>,
+    /// Projection of the attended values back to the model width.
+    pub output: LoraLinear<B>,
+    /// Dropout on the attention scores.
+    pub dropout: Dropout,
+    /// Unused; kept as in Burn's struct.
+    pub activation: Gelu,
+    /// Width of the model.
+    pub d_model: usize,
+    /// Number of heads.
+    pub n_heads: usize,
+    /// Width of each head's queries and keys, `d_model / n_heads`.
+    pub d_k: usize,
+    /// Value given to masked attention scores.
+    pub min_float: f64,
+    /// Whether the quiet softmax is used.
+    pub quiet_softmax: bool,
+}
+
+impl MultiHeadAttentionConfig {
+    /// Builds the module, drawing the projections as Burn's `init` does.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> MultiHeadAttention<B> {
+        let linear = || {
+            LoraLinear::from_linear(
+                LinearConfig::new(self.d_model, self.d_model)
+                    .with_initializer(self.initializer.clone())
+                    .init(device),
+            )
+        };
+        MultiHeadAttention {
+            query: linear(),
+            key: linear(),
+            value: linear(),
+            output: linear(),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            activation: Gelu::new(),
+            d_model: self.d_model,
+            n_heads: self.n_heads,
+            d_k: self.d_model / self.n_heads,
+            min_float: self.min_float,
+            quiet_softmax: self.quiet_softmax,
+        }
+    }
+}
+
+impl<B: Backend> MultiHeadAttention<B> {
+    /// Attends `input.query` over `input.key` and `input.value`.
+    ///
+    /// # Shapes
+    /// - query: `[batch_size, seq_length_1, d_model]`
+    /// - key, value: `[batch_size, seq_length_2, d_model]`
+    /// - output context: `[batch_size, seq_length_1, d_model]`
+    /// - output weights: `[batch_size, n_heads, seq_length_1, seq_length_2]`
+    pub fn forward(&self, input: MhaInput<B>) -> MhaOutput<B> {
+        let query = self.attention_linear(input.query, &self.query);
+        let key = self.attention_linear(input.key, &self.key);
+        let value = self.attention_linear(input.value, &self.value);
+        let (weights, context) = self.attend(query, key, value, input.mask_pad, input.mask_attn);
+        let context = self.output.forward(context);
+        MhaOutput { weights, context }
+    }
+
+    /// [`forward`](Self::forward) for autoregressive decoding: each call passes the sequence
+    /// so far, and only its last position is projected anew.
+    ///
+    /// # Shapes
+    /// As [`forward`](Self::forward).
+    pub fn forward_cache(&self, input: MhaInput<B>, cache: &mut MhaCache<B>) -> MhaOutput<B> {
+        let query = cache
+            .query
+            .forward(input.query, |t| self.attention_linear(t, &self.query));
+        let key = cache
+            .key
+            .forward(input.key, |t| self.attention_linear(t, &self.key));
+        let value = cache
+            .value
+            .forward(input.value, |t| self.attention_linear(t, &self.value));
+        let (weights, context) = self.attend(query, key, value, input.mask_pad, input.mask_attn);
+        let context = cache.output.forward(context, |t| self.output.forward(t));
+        MhaOutput { weights, context }
+    }
+
+    /// The attention weights and the attended values with the heads concatenated, before the
+    /// output projection.
+    ///
+    /// # Shapes
+    /// - query: `[batch_size, n_heads, seq_length_1, d_k]`
+    /// - key, value: `[batch_size, n_heads, seq_length_2, d_k]`
+    /// - output: `[batch_size, n_heads, seq_length_1, seq_length_2]`,
+    ///   `[batch_size, seq_length_1, n_heads · d_k]`
+    fn attend(
+        &self,
+        query: Tensor<B, 4>,
+        key: Tensor<B, 4>,
+        value: Tensor<B, 4>,
+        mask_pad: Option<Tensor<B, 2, Bool>>,
+        mask_attn: Option<Tensor<B, 3, Bool>>,
+    ) -> (Tensor<B, 4>, Tensor<B, 3>) {
+        let [batch_size, n_heads, seq_length_1, d_k] = query.dims();
+        let scores = query
+            .matmul(key.transpose())
+            .div_scalar((self.d_k as f32).sqrt());
+        let scores = self.dropout.forward(scores);
+        let weights = self.attn_weights(scores, mask_pad, mask_attn);
+        let context = weights.clone().matmul(value).swap_dims(1, 2).reshape([
+            batch_size,
+            seq_length_1,
+            n_heads * d_k,
+        ]);
+        (weights, context)
+    }
+
+    /// Masked (quiet) softmax of the scores over the keys.
+    fn attn_weights(
+        &self,
+        mut scores: Tensor<B, 4>,
+        mask_pad: Option<Tensor<B, 2, Bool>>,
+        mask_attn: Option<Tensor<B, 3, Bool>>,
+    ) -> Tensor<B, 4> {
+        if let Some(mask_pad) = mask_pad {
+            let [batch_size, seq_length] = mask_pad.dims();
+            scores = scores.mask_fill(
+                mask_pad.reshape([batch_size, 1, 1, seq_length]),
+                self.min_float,
+            );
+        }
+        if let Some(mask_attn) = mask_attn {
+            let [batch_size, seq_length_1, seq_length_2] = mask_attn.dims();
+            scores = scores.mask_fill(
+                mask_attn.reshape([batch_size, 1, seq_length_1, seq_length_2]),
+                self.min_float,
+            );
+        }
+        if self.quiet_softmax {
+            quiet_softmax(scores, 3)
+        } else {
+            softmax(scores, 3)
+        }
+    }
+
+    /// Projects and splits into heads: `[batch, seq, d_model]` → `[batch, n_heads, seq, d_k]`.
+    fn attention_linear(&self, x: Tensor<B, 3>, linear: &LoraLinear<B>) -> Tensor<B, 4> {
+        let [batch_size, seq_length, _] = x.dims();
+        linear
+            .forward(x)
+            .reshape([batch_size, seq_length, self.n_heads, self.d_k])
+            .swap_dims(1, 2)
+    }
+}
+
+impl<B: Backend> ModuleDisplay for MultiHeadAttention<B> {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        content
+            .add("d_model", &self.d_model)
+            .add("n_heads", &self.n_heads)
+            .add("d_k", &self.d_k)
+            .add("dropout", &self.dropout.prob)
+            .add("min_float", &self.min_float)
+            .add("quiet_softmax", &self.quiet_softmax)
+            .optional()
+    }
+}
