@@ -55,6 +55,9 @@
 //! # Ok::<(), burn_lora::LoraError>(())
 //! ```
 
+// The derive's expansion names `::burn_lora`, which must resolve inside this crate too (LoraMlp).
+extern crate self as burn_lora;
+
 mod config;
 mod error;
 mod io;
@@ -62,6 +65,8 @@ mod layers;
 mod model;
 mod svd;
 
+/// `#[derive(LoraModel)]`: the derive macro beside the trait of the same name.
+pub use burn_lora_derive::LoraModel;
 pub use config::{LoraConfig, LoraInit};
 pub use error::{LoraError, Result};
 pub use io::adapter_file::{load_adapter, save_adapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
@@ -77,3 +82,12 @@ pub use model::paths::lora_layer_paths;
 pub use model::report::{AdapterShapes, LayerReport, ParameterReport};
 pub use model::targets::Targets;
 pub use svd::{numerical_rank, singular_values, truncated_svd, LowRankFactors};
+
+/// What `#[derive(LoraModel)]` expands to. Not public API: may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::model::derive_support::{
+        Probe, ProbeMut, VisitLayers, VisitLayersMut, VisitNothing, VisitNothingMut,
+    };
+    pub use burn::module::Module;
+}
