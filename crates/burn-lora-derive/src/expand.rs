@@ -232,3 +232,178 @@ fn unsupported_message(field: &Field, why: &str) -> String {
          the field `#[lora(skip)]` if it holds no LoRA layer"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+
+    /// The expansion as a string without spaces, or the error messages.
+    fn expanded(input: &str) -> Result<String, String> {
+        let input = syn::parse_str(input).unwrap();
+        match expand(&input) {
+            Ok(tokens) => Ok(tokens.to_string().replace(' ', "")),
+            Err(errors) => Err(errors
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")),
+        }
+    }
+
+    #[test]
+    fn visits_fields_in_order_both_ways_and_skips() {
+        let code = expanded(
+            "struct Net<B: Backend> {
+                blocks: Vec<Block<B>>,
+                #[lora(skip)]
+                frozen: LoraLinear<B>,
+                norm: LayerNorm<B>,
+                head: LoraLinear<B>,
+                _marker: PhantomData<B>,
+            }",
+        )
+        .unwrap();
+        assert!(code.contains("impl<B:Backend>::burn_lora::LoraModel<B>forNet<B>"));
+        let order = |member: &str| {
+            code.match_indices(member)
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        };
+        let (blocks, norm, head) = (order("self.blocks"), order("self.norm"), order("self.head"));
+        assert_eq!((blocks.len(), norm.len(), head.len()), (2, 2, 2));
+        assert!(blocks[0] < norm[0] && norm[0] < head[0] && head[0] < blocks[1]);
+        assert!(blocks[1] < norm[1] && norm[1] < head[1]);
+        assert!(!code.contains("self.frozen") && !code.contains("self._marker"));
+    }
+
+    #[test]
+    fn tuple_structs_visit_fields_by_index() {
+        let code = expanded("struct Pair<B: Backend>(LoraLinear<B>, #[lora(skip)] LoraLinear<B>, Vec<LoraLinear<B>>);")
+            .unwrap();
+        assert!(code.contains("(&self.0)") && code.contains("(&self.2)"));
+        assert!(code.contains("(&mutself.0)") && code.contains("(&mutself.2)"));
+        assert!(!code.contains("self.1"));
+    }
+
+    #[test]
+    fn generic_fields_are_bounded_and_called_directly() {
+        let code = expanded(
+            "struct Wrapper<B: Backend, M: Module<B>> { inner: M, items: Vec<M>, head: LoraLinear<B> }",
+        )
+        .unwrap();
+        assert!(code.contains("M:::burn_lora::LoraModel<B>"));
+        assert!(code.contains("Vec<M>:::burn_lora::LoraModel<B>"));
+        assert!(code.contains("Wrapper<B,M>:::burn_lora::__private::Module<B>"));
+        assert!(code.contains("<Mas::burn_lora::LoraModel<B>>::visit_lora_layers(&self.inner"));
+        // A skipped generic field needs no bound.
+        let code =
+            expanded("struct Plain<B: Backend, M> { #[lora(skip)] inner: M, head: LoraLinear<B> }")
+                .unwrap();
+        assert!(!code.contains("M:::burn_lora::LoraModel"));
+    }
+
+    #[test]
+    fn finds_the_backend_parameter() {
+        let with =
+            |input: &str| expanded(input).map(|code| code[..code.find('{').unwrap()].to_string());
+        assert!(
+            with("struct S<T, Bk: burn::tensor::backend::Backend> { x: LoraLinear<Bk> }")
+                .unwrap()
+                .contains("::burn_lora::LoraModel<Bk>forS<T,Bk>")
+        );
+        assert!(
+            with("struct S<Bk> where Bk: AutodiffBackend { x: LoraLinear<Bk> }")
+                .unwrap()
+                .contains("::burn_lora::LoraModel<Bk>")
+        );
+        assert!(with("struct S<B> { x: LoraLinear<B> }")
+            .unwrap()
+            .contains("::burn_lora::LoraModel<B>"));
+        let no_backend = expanded("struct S<T> { x: T }").unwrap_err();
+        assert!(
+            no_backend.contains("no type parameter bounded by `Backend`"),
+            "{no_backend}"
+        );
+        let two = expanded("struct S<B1: Backend, B2: Backend> { x: u8 }").unwrap_err();
+        assert!(two.contains("`B1` and `B2`"), "{two}");
+    }
+
+    #[test]
+    fn rejects_containers_that_hide_layers() {
+        let cases = [
+            ("HashMap<String, LoraLinear<B>>", "`HashMap`"),
+            ("Vec<BTreeMap<usize, Block<B>>>", "`BTreeMap`"),
+            ("Box<dyn Module<B>>", "trait object"),
+            ("Box<Block<B>>", "`Box`"),
+            ("Arc<LoraLinear<B>>", "`Arc`"),
+            ("Option<RefCell<LoraLinear<B>>>", "`RefCell`"),
+            ("std::sync::Mutex<M>", "`Mutex`"),
+            ("&'static LoraLinear<B>", "a reference"),
+            ("*const Block<B>", "a raw pointer"),
+            ("(LoraLinear<B>, LoraLinear<B>)", "a tuple"),
+            ("[(usize, Block<B>); 2]", "a tuple"),
+            ("Box<[LoraLinear<B>]>", "`Box`"),
+        ];
+        for (ty, expected) in cases {
+            let result = expanded(&format!("struct S<B: Backend, M> {{ field: {ty} }}"));
+            let message = result.expect_err(ty);
+            assert!(message.contains(expected), "{ty}: {message}");
+            assert!(message.contains("#[lora(skip)]"), "{ty}: {message}");
+        }
+    }
+
+    #[test]
+    fn accepts_the_same_containers_holding_plain_data() {
+        for ty in [
+            "HashMap<String, usize>",
+            "(usize, f32)",
+            "Arc<str>",
+            "Box<dyn Fn(usize) -> usize + Send>",
+            "&'static str",
+            "Option<Vec<[LoraLinear<B>; 3]>>",
+            "Vec<burn_lora::LoraConv2d<B>>",
+        ] {
+            let result = expanded(&format!("struct S<B: Backend> {{ field: {ty} }}"));
+            assert!(result.is_ok(), "{ty}: {result:?}");
+        }
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_and_unknown_attributes_too() {
+        let errors = expanded(
+            "struct S<B: Backend> {
+                a: HashMap<u8, LoraLinear<B>>,
+                #[lora(skip)]
+                b: HashMap<u8, LoraLinear<B>>,
+                #[lora(skp)]
+                c: LoraLinear<B>,
+                d: (LoraLinear<B>,),
+            }",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors.lines().filter(|l| l.starts_with("derive")).count(),
+            2,
+            "{errors}"
+        );
+        assert!(
+            errors.contains("field `a`") && errors.contains("field `d`"),
+            "{errors}"
+        );
+        assert!(errors.contains("unknown `lora` attribute"), "{errors}");
+    }
+
+    #[test]
+    fn enums_and_unions_are_errors() {
+        for input in [
+            "enum E<B: Backend> { A(LoraLinear<B>) }",
+            "union U<B: Backend> { a: u8 }",
+        ] {
+            let error = expanded(input).unwrap_err();
+            assert!(
+                error.contains("derive(LoraModel) supports structs"),
+                "{error}"
+            );
+        }
+    }
+}

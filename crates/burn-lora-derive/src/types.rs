@@ -81,9 +81,7 @@ impl Params<'_> {
             Type::Tuple(tuple) => {
                 if tuple.elems.iter().any(|ty| self.could_hold_layers(ty)) {
                     Some(
-                        "a tuple: its parts have no names and are not visited (use a nested \
-                         struct that derives `LoraModel`, or an array or `Vec` when the parts \
-                         share a type)"
+                        "a tuple: its parts have no field names, so they are not visited"
                             .to_string(),
                     )
                 } else {
@@ -117,14 +115,15 @@ impl Params<'_> {
 
 /// Why the container `name<inner…>` cannot hold LoRA layers for the derive, if it cannot.
 fn container_problem(name: &str, inner: &[&Type]) -> Option<String> {
+    let dyn_box = name == "Box" && inner.iter().any(|ty| matches!(ty, Type::TraitObject(_)));
     let why = match name {
         "HashMap" | "HashSet" => {
-            "it has no fixed order, so the layers (and their adapter files) would come out in a \
-             different order from run to run, and Burn modules cannot hold one"
+            "it has no fixed order, so the layer list would change from run to run, and Burn \
+             modules cannot hold one"
         }
         "BTreeMap" | "BTreeSet" | "VecDeque" | "LinkedList" | "BinaryHeap" | "IndexMap"
         | "IndexSet" => "Burn modules cannot hold one, so its layers would have no module path",
-        "Box" if inner.iter().any(|ty| matches!(ty, Type::TraitObject(_))) => {
+        "Box" if dyn_box => {
             "a trait object's concrete type, and so its LoRA layers, cannot be seen"
         }
         "Box" => "Burn modules cannot hold a `Box`, so its layers would have no module path",
@@ -137,6 +136,7 @@ fn container_problem(name: &str, inner: &[&Type]) -> Option<String> {
         }
         _ => return None,
     };
+    let name = if dyn_box { "Box<dyn …>" } else { name };
     Some(format!("`{name}`: {why}"))
 }
 
