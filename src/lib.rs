@@ -15,7 +15,8 @@
 //! - **Layers** (`src/layers/`): [`LoraLinear`], a frozen base plus named [`LoraAdapter`]s
 //!   configured by [`LoraConfig`]; toggle, switch, merge, combine.
 //! - **Models** (`src/model/`): the [`LoraModel`] trait (list, switch, combine, remove adapters
-//!   model-wide), [`lora_layer_paths`], the [`ParameterReport`], and [`LoraMlp`].
+//!   model-wide) and `#[derive(LoraModel)]` for your own model (from the `burn-lora-derive`
+//!   crate), [`lora_layer_paths`], the [`ParameterReport`], and [`LoraMlp`], which derives it.
 //! - **Files** (`src/io/`): PEFT adapter files ([`save_adapter`], [`load_adapter`],
 //!   [`PeftConfig`]), PyTorch base weights ([`load_pytorch_base`]) and whole-model checkpoints
 //!   ([`save_checkpoint`]).
