@@ -15,7 +15,8 @@
 //! - **Layers** (`src/layers/`): [`LoraLinear`], a frozen base plus named [`LoraAdapter`]s
 //!   configured by [`LoraConfig`]; toggle, switch, merge, combine.
 //! - **Models** (`src/model/`): the [`LoraModel`] trait (list, switch, combine, remove adapters
-//!   model-wide), [`lora_layer_paths`], the [`ParameterReport`], and [`LoraMlp`].
+//!   model-wide) and `#[derive(LoraModel)]` for your own model (from the `burn-lora-derive`
+//!   crate), [`lora_layer_paths`], the [`ParameterReport`], and [`LoraMlp`], which derives it.
 //! - **Files** (`src/io/`): PEFT adapter files ([`save_adapter`], [`load_adapter`],
 //!   [`PeftConfig`]), whole PyTorch / Hugging Face state dicts into any Burn module ([`load_pytorch_checkpoint`] with
 //!   [`LoadOptions`], reporting a [`LoadReport`]) and whole-model checkpoints
@@ -59,6 +60,9 @@
 //! # Ok::<(), burn_lora::LoraError>(())
 //! ```
 
+// The derive's expansion names `::burn_lora`, which must resolve inside this crate too (LoraMlp).
+extern crate self as burn_lora;
+
 mod config;
 mod error;
 mod io;
@@ -67,6 +71,8 @@ mod model;
 pub mod nn;
 mod svd;
 
+/// `#[derive(LoraModel)]`: the derive macro beside the trait of the same name.
+pub use burn_lora_derive::LoraModel;
 pub use config::{LoraConfig, LoraInit};
 pub use error::{LoraError, Result};
 pub use io::adapter_file::{load_adapter, save_adapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
@@ -83,3 +89,12 @@ pub use model::paths::lora_layer_paths;
 pub use model::report::{AdapterShapes, LayerReport, ParameterReport};
 pub use model::targets::Targets;
 pub use svd::{numerical_rank, singular_values, truncated_svd, LowRankFactors};
+
+/// What `#[derive(LoraModel)]` expands to. Not public API: may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::model::derive_support::{
+        Probe, ProbeMut, VisitLayers, VisitLayersMut, VisitNothing, VisitNothingMut,
+    };
+    pub use burn::module::Module;
+}

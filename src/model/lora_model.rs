@@ -274,7 +274,7 @@ pub trait LoraModel<B: Backend>: Module<B> + VisitLoraLayers<B> {
                     crate::io::peft_config::suffix_match(&prefix, module)
                 })
             };
-            modules.iter().any(|m| inside(m)).then_some(true)
+            modules.iter().any(inside).then_some(true)
         });
         Ok(())
     }

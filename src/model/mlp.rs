@@ -7,10 +7,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::error::{LoraError, Result as LoraResult};
-use crate::layers::layer::LoraLayer;
 use crate::layers::linear::{LoraLinear, LoraLinearConfig};
-use crate::model::lora_model::VisitLoraLayers;
-use crate::model::LoraModel;
+use crate::LoraModel;
 
 /// The adapter name PEFT uses when none is given; the examples use it too.
 pub const DEFAULT_ADAPTER: &str = "default";
@@ -102,7 +100,7 @@ impl LoraMlpConfig {
 ///     .assert_approx_eq::<f32>(&model.forward(x).into_data(), Default::default());
 /// # Ok::<(), burn_lora::LoraError>(())
 /// ```
-#[derive(Module, Debug)]
+#[derive(Module, Debug, LoraModel)]
 pub struct LoraMlp<B: Backend> {
     /// The linear layers, input first.
     layers: Vec<LoraLinear<B>>,
@@ -183,15 +181,3 @@ impl<B: Backend> LoraMlp<B> {
             .ok_or(LoraError::LayerOutOfRange { index, count })
     }
 }
-
-impl<B: Backend> VisitLoraLayers<B> for LoraMlp<B> {
-    fn visit_lora_layers<'a>(&'a self, layers: &mut Vec<&'a dyn LoraLayer<B>>) {
-        self.layers.visit_lora_layers(layers);
-    }
-
-    fn visit_lora_layers_mut<'a>(&'a mut self, layers: &mut Vec<&'a mut dyn LoraLayer<B>>) {
-        self.layers.visit_lora_layers_mut(layers);
-    }
-}
-
-impl<B: Backend> LoraModel<B> for LoraMlp<B> {}

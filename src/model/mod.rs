@@ -3,6 +3,7 @@
 //! [`LoraMlp`](crate::LoraMlp) written with them.
 
 mod containers;
+pub(crate) mod derive_support;
 pub(crate) mod lora_model;
 pub(crate) mod mlp;
 pub(crate) mod paths;

@@ -1,0 +1,419 @@
+//! The expansion of `#[derive(LoraModel)]`.
+
+use proc_macro2::{Ident, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{
+    Data, DeriveInput, Field, GenericParam, Index, Member, Type, TypeParamBound, WherePredicate,
+};
+
+use crate::types::Params;
+
+/// The `impl ::burn_lora::VisitLoraLayers<B>` and `LoraModel<B>` for `input`, or the errors that prevent it.
+pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
+    let fields = match &input.data {
+        Data::Struct(data) => &data.fields,
+        Data::Enum(data) => return Err(not_a_struct(input, data.enum_token.span, "an enum")),
+        Data::Union(data) => return Err(not_a_struct(input, data.union_token.span, "a union")),
+    };
+    let params = params(input)?;
+    let backend = params.backend;
+
+    let mut visits = Vec::new();
+    let mut visits_mut = Vec::new();
+    let mut bounds: Vec<WherePredicate> = Vec::new();
+    let mut errors: Option<syn::Error> = None;
+    let mut push_error = |error: syn::Error| match &mut errors {
+        Some(errors) => errors.combine(error),
+        None => errors = Some(error),
+    };
+
+    for (index, field) in fields.iter().enumerate() {
+        match is_skipped(field) {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(error) => {
+                push_error(error);
+                continue;
+            }
+        }
+        let ty = &field.ty;
+        if let Some(why) = params.unsupported(ty) {
+            push_error(syn::Error::new_spanned(
+                ty,
+                unsupported_message(field, &why),
+            ));
+            continue;
+        }
+        if is_phantom(ty) {
+            continue;
+        }
+        let member = match &field.ident {
+            Some(ident) => Member::Named(ident.clone()),
+            None => Member::Unnamed(Index::from(index)),
+        };
+        let span = ty.span();
+        if params.mentions_other_param(ty) {
+            // A generic field: which impl applies is only known once the parameter is chosen,
+            // so the bound says it must hold LoRA layers (or be marked `#[lora(skip)]`).
+            bounds.push(
+                syn::parse_quote_spanned!(span=> #ty: ::burn_lora::VisitLoraLayers<#backend>),
+            );
+            visits.push(quote_spanned! {span=>
+                <#ty as ::burn_lora::VisitLoraLayers<#backend>>::visit_lora_layers(&self.#member, layers);
+            });
+            visits_mut.push(quote_spanned! {span=>
+                <#ty as ::burn_lora::VisitLoraLayers<#backend>>::visit_lora_layers_mut(
+                    &mut self.#member,
+                    layers,
+                );
+            });
+        } else {
+            // Autoref specialization: `Probe<T>` has `visit` when `T: VisitLoraLayers<B>`, else the
+            // method is found on `&Probe<T>`, which visits nothing.
+            visits.push(quote_spanned! {span=>
+                ::burn_lora::__private::Probe::<#backend, #ty>::new(&self.#member).visit(layers);
+            });
+            visits_mut.push(quote_spanned! {span=>
+                ::burn_lora::__private::ProbeMut::<#backend, #ty>::new(&mut self.#member)
+                    .visit_mut(layers);
+            });
+        }
+    }
+    if let Some(errors) = errors {
+        return Err(errors);
+    }
+
+    let name = &input.ident;
+    if !params.others.is_empty() {
+        // `LoraModel<B>: Module<B>`, and Burn's derive bounds the other parameters its own way
+        // (`M: Module<B> + ModuleDisplay`): ask for exactly the impl it generated.
+        let (_, type_generics, _) = input.generics.split_for_impl();
+        bounds.push(
+            syn::parse_quote!(#name #type_generics: ::burn_lora::__private::Module<#backend>),
+        );
+    }
+    let mut generics = input.generics.clone();
+    generics.make_where_clause().predicates.extend(bounds);
+    let (impl_generics, type_generics, where_clause) = generics.split_for_impl();
+    Ok(quote! {
+        #[automatically_derived]
+        impl #impl_generics ::burn_lora::VisitLoraLayers<#backend> for #name #type_generics
+        #where_clause
+        {
+            #[allow(unused_imports, unused_variables)]
+            fn visit_lora_layers<'__lora>(
+                &'__lora self,
+                layers: &mut ::std::vec::Vec<&'__lora dyn ::burn_lora::LoraLayer<#backend>>,
+            ) {
+                use ::burn_lora::__private::{VisitLayers as _, VisitNothing as _};
+                #(#visits)*
+            }
+
+            #[allow(unused_imports, unused_variables)]
+            fn visit_lora_layers_mut<'__lora>(
+                &'__lora mut self,
+                layers: &mut ::std::vec::Vec<&'__lora mut dyn ::burn_lora::LoraLayer<#backend>>,
+            ) {
+                use ::burn_lora::__private::{VisitLayersMut as _, VisitNothingMut as _};
+                #(#visits_mut)*
+            }
+        }
+
+        #[automatically_derived]
+        impl #impl_generics ::burn_lora::LoraModel<#backend> for #name #type_generics
+        #where_clause
+        {
+        }
+    })
+}
+
+fn not_a_struct(input: &DeriveInput, span: proc_macro2::Span, what: &str) -> syn::Error {
+    syn::Error::new(
+        span,
+        format!(
+            "derive(LoraModel) supports structs, and `{}` is {what}: implement `LoraModel` by \
+             hand for it (push the LoRA layers of every variant in `visit_lora_layers` and \
+             `visit_lora_layers_mut`, in the same order)",
+            input.ident
+        ),
+    )
+}
+
+/// The backend parameter (the type parameter bounded by `Backend`, else the one named `B`) and
+/// the other type parameters.
+fn params(input: &DeriveInput) -> syn::Result<Params<'_>> {
+    let generics = &input.generics;
+    let is_backend_bound = |bound: &TypeParamBound| {
+        matches!(bound, TypeParamBound::Trait(t)
+            if t.path.segments.last().is_some_and(|s| s.ident == "Backend" || s.ident == "AutodiffBackend"))
+    };
+    let mut bounded: Vec<&Ident> = Vec::new();
+    for param in generics.type_params() {
+        if param.bounds.iter().any(is_backend_bound) {
+            bounded.push(&param.ident);
+        }
+    }
+    for predicate in generics.where_clause.iter().flat_map(|w| &w.predicates) {
+        if let WherePredicate::Type(predicate) = predicate {
+            if let Type::Path(path) = &predicate.bounded_ty {
+                if let Some(param) = generics
+                    .type_params()
+                    .find(|p| path.qself.is_none() && path.path.is_ident(&p.ident))
+                {
+                    if predicate.bounds.iter().any(is_backend_bound)
+                        && !bounded.contains(&&param.ident)
+                    {
+                        bounded.push(&param.ident);
+                    }
+                }
+            }
+        }
+    }
+    let backend = match bounded.as_slice() {
+        [backend] => *backend,
+        [] => match generics.type_params().find(|p| p.ident == "B") {
+            Some(param) => &param.ident,
+            None => {
+                return Err(syn::Error::new(
+                    input.ident.span(),
+                    format!(
+                        "derive(LoraModel) needs the backend as a type parameter: `{}` has no \
+                         type parameter bounded by `Backend` (write `struct {}<B: Backend>` and \
+                         use `LoraLinear<B>` and friends in its fields)",
+                        input.ident, input.ident
+                    ),
+                ))
+            }
+        },
+        [first, second, ..] => {
+            return Err(syn::Error::new(
+                second.span(),
+                format!(
+                    "derive(LoraModel) needs one backend type parameter, but `{first}` and \
+                     `{second}` are both bounded by `Backend`"
+                ),
+            ))
+        }
+    };
+    let others = generics
+        .params
+        .iter()
+        .filter_map(|p| match p {
+            GenericParam::Type(t) if t.ident != *backend => Some(&t.ident),
+            _ => None,
+        })
+        .collect();
+    Ok(Params { backend, others })
+}
+
+/// Whether the field is marked `#[lora(skip)]`; an error for any other `lora` attribute.
+fn is_skipped(field: &Field) -> syn::Result<bool> {
+    let mut skip = false;
+    for attr in field.attrs.iter().filter(|a| a.path().is_ident("lora")) {
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("skip") {
+                skip = true;
+                Ok(())
+            } else {
+                Err(meta.error("unknown `lora` attribute: the only one is `#[lora(skip)]`"))
+            }
+        })?;
+    }
+    Ok(skip)
+}
+
+/// `PhantomData<…>`: never holds a layer, and needs no bound even when generic.
+fn is_phantom(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if p.qself.is_none()
+        && p.path.segments.last().is_some_and(|s| s.ident == "PhantomData"))
+}
+
+fn unsupported_message(field: &Field, why: &str) -> String {
+    let field = match &field.ident {
+        Some(ident) => format!("field `{ident}`"),
+        None => "this field".to_string(),
+    };
+    format!(
+        "derive(LoraModel) cannot list LoRA layers inside {why}.\nHold the layers of {field} in \
+         a `Vec`, an `Option`, an array, or a nested struct that derives `LoraModel`; or mark \
+         the field `#[lora(skip)]` if it holds no LoRA layer"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+
+    /// The expansion as a string without spaces, or the error messages.
+    fn expanded(input: &str) -> Result<String, String> {
+        let input = syn::parse_str(input).unwrap();
+        match expand(&input) {
+            Ok(tokens) => Ok(tokens.to_string().replace(' ', "")),
+            Err(errors) => Err(errors
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")),
+        }
+    }
+
+    #[test]
+    fn visits_fields_in_order_both_ways_and_skips() {
+        let code = expanded(
+            "struct Net<B: Backend> {
+                blocks: Vec<Block<B>>,
+                #[lora(skip)]
+                frozen: LoraLinear<B>,
+                norm: LayerNorm<B>,
+                head: LoraLinear<B>,
+                _marker: PhantomData<B>,
+            }",
+        )
+        .unwrap();
+        assert!(code.contains("impl<B:Backend>::burn_lora::LoraModel<B>forNet<B>"));
+        let order = |member: &str| {
+            code.match_indices(member)
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        };
+        let (blocks, norm, head) = (order("self.blocks"), order("self.norm"), order("self.head"));
+        assert_eq!((blocks.len(), norm.len(), head.len()), (2, 2, 2));
+        assert!(blocks[0] < norm[0] && norm[0] < head[0] && head[0] < blocks[1]);
+        assert!(blocks[1] < norm[1] && norm[1] < head[1]);
+        assert!(!code.contains("self.frozen") && !code.contains("self._marker"));
+    }
+
+    #[test]
+    fn tuple_structs_visit_fields_by_index() {
+        let code = expanded("struct Pair<B: Backend>(LoraLinear<B>, #[lora(skip)] LoraLinear<B>, Vec<LoraLinear<B>>);")
+            .unwrap();
+        assert!(code.contains("(&self.0)") && code.contains("(&self.2)"));
+        assert!(code.contains("(&mutself.0)") && code.contains("(&mutself.2)"));
+        assert!(!code.contains("self.1"));
+    }
+
+    #[test]
+    fn generic_fields_are_bounded_and_called_directly() {
+        let code = expanded(
+            "struct Wrapper<B: Backend, M: Module<B>> { inner: M, items: Vec<M>, head: LoraLinear<B> }",
+        )
+        .unwrap();
+        assert!(code.contains("M:::burn_lora::VisitLoraLayers<B>"));
+        assert!(code.contains("Vec<M>:::burn_lora::VisitLoraLayers<B>"));
+        assert!(code.contains("Wrapper<B,M>:::burn_lora::__private::Module<B>"));
+        assert!(
+            code.contains("<Mas::burn_lora::VisitLoraLayers<B>>::visit_lora_layers(&self.inner")
+        );
+        // A skipped generic field needs no bound.
+        let code =
+            expanded("struct Plain<B: Backend, M> { #[lora(skip)] inner: M, head: LoraLinear<B> }")
+                .unwrap();
+        assert!(!code.contains("M:::burn_lora::VisitLoraLayers"));
+    }
+
+    #[test]
+    fn finds_the_backend_parameter() {
+        let with =
+            |input: &str| expanded(input).map(|code| code[..code.find('{').unwrap()].to_string());
+        assert!(
+            with("struct S<T, Bk: burn::tensor::backend::Backend> { x: LoraLinear<Bk> }")
+                .unwrap()
+                .contains("::burn_lora::LoraModel<Bk>forS<T,Bk>")
+        );
+        assert!(
+            with("struct S<Bk> where Bk: AutodiffBackend { x: LoraLinear<Bk> }")
+                .unwrap()
+                .contains("::burn_lora::LoraModel<Bk>")
+        );
+        assert!(with("struct S<B> { x: LoraLinear<B> }")
+            .unwrap()
+            .contains("::burn_lora::LoraModel<B>"));
+        let no_backend = expanded("struct S<T> { x: T }").unwrap_err();
+        assert!(
+            no_backend.contains("no type parameter bounded by `Backend`"),
+            "{no_backend}"
+        );
+        let two = expanded("struct S<B1: Backend, B2: Backend> { x: u8 }").unwrap_err();
+        assert!(two.contains("`B1` and `B2`"), "{two}");
+    }
+
+    #[test]
+    fn rejects_containers_that_hide_layers() {
+        let cases = [
+            ("HashMap<String, LoraLinear<B>>", "`HashMap`"),
+            ("Vec<BTreeMap<usize, Block<B>>>", "`BTreeMap`"),
+            ("Box<dyn Module<B>>", "trait object"),
+            ("Box<Block<B>>", "`Box`"),
+            ("Arc<LoraLinear<B>>", "`Arc`"),
+            ("Option<RefCell<LoraLinear<B>>>", "`RefCell`"),
+            ("std::sync::Mutex<M>", "`Mutex`"),
+            ("&'static LoraLinear<B>", "a reference"),
+            ("*const Block<B>", "a raw pointer"),
+            ("(LoraLinear<B>, LoraLinear<B>)", "a tuple"),
+            ("[(usize, Block<B>); 2]", "a tuple"),
+            ("Box<[LoraLinear<B>]>", "`Box`"),
+        ];
+        for (ty, expected) in cases {
+            let result = expanded(&format!("struct S<B: Backend, M> {{ field: {ty} }}"));
+            let message = result.expect_err(ty);
+            assert!(message.contains(expected), "{ty}: {message}");
+            assert!(message.contains("#[lora(skip)]"), "{ty}: {message}");
+        }
+    }
+
+    #[test]
+    fn accepts_the_same_containers_holding_plain_data() {
+        for ty in [
+            "HashMap<String, usize>",
+            "(usize, f32)",
+            "Arc<str>",
+            "Box<dyn Fn(usize) -> usize + Send>",
+            "&'static str",
+            "Option<Vec<[LoraLinear<B>; 3]>>",
+            "Vec<burn_lora::LoraConv2d<B>>",
+        ] {
+            let result = expanded(&format!("struct S<B: Backend> {{ field: {ty} }}"));
+            assert!(result.is_ok(), "{ty}: {result:?}");
+        }
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_and_unknown_attributes_too() {
+        let errors = expanded(
+            "struct S<B: Backend> {
+                a: HashMap<u8, LoraLinear<B>>,
+                #[lora(skip)]
+                b: HashMap<u8, LoraLinear<B>>,
+                #[lora(skp)]
+                c: LoraLinear<B>,
+                d: (LoraLinear<B>,),
+            }",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors.lines().filter(|l| l.starts_with("derive")).count(),
+            2,
+            "{errors}"
+        );
+        assert!(
+            errors.contains("field `a`") && errors.contains("field `d`"),
+            "{errors}"
+        );
+        assert!(errors.contains("unknown `lora` attribute"), "{errors}");
+    }
+
+    #[test]
+    fn enums_and_unions_are_errors() {
+        for input in [
+            "enum E<B: Backend> { A(LoraLinear<B>) }",
+            "union U<B: Backend> { a: u8 }",
+        ] {
+            let error = expanded(input).unwrap_err();
+            assert!(
+                error.contains("derive(LoraModel) supports structs"),
+                "{error}"
+            );
+        }
+    }
+}
