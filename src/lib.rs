@@ -12,8 +12,10 @@
 //! The library is generic over `B: Backend` and depends on no backend: pick yours in your own
 //! `Cargo.toml`. What it holds, by source folder:
 //!
-//! - **Layers** (`src/layers/`): [`LoraLinear`], a frozen base plus named [`LoraAdapter`]s
-//!   configured by [`LoraConfig`]; toggle, switch, merge, combine.
+//! - **Layers** (`src/layers/`): [`LoraLinear`], [`LoraEmbedding`] and [`LoraConv2d`], each a
+//!   frozen base stored as Burn's `Linear` / `Embedding` / `Conv2d` stores it plus named
+//!   [`LoraAdapter`]s configured by [`LoraConfig`]; toggle, switch, merge, combine, all through
+//!   the [`LoraLayer`] trait.
 //! - **Models** (`src/model/`): the [`LoraModel`] trait (list, switch, combine, remove adapters
 //!   model-wide) and `#[derive(LoraModel)]` for your own model (from the `burn-lora-derive`
 //!   crate), [`lora_layer_paths`], the [`ParameterReport`], and [`LoraMlp`], which derives it.
@@ -81,6 +83,8 @@ pub use io::path_map::PathMap;
 pub use io::peft_config::{PeftConfig, TargetModules};
 pub use io::pytorch_checkpoint::{load_pytorch_checkpoint, LoadOptions, LoadReport};
 pub use layers::adapter::LoraAdapter;
+pub use layers::conv2d::{LoraConv2d, LoraConv2dConfig};
+pub use layers::embedding::{LoraEmbedding, LoraEmbeddingConfig};
 pub use layers::layer::{LayerKind, LoraLayer};
 pub use layers::linear::{LoraLinear, LoraLinearConfig};
 pub use model::lora_model::{LoraModel, VisitLoraLayers};

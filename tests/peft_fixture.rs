@@ -10,7 +10,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use burn_lora::LoraLayer;
 use burn_lora::{
     load_adapter, save_adapter, LoraMlp, LoraMlpConfig, LoraModel, PathMap, ADAPTER_WEIGHTS_FILE,
@@ -40,14 +40,7 @@ fn fixture_dir() -> PathBuf {
 
 /// A fixture folder of the repository; fails loudly when it is missing.
 fn fixture(name: &str) -> PathBuf {
-    let dir = common::peft_fixture(name);
-    assert!(
-        dir.is_dir(),
-        "PEFT fixture folder {} is missing: these tests need the files PEFT wrote \
-         (see tests/fixtures/peft/README.md)",
-        dir.display()
-    );
-    dir
+    common::existing_peft_fixture(name)
 }
 
 /// `x`, `y_base`, `y_lora`, `y_merged` from `mlp_r4/io.safetensors`.
@@ -60,14 +53,7 @@ fn io_tensors_of(dir: &std::path::Path) -> BTreeMap<String, Tensor<B, 2>> {
     let tensors = read_raw(&dir.join("io.safetensors"));
     ["x", "y_base", "y_lora", "y_merged"]
         .into_iter()
-        .map(|key| {
-            let tensor = raw(&tensors, key);
-            let data = TensorData::new(tensor.f32_values(), tensor.shape.clone());
-            (
-                key.to_string(),
-                Tensor::from_data(data, &Default::default()),
-            )
-        })
+        .map(|key| (key.to_string(), raw(&tensors, key).to_tensor()))
         .collect()
 }
 

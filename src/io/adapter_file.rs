@@ -231,6 +231,9 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
                 });
             }
         }
+        // Unsupported layer (a grouped convolution), duplicate name or merged layer: refused
+        // before the shapes, which such a layer may not even define.
+        layer.check_can_add(name)?;
         let lora_config = config.lora_config_for(torch_path)?;
         let rank = lora_config.rank;
         let [d_input, d_output] = layer.adapter_dims();
@@ -243,12 +246,6 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
                     found: tensor.shape.clone(),
                 });
             }
-        }
-        if layer.adapter(name).is_some() {
-            return Err(LoraError::DuplicateAdapter(name.to_string()));
-        }
-        if layer.is_merged() {
-            return Err(LoraError::Merged(layer.merged_adapters().to_vec()));
         }
         let device = layer.device();
         let a = a

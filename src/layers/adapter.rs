@@ -129,6 +129,12 @@ impl<B: Backend> LoraAdapter<B> {
         linear(hidden, self.lora_b.val(), None)
     }
 
+    /// The adapter's dropout applied to `input` (the identity outside training or at
+    /// probability 0), for layers that run the factors themselves (convolutions).
+    pub(crate) fn dropout_input<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        self.dropout.forward(input)
+    }
+
     /// The dense update `ΔW = s · A B`, shape `[d_input, d_output]`, detached from autodiff.
     ///
     /// Only merging needs this; `forward` never builds it.

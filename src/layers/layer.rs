@@ -162,9 +162,18 @@ pub trait LoraLayer<B: Backend> {
         Ok(())
     }
 
-    /// Errors if an adapter `name` cannot be added now (merged, or the name exists).
+    /// Errors with [`LoraError::Unsupported`] if this layer cannot hold adapters at all (a
+    /// grouped convolution). Every way of adding an adapter checks it first; layers that take
+    /// adapters keep this default.
+    fn check_adapters_supported(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Errors if an adapter `name` cannot be added now (adapters unsupported, merged, or the
+    /// name exists).
     #[doc(hidden)]
     fn check_can_add(&self, name: &str) -> Result<()> {
+        self.check_adapters_supported()?;
         if self.is_merged() {
             return Err(LoraError::Merged(self.merged_adapters().to_vec()));
         }

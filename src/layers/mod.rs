@@ -2,6 +2,8 @@
 //! adapter, and each adapted layer with its merge beside `forward`.
 
 pub(crate) mod adapter;
+pub(crate) mod conv2d;
+pub(crate) mod embedding;
 pub(crate) mod layer;
 pub(crate) mod linear;
 mod merge;

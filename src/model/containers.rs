@@ -4,6 +4,8 @@
 
 use burn::tensor::backend::Backend;
 
+use crate::layers::conv2d::LoraConv2d;
+use crate::layers::embedding::LoraEmbedding;
 use crate::layers::layer::LoraLayer;
 use crate::layers::linear::LoraLinear;
 use crate::model::lora_model::VisitLoraLayers;
@@ -24,6 +26,8 @@ macro_rules! layer_is_a_model {
 }
 
 layer_is_a_model!(LoraLinear);
+layer_is_a_model!(LoraEmbedding);
+layer_is_a_model!(LoraConv2d);
 
 impl<B: Backend, T: VisitLoraLayers<B>> VisitLoraLayers<B> for Vec<T> {
     fn visit_lora_layers<'a>(&'a self, layers: &mut Vec<&'a dyn LoraLayer<B>>) {

@@ -16,6 +16,7 @@
 //! [`LoraLinear`]: crate::LoraLinear
 
 pub mod attention;
+pub mod bert;
 pub mod cache;
 mod lora_layers;
 pub mod transformer;

@@ -72,6 +72,19 @@ pub fn probe(d_input: usize) -> Tensor<B, 2> {
     Tensor::<B, 1>::from_floats(values.as_slice(), &Default::default()).reshape([3, d_input])
 }
 
+/// The folder of a PEFT fixture shipped in the repository (`tests/fixtures/peft/<name>`); fails
+/// loudly when it is missing.
+pub fn existing_peft_fixture(name: &str) -> std::path::PathBuf {
+    let dir = peft_fixture(name);
+    assert!(
+        dir.is_dir(),
+        "PEFT fixture folder {} is missing: these tests need the files PEFT wrote \
+         (see tests/fixtures/peft/README.md)",
+        dir.display()
+    );
+    dir
+}
+
 pub mod assert_error;
 pub mod safetensors_io;
 pub mod snapshot;

@@ -36,6 +36,24 @@ impl Raw {
         }
     }
 
+    /// The tensor as a Burn tensor of rank `D` (F32 only; panics, naming the key, otherwise).
+    pub fn to_tensor<const D: usize>(&self) -> burn::tensor::Tensor<B, D> {
+        let data = burn::tensor::TensorData::new(self.f32_values(), self.shape.clone());
+        burn::tensor::Tensor::from_data(data, &Default::default())
+    }
+
+    /// An I64 tensor (token ids, masks) as a Burn int tensor (panics for any other dtype).
+    pub fn to_int_tensor<const D: usize>(&self) -> burn::tensor::Tensor<B, D, burn::tensor::Int> {
+        assert_eq!(self.dtype, Dtype::I64, "tensor {} must be I64", self.key);
+        let values: Vec<i64> = self
+            .data
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect();
+        let data = burn::tensor::TensorData::new(values, self.shape.clone());
+        burn::tensor::Tensor::from_data(data, &Default::default())
+    }
+
     /// The values of an F32 tensor (panics, naming the key, for any other dtype).
     pub fn f32_values(&self) -> Vec<f32> {
         assert_eq!(self.dtype, Dtype::F32, "tensor {} must be F32", self.key);
@@ -97,6 +115,11 @@ pub fn raw<'a>(tensors: &'a [Raw], key: &str) -> &'a Raw {
         .iter()
         .find(|t| t.key == key)
         .unwrap_or_else(|| panic!("fixture has no tensor {key}"))
+}
+
+/// The F32 tensor `key` of the safetensors file at `path`, as a Burn tensor of rank `D`.
+pub fn read_tensor<const D: usize>(path: &Path, key: &str) -> burn::tensor::Tensor<B, D> {
+    raw(&read_raw(path), key).to_tensor()
 }
 
 /// The tensor named `key` among `tensors`, to edit.

@@ -1,0 +1,308 @@
+//! [`LoraEmbedding`]: a frozen `Embedding` base plus named low-rank adapters.
+
+use burn::config::Config;
+use burn::module::{Initializer, Module, Param, ParamId};
+use burn::nn::{Embedding, EmbeddingConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::{embedding, linear};
+use burn::tensor::{Int, Tensor};
+
+use crate::error::{LoraError, Result as LoraResult};
+use crate::layers::adapter::{ensure_finite, LoraAdapter};
+use crate::layers::layer::{LayerKind, LoraLayer};
+use crate::layers::linear::replace_value;
+
+/// Configuration to create a fresh [`LoraEmbedding`] (a randomly initialised table, no adapter
+/// yet); the fields are those of Burn's [`EmbeddingConfig`].
+///
+/// To adapt a trained table instead, use [`LoraEmbedding::from_embedding`].
+#[derive(Config, Debug)]
+pub struct LoraEmbeddingConfig {
+    /// The number of embedding vectors (the vocabulary size).
+    pub n_embedding: usize,
+    /// The size of each vector.
+    pub d_model: usize,
+    /// Initialisation of the table (Burn's `Embedding` default, `N(0, 1)`).
+    #[config(default = "Initializer::Normal{mean:0.0, std:1.0}")]
+    pub initializer: Initializer,
+}
+
+impl LoraEmbeddingConfig {
+    /// Builds the layer; both sizes must be non-zero.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> LoraResult<LoraEmbedding<B>> {
+        if self.n_embedding == 0 || self.d_model == 0 {
+            return Err(LoraError::InvalidModel(format!(
+                "embedding sizes must be non-zero, got [{}, {}]",
+                self.n_embedding, self.d_model
+            )));
+        }
+        let base = EmbeddingConfig::new(self.n_embedding, self.d_model)
+            .with_initializer(self.initializer.clone())
+            .init(device);
+        Ok(LoraEmbedding::from_embedding(base))
+    }
+}
+
+/// An embedding table with a frozen base and low-rank adapters:
+/// `y = W[ids] + Σ_active s · (A[ids] B)`.
+///
+/// Row `i` of the adapted table is `W[i] + s · A[i] B`: each adapter's `A` is itself a small
+/// `[n_embedding, r]` table whose rows are gathered like the base's (never a one-hot matmul),
+/// then projected to `d_model` by `B`. As in PEFT, embedding adapters apply no dropout (a
+/// configured dropout is ignored).
+///
+/// A lookup is memory-bound: unmerged, each adapter adds a `[batch, seq, d_model]` matmul output
+/// and a pass adding it to the gathered rows, about three times the bare lookup's memory
+/// traffic. For inference, [`merge`](LoraLayer::merge) the adapters (or merge-and-unload the
+/// model): a merged table costs exactly a plain lookup.
+///
+/// The base is stored exactly as Burn's [`Embedding`] stores it (field `weight`), so a
+/// checkpoint of a model built with `Embedding` loads into the same model built with
+/// `LoraEmbedding`. Adapters live beside it; attaching one freezes the base. PEFT names the
+/// factors `lora_embedding_A [r, n_embedding]` and `lora_embedding_B [d_model, r]` (the
+/// transposes of `A` and `B`, without a `.weight` suffix).
+///
+/// # Shapes
+/// - `weight`: `[n_embedding, d_model]`
+/// - each adapter: `A [n_embedding, r]`, `B [r, d_model]`
+/// - `forward`: ids `[batch, seq]` → `[batch, seq, d_model]`
+///
+/// ```
+/// use burn::backend::Flex as Inference;
+/// use burn::tensor::{Int, Tensor};
+/// use burn_lora::{LoraConfig, LoraEmbeddingConfig, LoraLayer};
+///
+/// let device = Default::default();
+/// let mut table = LoraEmbeddingConfig::new(100, 16).init::<Inference>(&device)?;
+/// let ids = Tensor::<Inference, 2, Int>::from_ints([[1, 5, 7], [0, 99, 3]], &device);
+/// let before = table.forward(ids.clone());
+/// assert_eq!(before.dims(), [2, 3, 16]);
+///
+/// table.add_adapter("default", &LoraConfig::new(4, 8.0))?;
+/// // B starts at zero: attaching changes nothing until the adapter is trained.
+/// table.forward(ids.clone()).into_data().assert_eq(&before.into_data(), true);
+/// assert_eq!(table.adapter_dims(), [100, 16]);
+/// # Ok::<(), burn_lora::LoraError>(())
+/// ```
+#[derive(Module, Debug)]
+pub struct LoraEmbedding<B: Backend> {
+    /// Base table `W`, shape `[n_embedding, d_model]`; frozen once an adapter is attached.
+    weight: Param<Tensor<B, 2>>,
+    /// Named adapters; `None` when there are none, so base-only checkpoints load unchanged.
+    adapters: Option<Vec<LoraAdapter<B>>>,
+    /// `W + Σ s·A B` of the adapters merged in place, `[n_embedding, d_model]`; `None` when
+    /// unmerged. Kept beside `W` (never written into it) so that unmerging is exact.
+    merged_weight: Option<Param<Tensor<B, 2>>>,
+    /// When false, `forward` is exactly the base layer.
+    #[module(skip)]
+    enabled: bool,
+    /// Names of the adapters merged into `merged_weight` (meaningful only while it is `Some`).
+    #[module(skip)]
+    merged: Vec<String>,
+}
+
+impl<B: Backend> LoraEmbedding<B> {
+    /// Wraps a (trained) [`Embedding`]; its table is moved, not copied.
+    pub fn from_embedding(embedding: Embedding<B>) -> Self {
+        Self {
+            weight: embedding.weight,
+            adapters: None,
+            merged_weight: None,
+            enabled: true,
+            merged: Vec::new(),
+        }
+    }
+
+    /// Looks up the rows of `ids`.
+    ///
+    /// # Shapes
+    /// - input: `[batch, seq]` ids in `0..n_embedding`
+    /// - output: `[batch, seq, d_model]`
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        if !self.enabled {
+            return self.forward_base(ids);
+        }
+        if let Some(merged) = &self.merged_weight {
+            return embedding(merged.val(), ids);
+        }
+        let mut active = LoraLayer::adapters(self)
+            .iter()
+            .filter(|a| a.is_active())
+            .peekable();
+        if active.peek().is_none() {
+            return self.forward_base(ids);
+        }
+        let base = self.forward_base(ids.clone());
+        active.fold(base, |output, adapter| {
+            output + adapter_rows(adapter, ids.clone())
+        })
+    }
+
+    /// The base table alone, `W[ids]`, whatever the adapters' state (merged ones included).
+    pub fn forward_base(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        embedding(self.weight.val(), ids)
+    }
+
+    /// The base table `W`, `[n_embedding, d_model]`.
+    pub fn weight(&self) -> Tensor<B, 2> {
+        self.weight.val()
+    }
+
+    /// The number of embedding vectors.
+    pub fn n_embedding(&self) -> usize {
+        self.weight.shape().dims::<2>()[0]
+    }
+
+    /// The size of each vector.
+    pub fn d_model(&self) -> usize {
+        self.weight.shape().dims::<2>()[1]
+    }
+
+    /// Number of base values.
+    pub fn num_base_params(&self) -> usize {
+        self.n_embedding() * self.d_model()
+    }
+
+    /// The base table parameter (its id and gradient setting included).
+    pub fn weight_param(&self) -> &Param<Tensor<B, 2>> {
+        &self.weight
+    }
+
+    /// Merge-and-unload: a new plain [`Embedding`] computing what this layer's `forward`
+    /// computes now (table `W + Σ_active s · A B`). This layer is left as it was.
+    ///
+    /// Fails with [`LoraError::NonFinite`] if an active adapter or the sum holds NaN or
+    /// infinity.
+    pub fn merge_to_embedding(&self) -> LoraResult<Embedding<B>> {
+        Ok(Embedding {
+            weight: Param::from_tensor(self.effective_weight()?),
+        })
+    }
+
+    /// The table `forward` reads: the merged one while merged, else `W + Σ_active s · A B`
+    /// (`W` alone when disabled or nothing is active). Checked to be finite.
+    fn effective_weight(&self) -> LoraResult<Tensor<B, 2>> {
+        if !self.enabled {
+            return Ok(self.weight().detach());
+        }
+        if let Some(merged) = &self.merged_weight {
+            return Ok(merged.val().detach());
+        }
+        Ok(self
+            .merged_base()?
+            .map_or_else(|| self.weight().detach(), |(weight, _)| weight))
+    }
+
+    /// `W + Σ_active s · A B` with the adapters' names; `None` when no adapter is active or the
+    /// layer is disabled.
+    fn merged_base(&self) -> LoraResult<Option<(Tensor<B, 2>, Vec<String>)>> {
+        let Some((delta, names)) = self.active_delta()? else {
+            return Ok(None);
+        };
+        let merged = self.weight().detach() + delta;
+        ensure_finite(&merged, || "merged embedding table W + s·AB".to_string())?;
+        Ok(Some((merged, names)))
+    }
+}
+
+/// `s · A[ids] B`: the adapter's rows gathered like the base's, scaled at rank width, projected.
+fn adapter_rows<B: Backend>(adapter: &LoraAdapter<B>, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    let hidden = embedding(adapter.lora_a(), ids);
+    let scale = adapter.scale();
+    let hidden = if scale == 1.0 {
+        hidden
+    } else {
+        hidden.mul_scalar(scale)
+    };
+    linear(hidden, adapter.lora_b(), None)
+}
+
+impl<B: Backend> LoraLayer<B> for LoraEmbedding<B> {
+    fn kind(&self) -> LayerKind {
+        LayerKind::Embedding
+    }
+
+    fn adapter_dims(&self) -> [usize; 2] {
+        [self.n_embedding(), self.d_model()]
+    }
+
+    fn base_weight_shape(&self) -> Vec<usize> {
+        self.weight.shape().dims::<2>().to_vec()
+    }
+
+    fn base_bias_len(&self) -> Option<usize> {
+        None
+    }
+
+    fn base_weight_id(&self) -> ParamId {
+        self.weight.id
+    }
+
+    fn device(&self) -> B::Device {
+        self.weight.device()
+    }
+
+    fn peft_factor_keys(&self) -> [&'static str; 2] {
+        ["lora_embedding_A", "lora_embedding_B"]
+    }
+
+    fn peft_factor_shapes(&self, rank: usize) -> [Vec<usize>; 2] {
+        [vec![rank, self.n_embedding()], vec![self.d_model(), rank]]
+    }
+
+    fn adapters(&self) -> &[LoraAdapter<B>] {
+        self.adapters.as_deref().unwrap_or(&[])
+    }
+
+    fn adapter_slot(&mut self) -> &mut Option<Vec<LoraAdapter<B>>> {
+        &mut self.adapters
+    }
+
+    fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn set_enabled(&mut self, enabled: bool) {
+        self.enabled = enabled;
+    }
+
+    fn freeze_base(&mut self) {
+        self.weight = self.weight.clone().set_require_grad(false);
+    }
+
+    fn merged_adapters(&self) -> &[String] {
+        match self.merged_weight {
+            Some(_) => &self.merged,
+            None => &[],
+        }
+    }
+
+    fn merge(&mut self) -> LoraResult<()> {
+        if self.is_merged() {
+            return Err(LoraError::Merged(self.merged_adapters().to_vec()));
+        }
+        if let Some((weight, names)) = self.merged_base()? {
+            self.merged_weight = Some(Param::from_tensor(weight).set_require_grad(false));
+            self.merged = names;
+        }
+        Ok(())
+    }
+
+    fn unmerge(&mut self) -> LoraResult<()> {
+        if !self.is_merged() {
+            return Err(LoraError::NotMerged);
+        }
+        self.merged_weight = None;
+        self.merged = Vec::new();
+        Ok(())
+    }
+
+    fn merge_and_unload(&mut self) -> LoraResult<()> {
+        let weight = self.effective_weight()?;
+        self.weight = replace_value(self.weight.clone(), weight);
+        self.merged_weight = None;
+        self.merged = Vec::new();
+        self.adapters = None;
+        Ok(())
+    }
+}

@@ -1,0 +1,292 @@
+//! [`Bert`]: a BERT encoder (Hugging Face's `BertModel` without pooler) built from burn-lora's
+//! LoRA-ready blocks, loading Hugging Face checkpoints by their names.
+
+use std::path::Path;
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+use serde::Deserialize;
+
+use crate::error::{LoraError, Result as LoraResult};
+use crate::io::path_map::PathMap;
+use crate::io::pytorch_checkpoint::{load_pytorch_checkpoint, LoadOptions, LoadReport};
+use crate::io::tensor_file::read_bytes;
+use crate::layers::embedding::LoraEmbedding;
+use crate::nn::transformer::{
+    TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
+};
+use crate::LoraModel;
+
+/// Configuration of a [`Bert`], with the fields of Hugging Face's `config.json`.
+#[derive(Config, Debug)]
+pub struct BertConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden width `d_model`.
+    pub hidden_size: usize,
+    /// Number of encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer.
+    pub num_attention_heads: usize,
+    /// Width of the feed-forward network.
+    pub intermediate_size: usize,
+    /// Longest sequence (number of position embeddings).
+    pub max_position_embeddings: usize,
+    /// Number of token types (segments).
+    #[config(default = 2)]
+    pub type_vocab_size: usize,
+    /// LayerNorm epsilon.
+    #[config(default = 1e-12)]
+    pub layer_norm_eps: f64,
+    /// Dropout after embeddings and sub-layers.
+    #[config(default = 0.1)]
+    pub hidden_dropout_prob: f64,
+}
+
+/// The fields of Hugging Face's `config.json` that shape a BERT.
+#[derive(Deserialize)]
+struct HfBertConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    max_position_embeddings: usize,
+    #[serde(default = "two")]
+    type_vocab_size: usize,
+    #[serde(default = "bert_eps")]
+    layer_norm_eps: f64,
+    #[serde(default)]
+    hidden_dropout_prob: f64,
+    #[serde(default = "gelu")]
+    hidden_act: String,
+    #[serde(default = "absolute")]
+    position_embedding_type: String,
+}
+
+fn two() -> usize {
+    2
+}
+fn bert_eps() -> f64 {
+    1e-12
+}
+fn gelu() -> String {
+    "gelu".into()
+}
+fn absolute() -> String {
+    "absolute".into()
+}
+
+impl BertConfig {
+    /// Reads Hugging Face's `config.json` of a BERT model.
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidFile`] for unreadable JSON or missing fields, and
+    /// [`LoraError::Unsupported`] for an activation other than exact GELU or relative position
+    /// embeddings.
+    pub fn from_hf_json(path: &Path) -> LoraResult<Self> {
+        let bytes = read_bytes(path)?;
+        let hf: HfBertConfig =
+            serde_json::from_slice(&bytes).map_err(|e| LoraError::InvalidFile {
+                path: path.display().to_string(),
+                format: "config.json".into(),
+                reason: e.to_string(),
+            })?;
+        if hf.hidden_act != "gelu" {
+            return Err(LoraError::Unsupported(format!(
+                "hidden_act \"{}\" (only exact \"gelu\")",
+                hf.hidden_act
+            )));
+        }
+        if hf.position_embedding_type != "absolute" {
+            return Err(LoraError::Unsupported(format!(
+                "position_embedding_type \"{}\" (only \"absolute\")",
+                hf.position_embedding_type
+            )));
+        }
+        Ok(Self {
+            vocab_size: hf.vocab_size,
+            hidden_size: hf.hidden_size,
+            num_hidden_layers: hf.num_hidden_layers,
+            num_attention_heads: hf.num_attention_heads,
+            intermediate_size: hf.intermediate_size,
+            max_position_embeddings: hf.max_position_embeddings,
+            type_vocab_size: hf.type_vocab_size,
+            layer_norm_eps: hf.layer_norm_eps,
+            hidden_dropout_prob: hf.hidden_dropout_prob,
+        })
+    }
+
+    /// Builds a randomly initialised model (load weights with [`Bert::load_hf_safetensors`]).
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidModel`] when a width is zero or `hidden_size` is not a multiple of
+    /// `num_attention_heads`.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> LoraResult<Bert<B>> {
+        let widths = [
+            self.vocab_size,
+            self.hidden_size,
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            self.intermediate_size,
+            self.max_position_embeddings,
+            self.type_vocab_size,
+        ];
+        if widths.contains(&0) || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(LoraError::InvalidModel(format!(
+                "BERT needs non-zero sizes and hidden_size divisible by num_attention_heads, got {self:?}"
+            )));
+        }
+        let embeddings = BertEmbeddings {
+            word_embeddings: LoraEmbedding::from_embedding(
+                EmbeddingConfig::new(self.vocab_size, self.hidden_size).init(device),
+            ),
+            position_embeddings: EmbeddingConfig::new(
+                self.max_position_embeddings,
+                self.hidden_size,
+            )
+            .init(device),
+            token_type_embeddings: EmbeddingConfig::new(self.type_vocab_size, self.hidden_size)
+                .init(device),
+            layer_norm: LayerNormConfig::new(self.hidden_size)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device),
+            dropout: DropoutConfig::new(self.hidden_dropout_prob).init(),
+        };
+        let encoder = TransformerEncoderConfig::new(
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_attention_heads,
+            self.num_hidden_layers,
+        )
+        .with_dropout(self.hidden_dropout_prob)
+        .with_layer_norm_eps(self.layer_norm_eps)
+        .init(device);
+        Ok(Bert {
+            embeddings,
+            encoder,
+        })
+    }
+}
+
+/// Token, position and token-type embeddings, summed and normalised.
+#[derive(Module, Debug, LoraModel)]
+pub struct BertEmbeddings<B: Backend> {
+    /// Token embeddings `[vocab_size, hidden_size]`, LoRA-ready.
+    pub word_embeddings: LoraEmbedding<B>,
+    /// Absolute position embeddings `[max_position_embeddings, hidden_size]`.
+    pub position_embeddings: Embedding<B>,
+    /// Token-type (segment) embeddings `[type_vocab_size, hidden_size]`.
+    pub token_type_embeddings: Embedding<B>,
+    /// LayerNorm after the sum.
+    pub layer_norm: LayerNorm<B>,
+    /// Dropout after the LayerNorm.
+    pub dropout: Dropout,
+}
+
+/// A BERT encoder: [`BertEmbeddings`] then a post-norm [`TransformerEncoder`] (exact GELU,
+/// padding mask), whose linear layers and word embeddings take LoRA adapters. It matches
+/// Hugging Face's `BertModel` without its pooler; module paths map to Hugging Face's names with
+/// [`Bert::hf_path_map`].
+///
+/// # Shapes
+/// - input ids, token types, attention mask: `[batch, seq]`
+/// - output (last hidden state): `[batch, seq, hidden_size]`
+#[derive(Module, Debug, LoraModel)]
+pub struct Bert<B: Backend> {
+    /// The embeddings.
+    pub embeddings: BertEmbeddings<B>,
+    /// The encoder layers.
+    pub encoder: TransformerEncoder<B>,
+}
+
+impl<B: Backend> Bert<B> {
+    /// The last hidden state. `attention_mask` holds 1 for tokens and 0 for padding;
+    /// `token_type_ids` default to 0.
+    ///
+    /// # Shapes
+    /// - `input_ids`, `attention_mask`, `token_type_ids`: `[batch, seq]`
+    /// - output: `[batch, seq, hidden_size]`
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        token_type_ids: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq] = input_ids.dims();
+        let device = input_ids.device();
+        let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
+            .reshape([1, seq])
+            .repeat_dim(0, batch);
+        let token_types = token_type_ids.unwrap_or_else(|| Tensor::zeros([batch, seq], &device));
+        let e = &self.embeddings;
+        let x = e.word_embeddings.forward(input_ids)
+            + e.position_embeddings.forward(positions)
+            + e.token_type_embeddings.forward(token_types);
+        let x = e.dropout.forward(e.layer_norm.forward(x));
+        let padding = attention_mask.equal_elem(0);
+        self.encoder
+            .forward(TransformerEncoderInput::new(x).mask_pad(padding))
+    }
+
+    /// Mean of the hidden states over the tokens (padding excluded), L2-normalised: the
+    /// sentence embedding of sentence-transformers models such as all-MiniLM-L6-v2.
+    ///
+    /// # Shapes
+    /// - `hidden`: `[batch, seq, hidden_size]`, `attention_mask`: `[batch, seq]`
+    /// - output: `[batch, hidden_size]`
+    pub fn mean_pool(hidden: Tensor<B, 3>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let mask = attention_mask.float().unsqueeze_dim::<3>(2);
+        let summed = (hidden * mask.clone()).sum_dim(1).squeeze_dim::<2>(1);
+        let counts = mask.sum_dim(1).squeeze_dim::<2>(1).clamp_min(1e-9);
+        let mean = summed / counts;
+        let norm = mean
+            .clone()
+            .powf_scalar(2.0)
+            .sum_dim(1)
+            .sqrt()
+            .clamp_min(1e-12);
+        mean / norm
+    }
+
+    /// Maps this model's module paths to Hugging Face's (`encoder.layers.3.mha.query` →
+    /// `encoder.layer.3.attention.self.query`, `pwff.linear_inner` → `intermediate.dense`, ...),
+    /// for checkpoints and PEFT adapter files alike. `prefix` is prepended to every path (`""`
+    /// for a `BertModel` checkpoint, `"bert."` for `BertFor...` ones).
+    pub fn hf_path_map(prefix: &str) -> LoraResult<PathMap> {
+        let rules = [
+            (r"^embeddings\.layer_norm$", "embeddings.LayerNorm"),
+            (r"^encoder\.layers\.", "encoder.layer."),
+            (r"\.mha\.(query|key|value)$", ".attention.self.$1"),
+            (r"\.mha\.output$", ".attention.output.dense"),
+            (r"\.norm_1$", ".attention.output.LayerNorm"),
+            (r"\.pwff\.linear_inner$", ".intermediate.dense"),
+            (r"\.pwff\.linear_outer$", ".output.dense"),
+            (r"\.norm_2$", ".output.LayerNorm"),
+        ];
+        let prefix = prefix.replace('$', "$$");
+        let map = rules
+            .into_iter()
+            .chain([(r"^", prefix.as_str())])
+            .try_fold(PathMap::identity(), |map, (pattern, replacement)| {
+                map.regex(pattern, replacement)
+            })?;
+        Ok(map)
+    }
+
+    /// Loads a Hugging Face BERT checkpoint (`model.safetensors`) by its names, every key
+    /// accounted for except the pooler and the `position_ids` / `token_type_ids` buffers,
+    /// which this model does not have.
+    ///
+    /// # Errors
+    /// As [`load_pytorch_checkpoint`]: a missing or unknown key, a shape that does not fit, a
+    /// bad file; the model is then unchanged.
+    pub fn load_hf_safetensors(&mut self, file: &Path, prefix: &str) -> LoraResult<LoadReport> {
+        let options = LoadOptions::new()
+            .with_unused_pattern(r"(^|\.)pooler\.|position_ids$|token_type_ids$")?;
+        load_pytorch_checkpoint(self, file, &Self::hf_path_map(prefix)?, &options)
+    }
+}
