@@ -16,8 +16,8 @@
 //!   frozen base stored as Burn's `Linear` / `Embedding` / `Conv2d` stores it plus named
 //!   [`LoraAdapter`]s configured by [`LoraConfig`]; toggle, switch, merge, combine, all through
 //!   the [`LoraLayer`] trait.
-//! - **Models** (`src/model/`): the [`LoraModel`] trait (list, switch, combine, remove adapters
-//!   model-wide) and `#[derive(LoraModel)]` for your own model (from the `burn-lora-derive`
+//! - **Models** (`src/model/`): the [`LoraModel`] trait (attach by [`Targets`] as PEFT's
+//!   `target_modules`, switch, combine, remove, merge, merge-and-unload, report, model-wide) and `#[derive(LoraModel)]` for your own model (from the `burn-lora-derive`
 //!   crate), [`lora_layer_paths`], the [`ParameterReport`], and [`LoraMlp`], which derives it.
 //! - **Files** (`src/io/`): PEFT adapter files ([`save_adapter`], [`load_adapter`],
 //!   [`PeftConfig`]), whole PyTorch / Hugging Face state dicts into any Burn module ([`load_pytorch_checkpoint`] with
@@ -25,7 +25,8 @@
 //!   ([`save_checkpoint`]).
 //! - **Blocks** (`src/nn/`): [`nn`], Burn's transformer blocks (multi-head attention,
 //!   feed-forward, encoder) with every linear layer a [`LoraLinear`], at the same paths as in
-//!   `burn::nn`: a model built from them switches by changing its `use` lines.
+//!   `burn::nn`: a model built from them switches by changing its `use` lines; and
+//!   [`nn::bert::Bert`], a BERT encoder built from them that loads Hugging Face checkpoints.
 //! - [`truncated_svd`]: low-rank factorisation of a weight.
 //! - [`LoraError`]: every bad input is an error naming what is wrong, never a panic.
 //!
