@@ -12,9 +12,7 @@ use std::path::Path;
 
 use burn::tensor::{Int, Tensor};
 use burn_lora::nn::bert::{Bert, BertConfig};
-use burn_lora::{
-    load_adapter, save_adapter, LayerKind, LoraLayer, LoraModel, ADAPTER_WEIGHTS_FILE,
-};
+use burn_lora::{load_adapter, save_adapter, LayerKind, LoraModel, ADAPTER_WEIGHTS_FILE};
 use common::safetensors_io::{raw, read_config, read_raw};
 use common::{assert_bit_identical, existing_peft_fixture, max_abs_diff, B};
 use serde_json::Value;

@@ -135,7 +135,7 @@ impl BertConfig {
             self.max_position_embeddings,
             self.type_vocab_size,
         ];
-        if widths.contains(&0) || self.hidden_size % self.num_attention_heads != 0 {
+        if widths.contains(&0) || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(LoraError::InvalidModel(format!(
                 "BERT needs non-zero sizes and hidden_size divisible by num_attention_heads, got {self:?}"
             )));
