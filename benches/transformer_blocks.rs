@@ -1,9 +1,11 @@
 //! Forward of a transformer encoder (d_model 384, 6 layers, 12 heads, d_ff 1536, batch 16,
 //! seq 64, dropout 0) built from burn-lora's blocks without adapters against Burn's own, with the
 //! same weights, alternated over three rounds; then, for information, with unmerged rank-8
-//! adapters on every layer's query and value. Last, outside criterion, the two are run in
-//! alternation forward by forward and the median of the per-pair time ratios is printed: on a
-//! busy machine that ratio is steadier than two criterion estimates taken seconds apart.
+//! adapters on every layer's query and value. Last, outside criterion, the three run
+//! interleaved forward by forward and the median of each one's time ratio to Burn's in the same
+//! round is printed, in wall-clock and in process CPU time: on a busy machine these are steadier
+//! than criterion estimates taken seconds apart, the CPU times most (with `RAYON_NUM_THREADS=1`
+//! they count the computation alone, not the threads' waiting).
 //!
 //! `cargo bench --bench transformer_blocks` (shorter: append `-- --warm-up-time 1
 //! --measurement-time 5`).
@@ -23,10 +25,11 @@ use std::time::{Duration, Instant};
 
 type B = Inference;
 
+/// Criterion rounds, each timing Burn then burn-lora.
 const ROUNDS: usize = 3;
 
-/// Forward pairs of the paired comparison.
-const PAIRS: usize = 15;
+/// Rounds of the interleaved comparison.
+const ROUNDS_INTERLEAVED: usize = 15;
 
 /// Burn's encoder and burn-lora's, holding the same weights.
 fn encoders() -> (
@@ -90,42 +93,66 @@ fn encoder_forward(c: &mut Criterion) {
 
     // The output lives until after the sync, as in criterion's loops above.
     let time = |forward: &dyn Fn() -> Tensor<B, 3>| {
-        let start = Instant::now();
+        let (wall, cpu) = (Instant::now(), process_cpu_time());
         let y = forward();
         bench_util::sync::<B>(&device);
-        let elapsed = start.elapsed();
+        let elapsed = [wall.elapsed(), process_cpu_time() - cpu];
         drop(y);
         elapsed
     };
-    let burn_forward = || burn.forward(burn_transformer::TransformerEncoderInput::new(x.clone()));
-    let lora_forward = || ours.forward(TransformerEncoderInput::new(x.clone()));
-    let pairs: Vec<(Duration, Duration)> = (0..PAIRS)
-        .map(|pair| {
-            // Each goes first in every other pair.
-            if pair % 2 == 0 {
-                (time(&burn_forward), time(&lora_forward))
-            } else {
-                let lora = time(&lora_forward);
-                (time(&burn_forward), lora)
+    let lora_forward =
+        |encoder: &TransformerEncoder<B>| encoder.forward(TransformerEncoderInput::new(x.clone()));
+    let variants: [(&str, &dyn Fn() -> Tensor<B, 3>); 3] = [
+        ("Burn", &|| {
+            burn.forward(burn_transformer::TransformerEncoderInput::new(x.clone()))
+        }),
+        ("burn-lora", &|| lora_forward(&ours)),
+        ("burn-lora r8 q/v unmerged", &|| lora_forward(&adapted)),
+    ];
+    // times[round][variant] = [wall, cpu], each variant going first in turn.
+    let times: Vec<Vec<[Duration; 2]>> = (0..ROUNDS_INTERLEAVED)
+        .map(|round| {
+            let mut row = vec![[Duration::ZERO; 2]; variants.len()];
+            for k in 0..variants.len() {
+                let v = (round + k) % variants.len();
+                row[v] = time(variants[v].1);
             }
+            row
         })
         .collect();
-    let mut ratios: Vec<f64> = pairs
-        .iter()
-        .map(|(burn, lora)| lora.as_secs_f64() / burn.as_secs_f64())
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    let fastest =
-        |pick: fn(&(Duration, Duration)) -> Duration| pairs.iter().map(pick).min().expect("pairs");
+    let median_ratio = |v: usize, clock: usize| {
+        let mut ratios: Vec<f64> = times
+            .iter()
+            .map(|row| row[v][clock].as_secs_f64() / row[0][clock].as_secs_f64())
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios[ROUNDS_INTERLEAVED / 2]
+    };
     eprintln!(
-        "paired, {PAIRS} alternating forwards: burn-lora / Burn median ratio {:.4} \
-         (range {:.3}..{:.3}); fastest Burn {:.1?}, fastest burn-lora {:.1?}",
-        ratios[PAIRS / 2],
-        ratios[0],
-        ratios[PAIRS - 1],
-        fastest(|p| p.0),
-        fastest(|p| p.1),
+        "interleaved, {ROUNDS_INTERLEAVED} rounds: median of (time / Burn's in the same round)"
     );
+    for (v, (name, _)) in variants.iter().enumerate() {
+        let fastest = |clock: usize| times.iter().map(|row| row[v][clock]).min().expect("rounds");
+        eprintln!(
+            "  {name:<26} wall {:.4} (fastest {:.1?}), process CPU {:.4} (least {:.1?})",
+            median_ratio(v, 0),
+            fastest(0),
+            median_ratio(v, 1),
+            fastest(1),
+        );
+    }
+}
+
+/// CPU time used so far by all threads of this process.
+fn process_cpu_time() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to write into.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    assert_eq!(status, 0, "clock_gettime");
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 criterion_group!(benches, encoder_forward);
