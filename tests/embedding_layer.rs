@@ -159,14 +159,16 @@ fn without_adapter_the_output_is_bit_identical_to_burn_embedding() {
     let mut layer = LoraEmbedding::from_embedding(plain.clone());
     assert_eq!(layer.forward(ids()).dims(), [2, 7, D]);
     assert_bit_identical(layer.forward(ids()), plain.forward(ids()));
-    // A fresh adapter has B = 0: still bit-identical.
+    // A fresh adapter is initialised as PEFT does for embeddings, A = 0 and B ~ N(0, 1): the
+    // update is still exactly zero.
     layer
         .add_adapter("fresh", &LoraConfig::new(RANK, 8.0))
         .unwrap();
     assert_bit_identical(layer.forward(ids()), plain.forward(ids()));
     let adapter = layer.adapter("fresh").unwrap();
     assert_eq!(adapter.shapes(), ([N, RANK], [RANK, D]));
-    assert!(values(adapter.lora_b()).iter().all(|v| *v == 0.0));
+    assert!(values(adapter.lora_a()).iter().all(|v| *v == 0.0));
+    assert!(values(adapter.lora_b()).iter().all(|v| *v != 0.0));
 }
 
 #[test]

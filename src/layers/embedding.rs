@@ -5,8 +5,9 @@ use burn::module::{Initializer, Module, Param, ParamId};
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{embedding, linear};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Distribution, Int, Tensor};
 
+use crate::config::LoraConfig;
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter::{ensure_finite, LoraAdapter};
 use crate::layers::layer::{LayerKind, LoraLayer};
@@ -69,7 +70,7 @@ impl LoraEmbeddingConfig {
 ///
 /// ```
 /// use burn::backend::Flex as Inference;
-/// use burn::tensor::{Int, Tensor};
+/// use burn::tensor::{Distribution, Int, Tensor};
 /// use burn_lora::{LoraConfig, LoraEmbeddingConfig, LoraLayer};
 ///
 /// let device = Default::default();
@@ -220,6 +221,19 @@ fn adapter_rows<B: Backend>(adapter: &LoraAdapter<B>, ids: Tensor<B, 2, Int>) ->
 impl<B: Backend> LoraLayer<B> for LoraEmbedding<B> {
     fn kind(&self) -> LayerKind {
         LayerKind::Embedding
+    }
+
+    /// PEFT's initialisation of an embedding adapter: `A = 0`, `B ~ N(0, 1)` (the update still
+    /// starts at zero; the large `B` lets `A`'s gathered rows learn at the linear layers' pace).
+    fn fresh_adapter(&self, name: &str, config: &LoraConfig) -> LoraResult<LoraAdapter<B>> {
+        let device = self.weight.device();
+        let lora_a = Tensor::zeros([self.n_embedding(), config.rank], &device);
+        let lora_b = Tensor::random(
+            [config.rank, self.d_model()],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        LoraAdapter::from_factors(name, config, lora_a, lora_b)
     }
 
     fn adapter_dims(&self) -> [usize; 2] {

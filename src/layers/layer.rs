@@ -138,11 +138,16 @@ pub trait LoraLayer<B: Backend> {
     /// above `min(d_input, d_output)`, an empty or duplicate name, or while merged.
     fn add_adapter(&mut self, name: &str, config: &LoraConfig) -> Result<()> {
         self.check_new_adapter(name, config)?;
-        let [d_input, d_output] = self.adapter_dims();
-        let adapter =
-            LoraAdapter::init(name.to_string(), config, d_input, d_output, &self.device())?;
+        let adapter = self.fresh_adapter(name, config)?;
         push_adapter(self, adapter);
         Ok(())
+    }
+
+    /// A fresh, untrained adapter for this layer, initialised as PEFT initialises this kind:
+    /// `A` drawn by `config.init` and `B = 0` (linear and convolution layers).
+    fn fresh_adapter(&self, name: &str, config: &LoraConfig) -> Result<LoraAdapter<B>> {
+        let [d_input, d_output] = self.adapter_dims();
+        LoraAdapter::init(name.to_string(), config, d_input, d_output, &self.device())
     }
 
     /// Inserts a ready-made adapter (see [`LoraAdapter::from_factors`]) and makes it the only

@@ -319,16 +319,16 @@ mod tests {
         assert!(
             with("struct S<T, Bk: burn::tensor::backend::Backend> { x: LoraLinear<Bk> }")
                 .unwrap()
-                .contains("::burn_lora::LoraModel<Bk>forS<T,Bk>")
+                .contains("::burn_lora::VisitLoraLayers<Bk>forS<T,Bk>")
         );
         assert!(
             with("struct S<Bk> where Bk: AutodiffBackend { x: LoraLinear<Bk> }")
                 .unwrap()
-                .contains("::burn_lora::LoraModel<Bk>")
+                .contains("::burn_lora::VisitLoraLayers<Bk>")
         );
         assert!(with("struct S<B> { x: LoraLinear<B> }")
             .unwrap()
-            .contains("::burn_lora::LoraModel<B>"));
+            .contains("::burn_lora::VisitLoraLayers<B>"));
         let no_backend = expanded("struct S<T> { x: T }").unwrap_err();
         assert!(
             no_backend.contains("no type parameter bounded by `Backend`"),
