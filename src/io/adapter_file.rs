@@ -44,11 +44,13 @@ const FACTOR_SUFFIXES: [(&str, usize); 4] = [
 ///
 /// ```
 /// use burn::backend::Flex as Inference;
-/// use burn_lora::{load_adapter, save_adapter, LoraConfig, LoraMlpConfig, LoraModel, PathMap};
+/// use burn_lora::{
+///     load_adapter, save_adapter, LoraConfig, LoraMlpConfig, LoraModel, PathMap, Targets,
+/// };
 ///
 /// let device = Default::default();
 /// let mut model = LoraMlpConfig::new(8, vec![6], 3).init::<Inference>(&device)?;
-/// model.attach(&LoraConfig::new(2, 4.0))?;
+/// model.attach("default", &LoraConfig::new(2, 4.0), &Targets::all())?;
 /// let dir = tempfile::tempdir().unwrap();
 /// save_adapter(&model, "default", dir.path(), &PathMap::identity())?;
 ///

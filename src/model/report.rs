@@ -51,10 +51,10 @@ impl LayerReport {
 ///
 /// ```
 /// use burn::backend::Flex as Inference;
-/// use burn_lora::{LoraConfig, LoraMlpConfig, LoraModel};
+/// use burn_lora::{LoraConfig, LoraMlpConfig, LoraModel, Targets};
 ///
 /// let mut model = LoraMlpConfig::new(784, vec![1000, 2000], 10).init::<Inference>(&Default::default())?;
-/// model.attach(&LoraConfig::new(1, 1.0))?;
+/// model.attach("default", &LoraConfig::new(1, 1.0), &Targets::all())?;
 /// let report = model.parameter_report();
 /// assert_eq!(report.base_params(), 2_807_010);
 /// assert_eq!(report.lora_params(), 6_794);

@@ -57,7 +57,7 @@ pub struct TransformerEncoderConfig {
 /// use burn::backend::Flex as Inference;
 /// use burn::tensor::{Bool, Distribution, Tensor};
 /// use burn_lora::nn::transformer::{TransformerEncoderConfig, TransformerEncoderInput};
-/// use burn_lora::LoraConfig;
+/// use burn_lora::{LoraConfig, LoraLayer};
 ///
 /// let device = Default::default();
 /// let mut encoder = TransformerEncoderConfig::new(32, 64, 4, 2).init::<Inference>(&device);
