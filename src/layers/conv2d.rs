@@ -1,7 +1,7 @@
 //! [`LoraConv2d`]: a frozen `Conv2d` base plus named low-rank adapters.
 
 use burn::config::Config;
-use burn::module::{Initializer, Module, Param, ParamId};
+use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
@@ -11,7 +11,7 @@ use burn::tensor::Tensor;
 
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter::{ensure_finite, LoraAdapter};
-use crate::layers::layer::{LayerKind, LoraLayer};
+use crate::layers::layer::{shared_layer_methods, LayerKind, LoraLayer};
 use crate::layers::linear::replace_value;
 
 /// Configuration to create a fresh [`LoraConv2d`] (a randomly initialised base, no adapter yet);
@@ -465,6 +465,8 @@ fn padding_pairs(
 }
 
 impl<B: Backend> LoraLayer<B> for LoraConv2d<B> {
+    shared_layer_methods!();
+
     fn kind(&self) -> LayerKind {
         LayerKind::Conv2d
     }
@@ -480,14 +482,6 @@ impl<B: Backend> LoraLayer<B> for LoraConv2d<B> {
 
     fn base_bias_len(&self) -> Option<usize> {
         self.bias.as_ref().map(|_| self.channels_out())
-    }
-
-    fn base_weight_id(&self) -> ParamId {
-        self.weight.id
-    }
-
-    fn device(&self) -> B::Device {
-        self.weight.device()
     }
 
     fn peft_factor_keys(&self) -> [&'static str; 2] {
@@ -510,52 +504,9 @@ impl<B: Backend> LoraLayer<B> for LoraConv2d<B> {
         }
     }
 
-    fn adapters(&self) -> &[LoraAdapter<B>] {
-        self.adapters.as_deref().unwrap_or(&[])
-    }
-
-    fn adapter_slot(&mut self) -> &mut Option<Vec<LoraAdapter<B>>> {
-        &mut self.adapters
-    }
-
-    fn is_enabled(&self) -> bool {
-        self.enabled
-    }
-
-    fn set_enabled(&mut self, enabled: bool) {
-        self.enabled = enabled;
-    }
-
     fn freeze_base(&mut self) {
         self.weight = self.weight.clone().set_require_grad(false);
         self.bias = self.bias.take().map(|b| b.set_require_grad(false));
-    }
-
-    fn merged_adapters(&self) -> &[String] {
-        match self.merged_weight {
-            Some(_) => &self.merged,
-            None => &[],
-        }
-    }
-
-    fn merge(&mut self) -> LoraResult<()> {
-        if self.is_merged() {
-            return Err(LoraError::Merged(self.merged_adapters().to_vec()));
-        }
-        if let Some((weight, names)) = self.merged_base()? {
-            self.merged_weight = Some(Param::from_tensor(weight).set_require_grad(false));
-            self.merged = names;
-        }
-        Ok(())
-    }
-
-    fn unmerge(&mut self) -> LoraResult<()> {
-        if !self.is_merged() {
-            return Err(LoraError::NotMerged);
-        }
-        self.merged_weight = None;
-        self.merged = Vec::new();
-        Ok(())
     }
 
     fn merge_and_unload(&mut self) -> LoraResult<()> {

@@ -1,7 +1,7 @@
 //! [`LoraEmbedding`]: a frozen `Embedding` base plus named low-rank adapters.
 
 use burn::config::Config;
-use burn::module::{Initializer, Module, Param, ParamId};
+use burn::module::{Initializer, Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{embedding, linear};
@@ -10,7 +10,7 @@ use burn::tensor::{Distribution, Int, Tensor};
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter::{ensure_finite, LoraAdapter};
-use crate::layers::layer::{LayerKind, LoraLayer};
+use crate::layers::layer::{shared_layer_methods, LayerKind, LoraLayer};
 use crate::layers::linear::replace_value;
 
 /// Configuration to create a fresh [`LoraEmbedding`] (a randomly initialised table, no adapter
@@ -219,6 +219,8 @@ fn adapter_rows<B: Backend>(adapter: &LoraAdapter<B>, ids: Tensor<B, 2, Int>) ->
 }
 
 impl<B: Backend> LoraLayer<B> for LoraEmbedding<B> {
+    shared_layer_methods!();
+
     fn kind(&self) -> LayerKind {
         LayerKind::Embedding
     }
@@ -248,14 +250,6 @@ impl<B: Backend> LoraLayer<B> for LoraEmbedding<B> {
         None
     }
 
-    fn base_weight_id(&self) -> ParamId {
-        self.weight.id
-    }
-
-    fn device(&self) -> B::Device {
-        self.weight.device()
-    }
-
     fn peft_factor_keys(&self) -> [&'static str; 2] {
         ["lora_embedding_A", "lora_embedding_B"]
     }
@@ -264,51 +258,8 @@ impl<B: Backend> LoraLayer<B> for LoraEmbedding<B> {
         [vec![rank, self.n_embedding()], vec![self.d_model(), rank]]
     }
 
-    fn adapters(&self) -> &[LoraAdapter<B>] {
-        self.adapters.as_deref().unwrap_or(&[])
-    }
-
-    fn adapter_slot(&mut self) -> &mut Option<Vec<LoraAdapter<B>>> {
-        &mut self.adapters
-    }
-
-    fn is_enabled(&self) -> bool {
-        self.enabled
-    }
-
-    fn set_enabled(&mut self, enabled: bool) {
-        self.enabled = enabled;
-    }
-
     fn freeze_base(&mut self) {
         self.weight = self.weight.clone().set_require_grad(false);
-    }
-
-    fn merged_adapters(&self) -> &[String] {
-        match self.merged_weight {
-            Some(_) => &self.merged,
-            None => &[],
-        }
-    }
-
-    fn merge(&mut self) -> LoraResult<()> {
-        if self.is_merged() {
-            return Err(LoraError::Merged(self.merged_adapters().to_vec()));
-        }
-        if let Some((weight, names)) = self.merged_base()? {
-            self.merged_weight = Some(Param::from_tensor(weight).set_require_grad(false));
-            self.merged = names;
-        }
-        Ok(())
-    }
-
-    fn unmerge(&mut self) -> LoraResult<()> {
-        if !self.is_merged() {
-            return Err(LoraError::NotMerged);
-        }
-        self.merged_weight = None;
-        self.merged = Vec::new();
-        Ok(())
     }
 
     fn merge_and_unload(&mut self) -> LoraResult<()> {

@@ -302,3 +302,65 @@ fn push_adapter<B: Backend, L: LoraLayer<B> + ?Sized>(layer: &mut L, mut adapter
     adapter.set_active(true);
     adapters.push(adapter);
 }
+
+/// The [`LoraLayer`] methods every layer kind implements alike, over the fields they all have
+/// (`weight`, `adapters`, `enabled`, `merged_weight`, `merged`) and their `merged_base()`
+/// (`W + Σ_active s·ΔW` in the base's layout, with the adapters' names). Used inside each
+/// kind's `impl LoraLayer`.
+macro_rules! shared_layer_methods {
+    () => {
+        fn base_weight_id(&self) -> burn::module::ParamId {
+            self.weight.id
+        }
+
+        fn device(&self) -> B::Device {
+            self.weight.device()
+        }
+
+        fn adapters(&self) -> &[$crate::LoraAdapter<B>] {
+            self.adapters.as_deref().unwrap_or(&[])
+        }
+
+        fn adapter_slot(&mut self) -> &mut Option<Vec<$crate::LoraAdapter<B>>> {
+            &mut self.adapters
+        }
+
+        fn is_enabled(&self) -> bool {
+            self.enabled
+        }
+
+        fn set_enabled(&mut self, enabled: bool) {
+            self.enabled = enabled;
+        }
+
+        fn merged_adapters(&self) -> &[String] {
+            match self.merged_weight {
+                Some(_) => &self.merged,
+                None => &[],
+            }
+        }
+
+        fn merge(&mut self) -> $crate::Result<()> {
+            if self.is_merged() {
+                return Err($crate::LoraError::Merged(self.merged_adapters().to_vec()));
+            }
+            if let Some((weight, names)) = self.merged_base()? {
+                self.merged_weight =
+                    Some(burn::module::Param::from_tensor(weight.detach()).set_require_grad(false));
+                self.merged = names;
+            }
+            Ok(())
+        }
+
+        fn unmerge(&mut self) -> $crate::Result<()> {
+            if !self.is_merged() {
+                return Err($crate::LoraError::NotMerged);
+            }
+            self.merged_weight = None;
+            self.merged = Vec::new();
+            Ok(())
+        }
+    };
+}
+
+pub(crate) use shared_layer_methods;

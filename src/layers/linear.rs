@@ -1,7 +1,7 @@
 //! [`LoraLinear`]: a frozen `Linear` base plus named low-rank adapters.
 
 use burn::config::Config;
-use burn::module::{Initializer, Module, Param, ParamId};
+use burn::module::{Initializer, Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter::LoraAdapter;
-use crate::layers::layer::{LayerKind, LoraLayer};
+use crate::layers::layer::{shared_layer_methods, LayerKind, LoraLayer};
 
 /// Configuration to create a fresh [`LoraLinear`] (a randomly initialised base, no adapter yet).
 ///
@@ -210,21 +210,6 @@ impl<B: Backend> LoraLinear<B> {
     pub(crate) fn merged_weight_tensor(&self) -> Option<Tensor<B, 2>> {
         self.merged_weight.as_ref().map(Param::val)
     }
-
-    /// Installs (`Some`) or drops (`None`) the merged weight and the names merged into it.
-    pub(crate) fn set_merged(&mut self, merged: Option<(Tensor<B, 2>, Vec<String>)>) {
-        match merged {
-            Some((weight, names)) => {
-                self.merged_weight =
-                    Some(Param::from_tensor(weight.detach()).set_require_grad(false));
-                self.merged = names;
-            }
-            None => {
-                self.merged_weight = None;
-                self.merged = Vec::new();
-            }
-        }
-    }
 }
 
 /// `param` holding `value` instead, with the same id, gradient setting and load/save mappers.
@@ -237,6 +222,8 @@ pub(crate) fn replace_value<B: Backend, const D: usize>(
 }
 
 impl<B: Backend> LoraLayer<B> for LoraLinear<B> {
+    shared_layer_methods!();
+
     fn kind(&self) -> LayerKind {
         LayerKind::Linear
     }
@@ -253,14 +240,6 @@ impl<B: Backend> LoraLayer<B> for LoraLinear<B> {
         self.bias.as_ref().map(|_| self.d_output())
     }
 
-    fn base_weight_id(&self) -> ParamId {
-        self.weight.id
-    }
-
-    fn device(&self) -> B::Device {
-        self.weight.device()
-    }
-
     fn peft_factor_keys(&self) -> [&'static str; 2] {
         ["lora_A.weight", "lora_B.weight"]
     }
@@ -269,57 +248,17 @@ impl<B: Backend> LoraLayer<B> for LoraLinear<B> {
         [vec![rank, self.d_input()], vec![self.d_output(), rank]]
     }
 
-    fn adapters(&self) -> &[LoraAdapter<B>] {
-        self.adapters.as_deref().unwrap_or(&[])
-    }
-
-    fn adapter_slot(&mut self) -> &mut Option<Vec<LoraAdapter<B>>> {
-        &mut self.adapters
-    }
-
-    fn is_enabled(&self) -> bool {
-        self.enabled
-    }
-
-    fn set_enabled(&mut self, enabled: bool) {
-        self.enabled = enabled;
-    }
-
     fn freeze_base(&mut self) {
         self.weight = self.weight.clone().set_require_grad(false);
         self.bias = self.bias.take().map(|b| b.set_require_grad(false));
-    }
-
-    fn merged_adapters(&self) -> &[String] {
-        match self.merged_weight {
-            Some(_) => &self.merged,
-            None => &[],
-        }
-    }
-
-    fn merge(&mut self) -> LoraResult<()> {
-        if self.is_merged() {
-            return Err(LoraError::Merged(self.merged_adapters().to_vec()));
-        }
-        if let Some((weight, names)) = self.merged_base()? {
-            self.set_merged(Some((weight, names)));
-        }
-        Ok(())
-    }
-
-    fn unmerge(&mut self) -> LoraResult<()> {
-        if !self.is_merged() {
-            return Err(LoraError::NotMerged);
-        }
-        self.set_merged(None);
-        Ok(())
     }
 
     fn merge_and_unload(&mut self) -> LoraResult<()> {
         let weight = self.effective_weight()?;
         let bias = self.bias();
         self.replace_base(weight, bias);
-        self.set_merged(None);
+        self.merged_weight = None;
+        self.merged = Vec::new();
         self.adapters = None;
         Ok(())
     }
