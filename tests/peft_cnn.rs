@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use burn::module::Module;
@@ -18,11 +17,12 @@ use burn::tensor::module::max_pool2d;
 use burn::tensor::Tensor;
 use burn_lora::{
     load_adapter, save_adapter, LayerKind, LoraConv2d, LoraConv2dConfig, LoraLayer, LoraLinear,
-    LoraLinearConfig, LoraModel, PathMap, VisitLoraLayers, ADAPTER_WEIGHTS_FILE,
+    LoraLinearConfig, LoraModel, PathMap, VisitLoraLayers,
 };
-use common::safetensors_io::{read_config, read_raw, read_tensor};
+use common::safetensors_io::{
+    assert_same_adapter_tensors, read_config, read_tensor, target_modules,
+};
 use common::{load_pytorch_base, max_abs_diff};
-use safetensors::Dtype;
 use serde_json::Value;
 
 type Inf = common::B;
@@ -220,34 +220,11 @@ fn saving_the_loaded_peft_adapter_reproduces_peft_files_bit_for_bit() {
     let out = tempfile::tempdir().unwrap();
     save_adapter(&model, NAME, out.path(), &PathMap::identity()).unwrap();
 
-    let theirs = read_raw(&dir.join(ADAPTER_WEIGHTS_FILE));
-    let ours = read_raw(&out.path().join(ADAPTER_WEIGHTS_FILE));
-    let keys = |tensors: &[common::safetensors_io::Raw]| -> Vec<String> {
-        tensors.iter().map(|t| t.key.clone()).collect()
-    };
-    assert_eq!(keys(&ours), keys(&theirs), "key sets differ");
-    for (their, our) in theirs.iter().zip(&ours) {
-        let key = &their.key;
-        assert_eq!(our.dtype, Dtype::F32, "{key} dtype");
-        assert_eq!(their.shape, our.shape, "{key} shape");
-        // Load (reshape, transpose) then save (transpose, reshape) is exact.
-        assert!(
-            their.data == our.data,
-            "{key}: values are not bit-identical"
-        );
-    }
+    assert_same_adapter_tensors(&dir, out.path());
 
     let theirs: Value = read_config(&dir);
     let ours: Value = read_config(out.path());
     assert_eq!(ours["r"].as_u64(), Some(4));
     assert_eq!(ours["lora_alpha"].as_f64(), theirs["lora_alpha"].as_f64());
-    let targets = |config: &Value| -> BTreeSet<String> {
-        config["target_modules"]
-            .as_array()
-            .expect("target_modules is a list")
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string())
-            .collect()
-    };
-    assert_eq!(targets(&ours), targets(&theirs));
+    assert_eq!(target_modules(&ours), target_modules(&theirs));
 }

@@ -15,9 +15,10 @@ use burn_lora::LoraLayer;
 use burn_lora::{
     load_adapter, save_adapter, LoraMlp, LoraMlpConfig, LoraModel, PathMap, ADAPTER_WEIGHTS_FILE,
 };
-use common::safetensors_io::{raw, read_config, read_metadata, read_raw};
+use common::safetensors_io::{
+    assert_same_adapter_tensors, raw, read_config, read_metadata, read_raw, target_modules,
+};
 use common::{assert_bit_identical, load_pytorch_base, max_abs_diff, B};
-use safetensors::Dtype;
 use serde_json::Value;
 
 /// Largest absolute difference allowed between a burn-lora output and PyTorch's.
@@ -153,23 +154,7 @@ fn saving_the_loaded_peft_adapter_reproduces_peft_files_bit_for_bit() {
     let out = tempfile::tempdir().unwrap();
     save_adapter(&model, NAME, out.path(), &PathMap::identity()).unwrap();
 
-    let theirs = read_raw(&dir.join(ADAPTER_WEIGHTS_FILE));
-    let ours = read_raw(&out.path().join(ADAPTER_WEIGHTS_FILE));
-    let keys = |tensors: &[common::safetensors_io::Raw]| -> Vec<String> {
-        tensors.iter().map(|t| t.key.clone()).collect()
-    };
-    assert_eq!(keys(&ours), keys(&theirs), "key sets differ");
-    for (their, our) in theirs.iter().zip(&ours) {
-        let key = &their.key;
-        assert_eq!(our.dtype, Dtype::F32, "{key} dtype");
-        assert_eq!(their.dtype, our.dtype, "{key} dtype");
-        assert_eq!(their.shape, our.shape, "{key} shape");
-        // Same bytes = same f32 bits: load (transpose) then save (transpose back) is exact.
-        assert!(
-            their.data == our.data,
-            "{key}: values are not bit-identical"
-        );
-    }
+    assert_same_adapter_tensors(&dir, out.path());
     let metadata = read_metadata(&out.path().join(ADAPTER_WEIGHTS_FILE));
     assert_eq!(metadata.get("format").map(String::as_str), Some("pt"));
 
@@ -188,15 +173,7 @@ fn saving_the_loaded_peft_adapter_reproduces_peft_files_bit_for_bit() {
     );
     assert_eq!(ours["use_rslora"], theirs["use_rslora"]);
     assert_eq!(ours["bias"], theirs["bias"]);
-    let targets = |config: &Value| -> BTreeSet<String> {
-        config["target_modules"]
-            .as_array()
-            .expect("target_modules is a list")
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string())
-            .collect()
-    };
-    assert_eq!(targets(&ours), targets(&theirs));
+    assert_eq!(target_modules(&ours), target_modules(&theirs));
 
     // burn-lora writes every field PEFT wrote, with PEFT's defaults for the variants it does not
     // implement, except PEFT's own version stamp: burn-lora is not PEFT.

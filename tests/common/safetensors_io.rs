@@ -181,3 +181,33 @@ pub fn state_dict(model: &LoraMlp<B>) -> Vec<Raw> {
         })
         .collect()
 }
+
+/// Asserts that the adapter tensors in `ours` are PEFT's in `theirs`, bit for bit: the same
+/// keys, F32, the same shapes and the same bytes.
+pub fn assert_same_adapter_tensors(theirs: &Path, ours: &Path) {
+    let theirs = read_raw(&theirs.join(ADAPTER_WEIGHTS_FILE));
+    let ours = read_raw(&ours.join(ADAPTER_WEIGHTS_FILE));
+    let keys = |tensors: &[Raw]| -> Vec<String> { tensors.iter().map(|t| t.key.clone()).collect() };
+    assert_eq!(keys(&ours), keys(&theirs), "key sets differ");
+    for (their, our) in theirs.iter().zip(&ours) {
+        let key = &their.key;
+        assert_eq!(our.dtype, Dtype::F32, "{key} dtype");
+        assert_eq!(their.dtype, our.dtype, "{key} dtype");
+        assert_eq!(their.shape, our.shape, "{key} shape");
+        // Load (reshape, transpose) then save (transpose, reshape) is exact.
+        assert!(
+            their.data == our.data,
+            "{key}: values are not bit-identical"
+        );
+    }
+}
+
+/// The `target_modules` list of an adapter config, as a set.
+pub fn target_modules(config: &Value) -> std::collections::BTreeSet<String> {
+    config["target_modules"]
+        .as_array()
+        .expect("target_modules is a list")
+        .iter()
+        .map(|v| v.as_str().expect("target_modules holds names").to_string())
+        .collect()
+}
