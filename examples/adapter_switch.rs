@@ -10,6 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::data::dataset::transform::{PartialDataset, ShuffledDataset};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use burn_lora::Targets;
@@ -18,10 +19,12 @@ use burn_lora::{
 };
 use burn_lora_support::backend::{self, Inference, Train};
 use burn_lora_support::mnist::Mnist;
+use burn_lora_train::TrainableOnly;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use clap::Parser;
+use common::classifier::MnistClassifier;
 use common::eval::{evaluate, table};
-use common::train::{train, TrainSettings};
+use common::learner::{eval_loader, fit, train_loader, FitSettings};
 
 /// Train two adapters on one base, then switch between them without reloading the base.
 #[derive(Parser, Debug)]
@@ -35,7 +38,7 @@ struct Args {
     /// The second adapter's digit (the first is always 9).
     #[arg(long, default_value_t = 4)]
     other_digit: u8,
-    /// Fine-tuning steps per adapter (batch 10, Adam 1e-3).
+    /// Fine-tuning steps per adapter (batch 10, Adam 1e-3), at most one epoch of the digit.
     #[arg(long, default_value_t = 100)]
     steps: usize,
     /// LoRA rank.
@@ -55,6 +58,9 @@ struct Args {
     out_dir: PathBuf,
 }
 
+/// The notebook's batch size, for pretraining and fine-tuning.
+const BATCH: usize = 10;
+
 fn main() {
     common::exit_on_error(|| run(Args::parse()));
 }
@@ -69,22 +75,30 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let digits = [9, args.other_digit];
     let names: Vec<String> = digits.iter().map(|d| format!("digit{d}")).collect();
     for (digit, name) in digits.iter().zip(&names) {
-        let mut model = base.clone();
+        let mut model = MnistClassifier::new(base.clone());
         let config =
             LoraConfig::new(args.rank, args.alpha).with_init(LoraInit::Gaussian { std: 1.0 });
         model.attach(name, &config, &Targets::all())?;
+        model.freeze_base();
         let split = mnist.train.only_digit(*digit);
-        let settings = TrainSettings {
-            label: name,
+        let seed = args.seed + u64::from(*digit);
+        let images = (args.steps * BATCH).min(split.len());
+        let subset = PartialDataset::new(ShuffledDataset::new(split, seed), 0, images);
+        let settings = FitSettings {
+            dir: args.out_dir.join("learner").join(name),
             lr: 1e-3,
-            batch_size: 10,
             epochs: 1,
-            max_steps: Some(args.steps),
-            seed: args.seed + u64::from(*digit),
+            checkpoints: true,
         };
-        let (model, _) = train(model, &split, &settings)?;
+        let model = fit(
+            TrainableOnly::new(model),
+            train_loader(subset, BATCH, seed),
+            eval_loader::<Inference>(&mnist.test),
+            &settings,
+        )?
+        .into_inner();
         let dir = args.out_dir.join(name);
-        save_adapter(&model, name, &dir, &PathMap::identity())?;
+        save_adapter(&model.mlp, name, &dir, &PathMap::identity())?;
         let bytes = std::fs::metadata(dir.join(burn_lora::ADAPTER_WEIGHTS_FILE))?.len();
         println!("Saved adapter {name} to {} ({bytes} bytes)", dir.display());
     }
@@ -112,14 +126,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // 3. Switch in memory and evaluate each variant.
     let mut reports = Vec::new();
     model.set_enabled(false);
-    reports.push(("base".to_string(), evaluate(&model, &mnist.test)?));
+    reports.push(("base".to_string(), evaluate(&model, &mnist.test)));
     model.set_enabled(true);
     for name in names.iter().map(String::as_str).chain(["combined"]) {
         let start = Instant::now();
         model.set_active_adapter(name)?;
         let switch = start.elapsed();
         println!("switch to {name:<9} {:>8.1} µs", switch.as_secs_f64() * 1e6);
-        reports.push((name.to_string(), evaluate(&model, &mnist.test)?));
+        reports.push((name.to_string(), evaluate(&model, &mnist.test)));
     }
     let columns: Vec<(&str, &common::eval::EvalReport)> =
         reports.iter().map(|(n, r)| (n.as_str(), r)).collect();
@@ -142,18 +156,21 @@ fn base_model(args: &Args, mnist: &Mnist) -> Result<LoraMlp<Train>, Box<dyn std:
         "{} not found: pretraining the base first",
         args.base.display()
     );
-    let model: LoraMlp<Train> = LoraMlpConfig::notebook().init(&backend::device())?;
-    let settings = TrainSettings {
-        label: "pretrain",
+    let mlp: LoraMlp<Train> = LoraMlpConfig::notebook().init(&backend::device())?;
+    let settings = FitSettings {
+        dir: args.out_dir.join("learner").join("pretrain"),
         lr: 1e-3,
-        batch_size: 10,
         epochs: 1,
-        max_steps: None,
-        seed: args.seed,
+        checkpoints: false,
     };
-    let (model, _) = train(model, &mnist.train, &settings)?;
-    common::store::save_model(&model.valid(), &args.base)?;
-    Ok(model)
+    let model = fit(
+        MnistClassifier::new(mlp),
+        train_loader(mnist.train.clone(), BATCH, args.seed),
+        eval_loader::<Inference>(&mnist.test),
+        &settings,
+    )?;
+    common::store::save_model(&model.mlp, &args.base)?;
+    Ok(LoraMlp::from_inner(model.mlp))
 }
 
 /// The notebook MLP with its weights read from a Burn safetensors file.

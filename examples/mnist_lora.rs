@@ -1,23 +1,30 @@
 //! The notebook, end to end: pretrain an over-sized MLP on MNIST, adapt it to one digit with
 //! rank-1 LoRA while the base stays frozen, and toggle the adapter on and off.
 //!
+//! Both trainings run through burn-train's `Learner` (Burn's metrics, progress display and
+//! summary) on burn-dataset datasets batched by Burn's `DataLoaderBuilder`. The fine-tuning
+//! Learner checkpoints the adapter only ([`TrainableOnly`]).
+//!
 //! `cargo run --release --example mnist_lora -- --help` lists the options; the defaults are the
 //! notebook's. Data comes from `--data-dir`, `MNIST_DIR`, burn-dataset's cache, or a download.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use burn::data::dataset::transform::{PartialDataset, ShuffledDataset};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use burn::tensor::TensorData;
 use burn_lora::{save_adapter, LoraConfig, LoraInit, LoraMlp, LoraMlpConfig, LoraModel, PathMap};
 use burn_lora::{Targets, DEFAULT_ADAPTER};
-use burn_lora_support::backend::{self, Train};
+use burn_lora_support::backend::{self, Inference, Train};
+use burn_lora_train::TrainableOnly;
 use clap::Parser;
+use common::classifier::MnistClassifier;
 use common::eval::{evaluate, table};
+use common::learner::{eval_loader, fit, train_loader, FitSettings};
 use common::timing::Phases;
-use common::train::{train, TrainSettings};
 
 /// Pretrain on MNIST, then fine-tune a LoRA adapter on one digit.
 #[derive(Parser, Debug)]
@@ -67,64 +74,83 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // 1. Data.
     let mnist = phases.time("load MNIST", || common::load_mnist(args.data_dir.clone()))?;
 
-    // 2. Pretrain the plain MLP 784-1000-2000-10.
-    let model: LoraMlp<Train> = LoraMlpConfig::notebook().init(&device)?;
-    let settings = TrainSettings {
-        label: "pretrain",
+    // 2. Pretrain the plain MLP 784-1000-2000-10 with the Learner.
+    let mlp: LoraMlp<Train> = LoraMlpConfig::notebook().init(&device)?;
+    let pretrain = FitSettings {
+        dir: args.out_dir.join("pretrain"),
         lr: args.lr,
-        batch_size: args.batch_size,
         epochs: args.epochs,
-        max_steps: None,
-        seed: args.seed,
+        checkpoints: false,
     };
-    let (mut model, loss) = phases.time("pretrain", || train(model, &mnist.train, &settings))?;
-    println!("Pretraining done, running loss {loss:.4}");
-
-    let pretrained = phases.time("test pretrained", || evaluate(&model.valid(), &mnist.test))?;
+    let pretrained_model = phases.time("pretrain", || {
+        fit(
+            MnistClassifier::new(mlp),
+            train_loader(mnist.train.clone(), args.batch_size, args.seed),
+            eval_loader::<Inference>(&mnist.test),
+            &pretrain,
+        )
+    })?;
+    let pretrained = phases.time("test pretrained", || {
+        evaluate(&pretrained_model.mlp, &mnist.test)
+    });
     println!("\n{}\n", table(&[("pretrained", &pretrained)]));
-    let base_before = base_tensors(&model);
-    let pretrained_model = model.valid();
+    let base_before = base_tensors(&pretrained_model.mlp);
 
     // 3. Attach rank-1 LoRA to all three layers: A ~ N(0, 1), B = 0; the base is frozen.
+    let mut model = MnistClassifier::<Train>::from_inner(pretrained_model.clone());
     let lora = LoraConfig::new(args.rank, args.alpha).with_init(LoraInit::Gaussian { std: 1.0 });
     phases.time("attach LoRA", || {
         model.attach(DEFAULT_ADAPTER, &lora, &Targets::all())
     })?;
+    model.freeze_base();
     println!("{}\n", model.parameter_report());
 
-    // 4. Fine-tune only the adapters on one digit.
+    // 4. Fine-tune only the adapters on one digit: `steps` batches of a seeded shuffle of its
+    //    images, through the Learner, which checkpoints the adapter alone.
     let digit_split = mnist.train.only_digit(args.digit);
+    let images = args.steps * args.batch_size;
+    if images > digit_split.len() {
+        return Err(format!(
+            "--steps {} needs {images} images of digit {} but there are {} (one epoch)",
+            args.steps,
+            args.digit,
+            digit_split.len()
+        )
+        .into());
+    }
     println!(
-        "{} training images of digit {}",
+        "{} training images of digit {}; fine-tuning on {images} of them",
         digit_split.len(),
         args.digit
     );
-    let settings = TrainSettings {
-        label: "fine-tune",
-        max_steps: Some(args.steps),
-        epochs: args
-            .steps
-            .div_ceil(digit_split.len().div_ceil(args.batch_size))
-            .max(1),
-        ..settings
+    let subset = PartialDataset::new(ShuffledDataset::new(digit_split, args.seed), 0, images);
+    let fine_tune = FitSettings {
+        dir: args.out_dir.join("fine_tune"),
+        lr: args.lr,
+        epochs: 1,
+        checkpoints: true,
     };
-    let (mut model, loss) = phases.time("fine-tune adapters", || {
-        train(model, &digit_split, &settings)
+    let model = phases.time("fine-tune adapters", || {
+        fit(
+            TrainableOnly::new(model),
+            train_loader(subset, args.batch_size, args.seed),
+            eval_loader::<Inference>(&mnist.test),
+            &fine_tune,
+        )
     })?;
-    println!("Fine-tuning done, running loss {loss:.4}");
+    let mut model = model.into_inner();
+    report_checkpoint(&fine_tune.dir.join("checkpoint"))?;
 
     // 5. The base is bit-for-bit what it was; then test with the adapter on and off.
-    let unchanged = phases.time("verify base", || base_tensors(&model) == base_before);
+    let unchanged = phases.time("verify base", || base_tensors(&model.mlp) == base_before);
     println!(
         "Base weights and biases bit-identical to the pretrained ones ({} tensors): {}",
         base_before.len(),
         if unchanged { "yes" } else { "NO" }
     );
-    let with_lora = phases.time("test with LoRA", || evaluate(&model.valid(), &mnist.test))?;
+    let with_lora = phases.time("test with LoRA", || evaluate(&model.mlp, &mnist.test));
     model.set_enabled(false);
-    let without_lora = phases.time("test without LoRA", || {
-        evaluate(&model.valid(), &mnist.test)
-    })?;
+    let without_lora = phases.time("test without LoRA", || evaluate(&model.mlp, &mnist.test));
     model.set_enabled(true);
     println!(
         "\n{}\n",
@@ -146,10 +172,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         || -> Result<(), Box<dyn std::error::Error>> {
             std::fs::create_dir_all(&args.out_dir)?;
             let base_path = args.out_dir.join("pretrained.safetensors");
-            common::store::save_model(&pretrained_model, &base_path)?;
+            common::store::save_model(&pretrained_model.mlp, &base_path)?;
             let adapter_dir = args.out_dir.join("adapter");
             save_adapter(
-                &model,
+                &model.mlp,
                 burn_lora::DEFAULT_ADAPTER,
                 &adapter_dir,
                 &PathMap::identity(),
@@ -184,6 +210,30 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if without_lora != pretrained {
         return Err("with the adapter disabled the results differ from the pretrained ones".into());
     }
+    Ok(())
+}
+
+/// The Learner's checkpoint files and their sizes: the adapter and its optimizer state only.
+fn report_checkpoint(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)?
+        .map(|entry| {
+            let entry = entry?;
+            Ok((
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.metadata()?.len(),
+            ))
+        })
+        .collect::<std::io::Result<_>>()?;
+    files.sort();
+    let listed: Vec<String> = files
+        .iter()
+        .map(|(name, bytes)| format!("{name} ({bytes} bytes)"))
+        .collect();
+    println!(
+        "Learner checkpoint in {}: {}",
+        dir.display(),
+        listed.join(", ")
+    );
     Ok(())
 }
 

@@ -15,32 +15,27 @@ pub struct EvalReport {
     pub totals: [usize; 10],
 }
 
-/// Classifies the whole split in batches of 1000.
-pub fn evaluate<B: Backend>(
-    model: &LoraMlp<B>,
-    split: &MnistSplit,
-) -> Result<EvalReport, burn_lora_support::DataError> {
+/// Classifies the whole split with Burn's data loader, in batches of 1000.
+pub fn evaluate<B: Backend>(model: &LoraMlp<B>, split: &MnistSplit) -> EvalReport {
     let device = model.layers()[0].weight().device();
     let mut wrong = [0usize; 10];
     let totals = split.label_counts();
-    let indices: Vec<usize> = (0..split.len()).collect();
-    for chunk in indices.chunks(1000) {
-        let (x, _) = split.batch::<B>(chunk, &device)?;
-        let predicted = model.forward(x).argmax(1).into_data();
-        let predicted = predicted.iter::<i64>();
-        for (&index, guess) in chunk.iter().zip(predicted) {
-            let label = split.labels()[index];
-            if guess != i64::from(label) {
+    let loader = super::learner::eval_loader::<B>(split).to_device(&device);
+    for batch in loader.iter() {
+        let predicted = model.forward(batch.images).argmax(1).into_data();
+        let labels = batch.targets.into_data();
+        for (guess, label) in predicted.iter::<i64>().zip(labels.iter::<i64>()) {
+            if guess != label {
                 wrong[label as usize] += 1;
             }
         }
     }
     let errors: usize = wrong.iter().sum();
-    Ok(EvalReport {
+    EvalReport {
         accuracy: 1.0 - errors as f64 / split.len().max(1) as f64,
         wrong,
         totals,
-    })
+    }
 }
 
 /// A table with one column per named report: accuracy, then the wrong count of each digit.

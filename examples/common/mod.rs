@@ -3,10 +3,11 @@
 #![allow(dead_code)]
 
 pub mod chart;
+pub mod classifier;
 pub mod eval;
+pub mod learner;
 pub mod store;
 pub mod timing;
-pub mod train;
 
 use std::path::PathBuf;
 

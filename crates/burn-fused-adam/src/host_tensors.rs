@@ -106,9 +106,9 @@ mod ndarray {
 #[cfg(feature = "flex")]
 mod flex {
     use burn::backend::flex::FlexTensor;
-    use burn::tensor::DType;
+    use burn::tensor::{DType, TensorData};
 
-    use crate::kernel::{adam_update, AdamCoefficients};
+    use crate::kernel::{adam_update, adam_update_into, AdamCoefficients};
 
     /// The contiguous `f32` range of a tensor's buffer, if it has one of this shape.
     fn f32_range(tensor: &FlexTensor, shape: &[usize]) -> Option<(usize, usize)> {
@@ -137,6 +137,21 @@ mod flex {
         let (Some(p), Some(g), Some(m), Some(v)) = ranges else {
             return false;
         };
+        if !param.is_unique() {
+            // Another holder keeps the old values: write the new ones to a fresh buffer rather
+            // than copying the old ones first (`storage_mut`'s copy-on-write).
+            let mut updated = Vec::with_capacity(p.1 - p.0);
+            adam_update_into(
+                &mut updated,
+                &param.storage::<f32>()[p.0..p.1],
+                &grad.storage::<f32>()[g.0..g.1],
+                &mut moment_1.storage_mut::<f32>()[m.0..m.1],
+                &mut moment_2.storage_mut::<f32>()[v.0..v.1],
+                coefficients,
+            );
+            *param = FlexTensor::from_data(TensorData::new(updated, shape));
+            return true;
+        }
         // `storage_mut` copies a shared buffer first (copy-on-write).
         adam_update(
             &mut param.storage_mut::<f32>()[p.0..p.1],
@@ -232,6 +247,17 @@ mod tests {
         );
         assert!(fused_adam_in_place(&mut p, &g, &mut m, &mut v, &C));
         assert_eq!(original.into_data().to_vec::<f32>().unwrap(), vec![1.0; 6]);
-        assert!(values(p).iter().all(|&x| x < 1.0));
+        assert!(values(p.clone()).iter().all(|&x| x < 1.0));
+
+        // Bit for bit what the update of an unshared buffer gives.
+        let mut q = primitive(tensor(&[1.0; 6], [2, 3]));
+        let (mut m2, mut v2) = (
+            primitive(tensor(&[0.0; 6], [2, 3])),
+            primitive(tensor(&[0.0; 6], [2, 3])),
+        );
+        assert!(fused_adam_in_place(&mut q, &g, &mut m2, &mut v2, &C));
+        assert_eq!(values(p), values(q));
+        assert_eq!(values(m), values(m2));
+        assert_eq!(values(v), values(v2));
     }
 }

@@ -92,6 +92,72 @@ pub(crate) fn adam_update(
         .for_each(|(((p, g), m), v)| update_chunk(p, g, m, v, c));
 }
 
+/// The same update when `param` is shared with another holder (burn-train's Learner keeps its
+/// copy of the model during the step): the new values are written to `out` (cleared first)
+/// instead of copying `param` and then updating the copy, one pass over memory fewer.
+pub(crate) fn adam_update_into(
+    out: &mut Vec<f32>,
+    param: &[f32],
+    grad: &[f32],
+    moment_1: &mut [f32],
+    moment_2: &mut [f32],
+    c: &AdamCoefficients,
+) {
+    debug_assert!(
+        grad.len() == param.len() && moment_1.len() == param.len() && moment_2.len() == param.len()
+    );
+    out.clear();
+    out.resize(param.len(), 0.0);
+    if param.len() < 2 * CHUNK {
+        update_chunk_into(out, param, grad, moment_1, moment_2, c);
+        return;
+    }
+    out.par_chunks_mut(CHUNK)
+        .zip(param.par_chunks(CHUNK))
+        .zip(grad.par_chunks(CHUNK))
+        .zip(moment_1.par_chunks_mut(CHUNK))
+        .zip(moment_2.par_chunks_mut(CHUNK))
+        .for_each(|((((out, p), g), m), v)| update_chunk_into(out, p, g, m, v, c));
+}
+
+/// [`update_chunk`] writing the parameter to `out`.
+fn update_chunk_into(
+    out: &mut [f32],
+    p: &[f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    c: &AdamCoefficients,
+) {
+    if c.l2_penalty != 0.0 {
+        update_loop_into::<true>(out, p, g, m, v, c);
+    } else {
+        update_loop_into::<false>(out, p, g, m, v, c);
+    }
+}
+
+/// [`update_loop`] reading the parameter from `p` and writing it to `out`.
+#[inline(always)]
+fn update_loop_into<const L2: bool>(
+    out: &mut [f32],
+    p: &[f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    c: &AdamCoefficients,
+) {
+    let elements = out
+        .iter_mut()
+        .zip(p)
+        .zip(g)
+        .zip(m.iter_mut())
+        .zip(v.iter_mut());
+    for ((((out, &p), &g), m), v) in elements {
+        *out = p;
+        update_element::<L2>(out, g, m, v, c);
+    }
+}
+
 /// One chunk, with the weight-decay branch taken outside the loop so the loop vectorises.
 fn update_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &AdamCoefficients) {
     if c.l2_penalty != 0.0 {
@@ -111,15 +177,27 @@ fn update_loop<const L2: bool>(
     v: &mut [f32],
     c: &AdamCoefficients,
 ) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        update_element::<L2>(p, g, m, v, c);
+    }
+}
+
+/// One element of the update.
+#[inline(always)]
+fn update_element<const L2: bool>(
+    p: &mut f32,
+    g: f32,
+    m: &mut f32,
+    v: &mut f32,
+    c: &AdamCoefficients,
+) {
     let (b1, b2) = (c.beta_1, c.beta_2);
     let (f1, f2) = (1.0 - b1, 1.0 - b2);
-    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        let g = flush(if L2 { *p * c.l2_penalty + g } else { g }, TINY);
-        *m = flush(*m * b1 + g * f1, TINY);
-        *v = flush(*v * b2 + g * g * f2, TINY * TINY);
-        let step = (*m * c.correction) / (v.sqrt() + c.epsilon) * c.lr;
-        *p = *p * c.decay - step;
-    }
+    let g = flush(if L2 { *p * c.l2_penalty + g } else { g }, TINY);
+    *m = flush(*m * b1 + g * f1, TINY);
+    *v = flush(*v * b2 + g * g * f2, TINY * TINY);
+    let step = (*m * c.correction) / (v.sqrt() + c.epsilon) * c.lr;
+    *p = *p * c.decay - step;
 }
 
 /// `x`, or 0 when `|x| < tiny` (NaN stays NaN). Compiles to a compare and a blend.

@@ -1,5 +1,5 @@
-//! `burn_lora_support::mnist`: IDX parsing (plain and gzipped), the search order, the in-memory split,
-//! batching, shuffling, and every malformed-file case. The tests write their own small IDX files
+//! `burn_lora_support::mnist`: IDX parsing (plain and gzipped), the search order, the in-memory split
+//! as a burn-dataset `Dataset`, batching by Burn's data loader, and every malformed-file case. The tests write their own small IDX files
 //! and never touch the network, the real cache or the `MNIST_DIR` variable, except the last one,
 //! which reads the real files when `MNIST_DIR` points at them.
 
@@ -7,11 +7,13 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataloader::DataLoaderBuilder;
+use burn::data::dataset::Dataset;
 use burn::tensor::Tensor;
 use burn_lora_support::backend::Inference as B;
 use burn_lora_support::mnist::{
-    normalize, permutation, shuffled_batches, MnistLoader, MnistSource, MnistSplit, FILE_NAMES,
-    PIXELS,
+    normalize, MnistBatch, MnistBatcher, MnistLoader, MnistSource, MnistSplit, FILE_NAMES, PIXELS,
 };
 use burn_lora_support::DataError;
 use flate2::write::GzEncoder;
@@ -402,17 +404,17 @@ fn normalize_maps_0_and_255_to_the_notebook_values() {
 }
 
 #[test]
-fn batch_has_shape_n_by_784_with_normalised_pixels_and_labels_in_index_order() {
+fn batcher_makes_n_by_784_normalised_pixels_and_labels_in_item_order() {
     let fixture = Fixture::with_files(&valid_files(), [false; 4]);
     let train = fixture.loader().load().unwrap().train;
-    let device = Default::default();
     let indices = [3, 0, 3];
-    let (images, labels) = train.batch::<B>(&indices, &device).unwrap();
-    assert_eq!(images.dims(), [3, PIXELS]);
-    assert_eq!(labels.dims(), [3]);
-    let labels: Vec<i64> = labels.into_data().iter::<i64>().collect();
+    let items = indices.iter().map(|&i| train.get(i).unwrap()).collect();
+    let batch: MnistBatch<B> = MnistBatcher.batch(items, &Default::default());
+    assert_eq!(batch.images.dims(), [3, PIXELS]);
+    assert_eq!(batch.targets.dims(), [3]);
+    let labels: Vec<i64> = batch.targets.into_data().iter::<i64>().collect();
     assert_eq!(labels, vec![9, 0, 9]);
-    let values = floats(images);
+    let values = floats(batch.images);
     for (row, &index) in indices.iter().enumerate() {
         for p in 0..PIXELS {
             let expected = normalize(pixel(1, index, p));
@@ -425,25 +427,46 @@ fn batch_has_shape_n_by_784_with_normalised_pixels_and_labels_in_index_order() {
 }
 
 #[test]
-fn batch_with_an_out_of_range_index_is_an_error_naming_it() {
+fn a_split_is_a_dataset_of_its_images_and_nothing_past_the_end() {
     let fixture = Fixture::with_files(&valid_files(), [false; 4]);
     let test = fixture.loader().load().unwrap().test;
-    let error = test.batch::<B>(&[0, 3], &Default::default()).unwrap_err();
-    let DataError::InvalidData { reason, .. } = error else {
-        panic!("expected InvalidData, got {error:?}");
-    };
-    assert!(reason.contains("index 3"), "{reason}");
-    assert!(test.batch::<B>(&[usize::MAX], &Default::default()).is_err());
+    assert_eq!(Dataset::len(&test), 3);
+    let item = test.get(1).unwrap();
+    assert_eq!(item.label, 3);
+    assert_eq!(&item.image[..], test.image(1).unwrap());
+    assert!(test.get(3).is_none());
+    assert!(test.get(usize::MAX).is_none());
 }
 
 #[test]
-fn batch_with_no_indices_is_an_error() {
+fn burns_loader_visits_every_image_once_per_epoch_shuffled_by_seed() {
     let fixture = Fixture::with_files(&valid_files(), [false; 4]);
-    let test = fixture.loader().load().unwrap().test;
-    assert!(matches!(
-        test.batch::<B>(&[], &Default::default()),
-        Err(DataError::InvalidData { .. })
-    ));
+    let train = fixture.loader().load().unwrap().train;
+    let epoch_labels = |seed: u64| -> Vec<Vec<i64>> {
+        let loader = DataLoaderBuilder::<B, _, _>::new(MnistBatcher)
+            .batch_size(2)
+            .shuffle(seed)
+            .build(train.clone());
+        (0..2)
+            .map(|_| {
+                loader
+                    .iter()
+                    .flat_map(|batch| batch.targets.into_data().iter::<i64>().collect::<Vec<_>>())
+                    .collect()
+            })
+            .collect()
+    };
+    let epochs = epoch_labels(5);
+    for labels in &epochs {
+        let mut sorted = labels.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![0, 1, 1, 2, 9]);
+    }
+    assert_eq!(
+        epochs,
+        epoch_labels(5),
+        "the same seed gives the same epochs"
+    );
 }
 
 #[test]
@@ -478,46 +501,6 @@ fn split_new_checks_lengths_and_labels() {
             Err(DataError::InvalidData { .. })
         ));
     }
-}
-
-// ---- shuffling ------------------------------------------------------------------------------
-
-#[test]
-fn shuffled_batches_cover_every_index_exactly_once_with_a_short_last_batch() {
-    let batches = shuffled_batches(103, 10, 7).unwrap();
-    assert_eq!(batches.len(), 11);
-    assert!(batches[..10].iter().all(|batch| batch.len() == 10));
-    assert_eq!(batches[10].len(), 3);
-    let mut all: Vec<usize> = batches.concat();
-    assert_ne!(all, (0..103).collect::<Vec<_>>(), "the order is shuffled");
-    all.sort_unstable();
-    assert_eq!(all, (0..103).collect::<Vec<_>>());
-}
-
-#[test]
-fn shuffled_batches_are_reproducible_by_seed_and_differ_across_seeds() {
-    assert_eq!(
-        shuffled_batches(1000, 32, 42).unwrap(),
-        shuffled_batches(1000, 32, 42).unwrap()
-    );
-    assert_ne!(permutation(1000, 42), permutation(1000, 43));
-    assert!(permutation(0, 1).is_empty());
-    assert_eq!(permutation(1, 1), vec![0]);
-}
-
-#[test]
-fn epoch_batches_of_a_split_cover_it_and_zero_batch_size_is_an_error() {
-    let fixture = Fixture::with_files(&valid_files(), [false; 4]);
-    let train = fixture.loader().load().unwrap().train;
-    let batches = train.epoch_batches(2, 0).unwrap();
-    assert_eq!(batches, shuffled_batches(train.len(), 2, 0).unwrap());
-    let mut all = batches.concat();
-    all.sort_unstable();
-    assert_eq!(all, vec![0, 1, 2, 3, 4]);
-    assert!(matches!(
-        train.epoch_batches(0, 0),
-        Err(DataError::InvalidData { .. })
-    ));
 }
 
 // ---- malformed files ------------------------------------------------------------------------

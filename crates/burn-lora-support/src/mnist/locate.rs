@@ -64,10 +64,10 @@ impl fmt::Display for MnistSource {
 /// `dirs::cache_dir()/burn-dataset/mnist` and allows the download.
 ///
 /// ```no_run
-/// use burn_lora_support::mnist::MnistLoader;
+/// use burn::data::dataloader::DataLoaderBuilder;
+/// use burn_lora_support::mnist::{MnistBatcher, MnistLoader};
 ///
 /// type B = burn_lora_support::backend::Inference;
-/// let device = Default::default();
 ///
 /// // `MNIST_DIR`, else burn-dataset's cache, else a download into that cache.
 /// let mnist = MnistLoader::new().load()?;
@@ -81,11 +81,13 @@ impl fmt::Display for MnistSource {
 ///     .download(false)
 ///     .load()?;
 ///
-/// // One shuffled epoch of normalised batches of 10.
-/// for indices in mnist.train.epoch_batches(10, 0)? {
-///     let (images, labels) = mnist.train.batch::<B>(&indices, &device)?;
-///     assert_eq!(images.dims(), [indices.len(), 784]);
-///     assert_eq!(labels.dims(), [indices.len()]);
+/// // One shuffled epoch of normalised batches of 10, by Burn's data loader.
+/// let loader = DataLoaderBuilder::<B, _, _>::new(MnistBatcher)
+///     .batch_size(10)
+///     .shuffle(0)
+///     .build(mnist.train);
+/// for batch in loader.iter() {
+///     assert_eq!(batch.images.dims()[1], 784);
 /// }
 /// # Ok::<(), burn_lora_support::DataError>(())
 /// ```

@@ -13,18 +13,18 @@
 //! size, truncated or oversized, counts that disagree, labels above 9, broken gzip) are
 //! [`DataError::InvalidData`](crate::DataError::InvalidData) naming the file, never a panic.
 //!
-//! The loaded [`Mnist`] holds a [`MnistSplit`] per split: raw pixels and labels, batched into
-//! normalised tensors on demand ([`MnistSplit::batch`]) with seeded shuffling
-//! ([`MnistSplit::epoch_batches`]).
+//! The loaded [`Mnist`] holds a [`MnistSplit`] per split: raw pixels and labels. A split is a
+//! burn-dataset `Dataset` of [`MnistItem`]s, which Burn's data loaders batch with
+//! [`MnistBatcher`] into normalised tensors.
 
+mod dataset;
 mod download;
 mod idx;
 mod locate;
-mod shuffle;
 mod split;
 
+pub use dataset::{MnistBatch, MnistBatcher, MnistItem};
 pub use locate::{MnistLoader, MnistSource};
-pub use shuffle::{permutation, shuffled_batches};
 pub use split::{normalize, MnistSplit, MNIST_MEAN, MNIST_STD};
 
 /// Height and width of an MNIST image, in pixels.

@@ -2,11 +2,8 @@
 
 use std::fmt;
 
-use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
-
 use super::idx::{self, invalid, IdxKind};
-use super::{shuffle, PIXELS};
+use super::PIXELS;
 use crate::error::Result;
 
 /// Mean of the MNIST training pixels on the `[0, 1]` scale (torchvision's `Normalize` constant).
@@ -151,50 +148,6 @@ impl MnistSplit {
             }
         }
         Self { images, labels }
-    }
-
-    /// The images at `indices` as a normalised `[indices.len(), 784]` float tensor
-    /// ([`normalize`]) and their labels as an int tensor.
-    ///
-    /// Errors with [`DataError::InvalidData`](crate::DataError::InvalidData) (path
-    /// `batch indices`) when `indices` is empty or an index is out of range.
-    pub fn batch<B: Backend>(
-        &self,
-        indices: &[usize],
-        device: &B::Device,
-    ) -> Result<(Tensor<B, 2>, Tensor<B, 1, Int>)> {
-        const WHAT: &str = "batch indices";
-        if indices.is_empty() {
-            return Err(invalid(WHAT, "a batch needs at least one index".into()));
-        }
-        let mut pixels = Vec::with_capacity(indices.len() * PIXELS);
-        let mut labels = Vec::with_capacity(indices.len());
-        for &index in indices {
-            let (Some(image), Some(&label)) = (self.image(index), self.labels.get(index)) else {
-                return Err(invalid(
-                    WHAT,
-                    format!(
-                        "index {index} is out of range for a split of {} images",
-                        self.len()
-                    ),
-                ));
-            };
-            pixels.extend(image.iter().copied().map(normalize));
-            labels.push(i64::from(label));
-        }
-        let count = indices.len();
-        let images = Tensor::from_data(TensorData::new(pixels, [count, PIXELS]), device);
-        let labels = Tensor::from_data(TensorData::new(labels, [count]), device);
-        Ok((images, labels))
-    }
-
-    /// One epoch's batches of indices: every index once, shuffled by `seed`, in batches of
-    /// `batch_size` (the last one shorter if `len()` is not a multiple).
-    ///
-    /// The same seed gives the same batches; use e.g. `seed + epoch` for a new order per epoch.
-    /// See [`shuffled_batches`](super::shuffled_batches); `batch_size` 0 is an error.
-    pub fn epoch_batches(&self, batch_size: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
-        shuffle::shuffled_batches(self.len(), batch_size, seed)
     }
 }
 
