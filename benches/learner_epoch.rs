@@ -77,6 +77,7 @@ fn with_learner(mnist: &Mnist, images: usize) -> f64 {
         lr: LR,
         epochs: 1,
         checkpoints: false,
+        weight_decay: None,
     };
     let train = train_loader(
         PartialDataset::new(mnist.train.clone(), 0, images),

@@ -89,6 +89,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             lr: 1e-3,
             epochs: 1,
             checkpoints: true,
+            weight_decay: None,
         };
         let model = fit(
             TrainableOnly::new(model),
@@ -162,6 +163,7 @@ fn base_model(args: &Args, mnist: &Mnist) -> Result<LoraMlp<Train>, Box<dyn std:
         lr: 1e-3,
         epochs: 1,
         checkpoints: false,
+        weight_decay: None,
     };
     let model = fit(
         MnistClassifier::new(mlp),

@@ -81,6 +81,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         lr: args.lr,
         epochs: args.epochs,
         checkpoints: false,
+        weight_decay: None,
     };
     let pretrained_model = phases.time("pretrain", || {
         fit(
@@ -129,6 +130,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         lr: args.lr,
         epochs: 1,
         checkpoints: true,
+        weight_decay: None,
     };
     let model = phases.time("fine-tune adapters", || {
         fit(

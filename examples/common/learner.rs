@@ -1,5 +1,6 @@
 //! Training through burn-train: MNIST loaders from Burn's `DataLoaderBuilder`, and one call that
-//! runs the `Learner` with Burn's metrics, progress display and summary.
+//! runs the `Learner` (for any classifier: MNIST's and the text one) with Burn's metrics,
+//! progress display and summary.
 
 use std::fmt::Display;
 use std::path::PathBuf;
@@ -49,26 +50,34 @@ pub struct FitSettings {
     pub epochs: usize,
     /// Whether the Learner writes a checkpoint (model and optimizer records) every epoch.
     pub checkpoints: bool,
+    /// `Some(λ)`: AdamW with decoupled weight decay λ; `None`: Adam.
+    pub weight_decay: Option<f32>,
 }
 
-/// Trains `model` with burn-train's Learner: Adam (PyTorch's defaults, the fused update),
-/// loss and accuracy on both splits, Burn's progress display and summary. Only parameters that
-/// require a gradient are updated. Returns the trained model on the inference backend.
-pub fn fit<M>(
+/// Trains `model` with burn-train's Learner: Adam or AdamW (PyTorch's defaults, the fused
+/// update), loss and accuracy on both splits, Burn's progress display and summary. Only
+/// parameters that require a gradient are updated. Returns the trained model on the inference
+/// backend.
+pub fn fit<M, TI, VI>(
     model: M,
-    train: Arc<dyn DataLoader<Train, MnistBatch<Train>>>,
-    valid: Arc<dyn DataLoader<Inference, MnistBatch<Inference>>>,
+    train: Arc<dyn DataLoader<Train, TI>>,
+    valid: Arc<dyn DataLoader<Inference, VI>>,
     settings: &FitSettings,
 ) -> Result<M::InnerModule, Box<dyn std::error::Error>>
 where
-    M: TrainStep<Input = MnistBatch<Train>, Output = ClassificationOutput<Train>>
+    M: TrainStep<Input = TI, Output = ClassificationOutput<Train>>
         + AutodiffModule<Train>
         + Display
         + 'static,
-    M::InnerModule:
-        InferenceStep<Input = MnistBatch<Inference>, Output = ClassificationOutput<Inference>>,
+    M::InnerModule: InferenceStep<Input = VI, Output = ClassificationOutput<Inference>>,
+    TI: Send + 'static,
+    VI: Send + 'static,
 {
-    let optim = FusedAdamConfig::new().init::<Train, M>()?;
+    let config = match settings.weight_decay {
+        Some(weight_decay) => FusedAdamConfig::adamw(weight_decay),
+        None => FusedAdamConfig::new(),
+    };
+    let optim = config.init::<Train, M>()?;
     let mut training = SupervisedTraining::new(&settings.dir, train, valid)
         .metrics((LossMetric::new(), AccuracyMetric::new()))
         .num_epochs(settings.epochs)

@@ -6,7 +6,9 @@ pub mod chart;
 pub mod classifier;
 pub mod eval;
 pub mod learner;
+pub mod peak_heap;
 pub mod store;
+pub mod text_classifier;
 pub mod timing;
 
 use std::path::PathBuf;

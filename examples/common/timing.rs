@@ -28,3 +28,46 @@ impl Phases {
         out
     }
 }
+
+/// When each training step started, shared by every clone of the model that holds it: the
+/// Learner clones the model, and a step's wall time is the gap to the next step's start
+/// (forward, backward, optimizer, data loading and metrics alike).
+#[derive(Clone, Default)]
+pub struct StepClock {
+    starts: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
+}
+
+impl std::fmt::Debug for StepClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let steps = self.starts.lock().map_or(0, |starts| starts.len());
+        write!(f, "StepClock {{ steps: {steps} }}")
+    }
+}
+
+impl StepClock {
+    /// Records that a step starts now.
+    pub fn tick(&self) {
+        self.starts.lock().expect("clock").push(Instant::now());
+    }
+
+    /// Forgets every recorded step.
+    pub fn reset(&self) {
+        self.starts.lock().expect("clock").clear();
+    }
+
+    /// The median gap between consecutive step starts, in seconds; `None` with fewer than two
+    /// steps. A gap that spans an epoch's validation pass is one of many and moves the median
+    /// by at most one place.
+    pub fn median_step(&self) -> Option<f64> {
+        let starts = self.starts.lock().expect("clock");
+        let mut gaps: Vec<f64> = starts
+            .windows(2)
+            .map(|pair| (pair[1] - pair[0]).as_secs_f64())
+            .collect();
+        if gaps.is_empty() {
+            return None;
+        }
+        gaps.sort_by(f64::total_cmp);
+        Some(gaps[gaps.len() / 2])
+    }
+}

@@ -1,0 +1,85 @@
+//! One training step (forward, backward, AdamW) of all-MiniLM-L6-v2 with a classification head
+//! (8 classes), batch 16, sequence 64, dropout as in the model's config: full fine-tuning
+//! against LoRA r = 8, alpha 16 on every layer's query and value (the encoder frozen, the head
+//! trained). The model has MiniLM's shape with random weights (speed does not depend on them),
+//! so it needs no data. The two variants alternate over three rounds in one group, so drift on a
+//! busy machine hits both alike.
+//!
+//! `cargo bench --bench minilm_train_step` (Flex), `cargo bench --features ndarray --bench
+//! minilm_train_step` (NdArray); shorter: append `-- --warm-up-time 1 --measurement-time 10`.
+
+mod bench_util;
+// The examples' model, shared rather than copied; the bench uses only part of those modules.
+#[allow(dead_code)]
+#[path = "../examples/common/text_classifier.rs"]
+mod text_classifier;
+#[allow(dead_code)]
+#[path = "../examples/common/timing.rs"]
+mod timing;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor};
+use burn_fused_adam::FusedAdamConfig;
+use burn_lora::nn::bert::BertConfig;
+use burn_lora::{LoraConfig, Targets};
+use burn_lora_support::backend::{self, Train};
+use burn_lora_support::text::TextBatch;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use text_classifier::{Mode, SentenceClassifier};
+
+/// Rounds of the alternation.
+const ROUNDS: usize = 3;
+const BATCH: usize = 16;
+const SEQ: usize = 64;
+const CLASSES: usize = 8;
+
+fn minilm_train_step(c: &mut Criterion) {
+    let device = backend::device();
+    Train::seed(&device, 0);
+    // all-MiniLM-L6-v2's config.json: vocabulary 30,522, 384 wide, 6 layers, 12 heads, 1,536.
+    let config = BertConfig::new(30_522, 384, 6, 12, 1_536, 512).with_hidden_dropout_prob(0.1);
+    let bert = config.init::<Train>(&device).expect("MiniLM's shape");
+    let full = SentenceClassifier::new(bert, CLASSES, &device);
+    let mut lora = full.clone();
+    lora.prepare(
+        Mode::Lora,
+        "default",
+        &LoraConfig::new(8, 16.0),
+        &Targets::names(["query", "value"]),
+    )
+    .expect("query and value take rank 8");
+
+    let ids = Tensor::<Train, 2>::random(
+        [BATCH, SEQ],
+        Distribution::Uniform(0.0, config.vocab_size as f64),
+        &device,
+    )
+    .int();
+    let batch = TextBatch {
+        input_ids: ids,
+        attention_mask: Tensor::<Train, 2, Int>::ones([BATCH, SEQ], &device),
+        labels: Tensor::<Train, 1>::random(
+            [BATCH],
+            Distribution::Uniform(0.0, CLASSES as f64),
+            &device,
+        )
+        .int(),
+    };
+    let loss = |model: &SentenceClassifier<Train>| model.classify(batch.clone()).loss;
+
+    let mut group = c.benchmark_group(format!("minilm_train_step_b16_s64/{}", backend::NAME));
+    group.sample_size(10);
+    for round in 0..ROUNDS {
+        for (name, model) in [("full", &full), ("lora_r8_qv", &lora)] {
+            let optim = FusedAdamConfig::adamw(0.01)
+                .init::<Train, SentenceClassifier<Train>>()
+                .expect("AdamW");
+            let id = BenchmarkId::new(name, round);
+            bench_util::bench_training(&mut group, id, model.clone(), optim, &device, loss);
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, minilm_train_step);
+criterion_main!(benches);

@@ -1,0 +1,69 @@
+"""PyTorch + PEFT reference for benches/minilm_train_step.rs: one training step (forward,
+backward, AdamW) of all-MiniLM-L6-v2 with an 8-class linear head on the mean-pooled embedding,
+batch 16, sequence 64, train mode (dropout on), 2 threads: full fine-tuning against PEFT's LoRA
+r=8, alpha 16 on query and value (head trained beside it), as PEFT's users run it.
+
+Run on the same machine, alternating with the Rust bench:
+    pip install torch transformers peft
+    MINILM_DIR=/path/to/all-MiniLM-L6-v2 python benches/pytorch_minilm_step.py [rounds]
+
+AdamW is PyTorch's fastest on CPU, `fused=True`. Each round times 20 steps of each variant after
+3 warm-up steps and prints the medians; full and LoRA alternate, which goes first alternating."""
+import os, statistics, sys, time
+import torch
+import torch.nn as nn
+from transformers import BertModel
+from peft import LoraConfig, get_peft_model
+
+torch.set_num_threads(2)
+torch.manual_seed(0)
+BATCH, SEQ, CLASSES, STEPS, WARMUP = 16, 64, 8, 20, 3
+
+
+class Classifier(nn.Module):
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(384, CLASSES)
+
+    def forward(self, ids, mask):
+        h = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).float()
+        e = nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+        return self.head(e)
+
+
+def model(mode):
+    encoder = BertModel.from_pretrained(os.environ["MINILM_DIR"], add_pooling_layer=False)
+    if mode == "lora":
+        encoder = get_peft_model(encoder, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"]))
+    net = Classifier(encoder).train()
+    lr = 5e-4 if mode == "lora" else 5e-5
+    params = [p for p in net.parameters() if p.requires_grad]
+    return net, torch.optim.AdamW(params, lr=lr, fused=True), sum(p.numel() for p in params)
+
+
+def median_step(mode):
+    net, optim, trainable = model(mode)
+    ids = torch.randint(0, 30522, (BATCH, SEQ))
+    mask = torch.ones(BATCH, SEQ, dtype=torch.long)
+    labels = torch.randint(0, CLASSES, (BATCH,))
+    times = []
+    for step in range(WARMUP + STEPS):
+        start = time.perf_counter()
+        loss = nn.functional.cross_entropy(net(ids, mask), labels)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        if step >= WARMUP:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times), trainable
+
+
+rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+for r in range(rounds):
+    order = ["full", "lora"] if r % 2 == 0 else ["lora", "full"]
+    results = {mode: median_step(mode) for mode in order}
+    print(f"round {r}: " + ", ".join(
+        f"{m} {results[m][0] * 1e3:.0f} ms ({results[m][1]} trainable)" for m in ["full", "lora"]))
