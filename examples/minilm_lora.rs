@@ -1,6 +1,6 @@
 //! A real pretrained transformer, fine-tuned in pure Rust: all-MiniLM-L6-v2 (BERT, 6 layers,
-//! 22.7 M parameters) classifies a fortune's category with a linear head on its mean-pooled
-//! sentence embedding, trained three ways — the encoder frozen (head only), LoRA on the
+//! 22.7 M parameters) classifies a fortune's category with a linear head on its mean-pooled hidden
+//! states, trained three ways — the encoder frozen (head only), LoRA on the
 //! attention's query and value (plus the head), and full fine-tuning — then compared in one
 //! table: test accuracy, macro-F1, trainable parameters, median step time, peak heap, and the
 //! size of what must be saved.

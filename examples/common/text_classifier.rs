@@ -1,5 +1,5 @@
 //! The transformer examples' model for burn-train: a pretrained BERT encoder with a linear head
-//! on its mean-pooled sentence embedding, the cross-entropy steps the Learner calls, and the three
+//! on its mean-pooled hidden states, the cross-entropy steps the Learner calls, and the three
 //! ways of fine-tuning it. This is what a user writes for their own BERT classifier.
 
 use std::fmt;
@@ -55,7 +55,9 @@ impl FromStr for Mode {
     }
 }
 
-/// A BERT encoder and a linear head on its mean-pooled, L2-normalised sentence embedding.
+/// A BERT encoder and a linear head on the mean of its last hidden states over the tokens
+/// (not L2-normalised: a unit-length input would make the head learn several times slower at
+/// the same learning rate).
 #[derive(Module, Debug, LoraModel)]
 pub struct SentenceClassifier<B: Backend> {
     /// The encoder (LoRA-ready).

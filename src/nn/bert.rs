@@ -232,17 +232,27 @@ impl<B: Backend> Bert<B> {
             .forward(TransformerEncoderInput::new(x).mask_pad(padding))
     }
 
-    /// Mean of the hidden states over the tokens (padding excluded), L2-normalised: the
-    /// sentence embedding of sentence-transformers models such as all-MiniLM-L6-v2.
+    /// Mean of the hidden states over the tokens, padding excluded:
+    /// `Σₜ maskₜ·hₜ / Σₜ maskₜ`. The input of a classification head on a sentence encoder.
+    ///
+    /// # Shapes
+    /// - `hidden`: `[batch, seq, hidden_size]`, `attention_mask`: `[batch, seq]`
+    /// - output: `[batch, hidden_size]`
+    pub fn masked_mean(hidden: Tensor<B, 3>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let mask = attention_mask.float().unsqueeze_dim::<3>(2);
+        let summed = (hidden * mask.clone()).sum_dim(1).squeeze_dim::<2>(1);
+        let counts = mask.sum_dim(1).squeeze_dim::<2>(1).clamp_min(1e-9);
+        summed / counts
+    }
+
+    /// [`masked_mean`](Self::masked_mean), L2-normalised: the sentence embedding of
+    /// sentence-transformers models such as all-MiniLM-L6-v2.
     ///
     /// # Shapes
     /// - `hidden`: `[batch, seq, hidden_size]`, `attention_mask`: `[batch, seq]`
     /// - output: `[batch, hidden_size]`
     pub fn mean_pool(hidden: Tensor<B, 3>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
-        let mask = attention_mask.float().unsqueeze_dim::<3>(2);
-        let summed = (hidden * mask.clone()).sum_dim(1).squeeze_dim::<2>(1);
-        let counts = mask.sum_dim(1).squeeze_dim::<2>(1).clamp_min(1e-9);
-        let mean = summed / counts;
+        let mean = Self::masked_mean(hidden, attention_mask);
         let norm = mean
             .clone()
             .powf_scalar(2.0)
