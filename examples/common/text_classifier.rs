@@ -116,18 +116,21 @@ impl<B: Backend> SentenceClassifier<B> {
         Ok(())
     }
 
-    /// Sentence embeddings `[batch, hidden]` of a batch.
-    pub fn embed(&self, batch: &TextBatch<B>) -> Tensor<B, 2> {
+    /// The encoder's last hidden states `[batch, seq, hidden]` of a batch.
+    pub fn encode(&self, batch: &TextBatch<B>) -> Tensor<B, 3> {
         let mask = batch.attention_mask.clone();
-        let hidden = self
-            .bert
-            .forward(batch.input_ids.clone(), mask.clone(), None);
-        Bert::mean_pool(hidden, mask)
+        self.bert.forward(batch.input_ids.clone(), mask, None)
     }
 
-    /// Logits, loss and targets of one batch.
+    /// Sentence embeddings `[batch, hidden]` of a batch (mean-pooled, L2-normalised).
+    pub fn embed(&self, batch: &TextBatch<B>) -> Tensor<B, 2> {
+        Bert::mean_pool(self.encode(batch), batch.attention_mask.clone())
+    }
+
+    /// Logits, loss and targets of one batch: the head on the masked mean of the hidden states.
     pub fn classify(&self, batch: TextBatch<B>) -> ClassificationOutput<B> {
-        let logits = self.head.forward(self.embed(&batch));
+        let pooled = Bert::masked_mean(self.encode(&batch), batch.attention_mask.clone());
+        let logits = self.head.forward(pooled);
         let loss = CrossEntropyLossConfig::new()
             .init(&logits.device())
             .forward(logits.clone(), batch.labels.clone());
