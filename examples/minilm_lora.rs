@@ -24,7 +24,7 @@ use burn::data::dataset::transform::{PartialDataset, ShuffledDataset};
 use burn::data::dataset::{Dataset, InMemDataset};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use burn_lora::nn::bert::Bert;
 use burn_lora::{save_adapter, save_checkpoint, LoraConfig, Targets};
 use burn_lora_support::backend::{self, Inference, Train};
@@ -37,6 +37,7 @@ use clap::Parser;
 use common::learner::{fit, FitSettings};
 use common::peak_heap::PeakHeap;
 use common::text_classifier::{Mode, SentenceClassifier};
+use safetensors::tensor::{Dtype, TensorView};
 
 #[global_allocator]
 static HEAP: PeakHeap = PeakHeap::new();
@@ -324,44 +325,21 @@ fn save_embeddings(
         attention_mask: mask.clone(),
         labels: batch.labels.slice(0..n),
     });
-    let as_i64 = |t: Tensor<Inference, 2, burn::tensor::Int>| {
-        let data = t.into_data().convert::<i64>();
-        (
-            data.shape.clone(),
-            data.into_vec::<i64>()
-                .expect("i64")
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>(),
-        )
-    };
-    let (ids_shape, ids_bytes) = as_i64(ids);
-    let (mask_shape, mask_bytes) = as_i64(mask);
-    let e = embeddings.into_data();
-    let e_shape = e.shape.clone();
-    let e_bytes: Vec<u8> = e
-        .into_vec::<f32>()
-        .expect("f32")
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    use safetensors::tensor::{Dtype, TensorView};
+    let ids = ids.into_data().convert::<i64>();
+    let mask = mask.into_data().convert::<i64>();
+    let embeddings = embeddings.into_data().convert::<f32>();
     let views = [
-        (
-            "input_ids",
-            TensorView::new(Dtype::I64, ids_shape.to_vec(), &ids_bytes)?,
-        ),
-        (
-            "attention_mask",
-            TensorView::new(Dtype::I64, mask_shape.to_vec(), &mask_bytes)?,
-        ),
-        (
-            "e_lora",
-            TensorView::new(Dtype::F32, e_shape.to_vec(), &e_bytes)?,
-        ),
+        ("input_ids", view(Dtype::I64, &ids)?),
+        ("attention_mask", view(Dtype::I64, &mask)?),
+        ("e_lora", view(Dtype::F32, &embeddings)?),
     ];
     safetensors::serialize_to_file(views, None::<HashMap<String, String>>, path)?;
     Ok(())
+}
+
+/// A safetensors view of `data`'s little-endian bytes.
+fn view(dtype: Dtype, data: &TensorData) -> Result<TensorView<'_>, safetensors::SafeTensorError> {
+    TensorView::new(dtype, data.shape.to_vec(), data.as_bytes())
 }
 
 /// The results table.
