@@ -5,7 +5,8 @@
 //! epoch takes about a minute here, too long for criterion's samples: the two run alternately
 //! (`LEARNER_EPOCH_ROUNDS` rounds, default 3, which one goes first alternating), each round
 //! printing both times, then the medians and their ratio. `LEARNER_EPOCH_IMAGES` trains on the
-//! first N training images instead of all 60,000.
+//! first N training images instead of all 60,000; `LEARNER_EPOCH_ONLY=hand` or `=learner` runs
+//! one of the two (for a profiler).
 
 #[path = "../examples/common/classifier.rs"]
 mod classifier;
@@ -109,6 +110,11 @@ fn main() {
         "learner_epoch ({}): {images} images, batch {BATCH}, {rounds} rounds",
         backend::NAME
     );
+    match std::env::var("LEARNER_EPOCH_ONLY").as_deref() {
+        Ok("hand") => return println!("hand loop {:.2} s", hand_loop(&mnist, images)),
+        Ok("learner") => return println!("Learner {:.2} s", with_learner(&mnist, images)),
+        _ => {}
+    }
     let (mut hand, mut learner) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         if round % 2 == 0 {

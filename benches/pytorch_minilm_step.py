@@ -8,7 +8,9 @@ Run on the same machine, alternating with the Rust bench:
     MINILM_DIR=/path/to/all-MiniLM-L6-v2 python benches/pytorch_minilm_step.py [rounds]
 
 AdamW is PyTorch's fastest on CPU, `fused=True`. Each round times 20 steps of each variant after
-3 warm-up steps and prints the medians; full and LoRA alternate, which goes first alternating."""
+3 warm-up steps and prints the medians; full and LoRA alternate, which goes first alternating.
+Each round also times the matrix products of the LoRA step's frozen encoder alone (the list in
+the Rust bench, FROZEN_ENCODER_MATMULS), as its `minilm_lora_step_matmuls` group does."""
 import os, statistics, sys, time
 import torch
 import torch.nn as nn
@@ -59,10 +61,31 @@ def median_step(mode):
     return statistics.median(times), trainable
 
 
+# (count, batch, m, k, n) per layer, as FROZEN_ENCODER_MATMULS in benches/minilm_train_step.rs.
+FROZEN_ENCODER_MATMULS = [(8, 1, 1024, 384, 384), (2, 1, 1024, 384, 1536), (2, 1, 1024, 1536, 384),
+                          (2, 192, 64, 32, 64), (4, 192, 64, 64, 32)]
+
+
+def median_matmuls(layers=6, runs=10):
+    operands = [(torch.rand(b, m, k), torch.rand(b, k, n))
+                for count, b, m, k, n in FROZEN_ENCODER_MATMULS for _ in range(count)]
+    times = []
+    with torch.no_grad():
+        for run in range(runs + 2):
+            start = time.perf_counter()
+            for _ in range(layers):
+                for x, y in operands:
+                    torch.matmul(x, y)
+            if run >= 2:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
 for r in range(rounds):
     order = ["full", "lora"] if r % 2 == 0 else ["lora", "full"]
     results = {mode: median_step(mode) for mode in order}
     print(f"round {r}: " + ", ".join(
-        f"{m} {results[m][0] * 1e3:.0f} ms ({results[m][1]} trainable)" for m in ["full", "lora"]))
+        f"{m} {results[m][0] * 1e3:.0f} ms ({results[m][1]} trainable)" for m in ["full", "lora"])
+        + f", frozen-encoder matmuls of the LoRA step {median_matmuls() * 1e3:.0f} ms")

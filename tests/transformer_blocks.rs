@@ -360,3 +360,61 @@ fn adapters_on_query_and_value_change_the_output_toggle_off_exactly_and_merge() 
     let diff = max_abs_diff(forward(&ours), adapted);
     assert!(diff < matmul_tol(1e-4), "{diff}");
 }
+
+/// burn-lora's `Dropout` (in every block above) against Burn's: same display and record, and
+/// in training a mask of zeros and `1 / (1 - p)` with the expected share, reproducible from
+/// the backend's seed, and the same mask in the gradient.
+#[test]
+fn dropout_zeroes_and_scales_reproducibly_in_training_only() {
+    use burn::tensor::backend::Backend;
+    use common::AB;
+
+    const P: f64 = 0.25;
+    const ROWS: usize = 200;
+    const COLS: usize = 500;
+    let burn_dropout = burn::nn::DropoutConfig::new(P).init();
+    let dropout = burn_lora::nn::Dropout::from(burn_dropout.clone());
+    assert_eq!(dropout.to_string(), burn_dropout.to_string());
+    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
+    let bytes =
+        Recorder::<B>::record(&recorder, Module::<B>::into_record(burn_dropout), ()).unwrap();
+    let record = Recorder::<B>::load::<<burn_lora::nn::Dropout as Module<B>>::Record>(
+        &recorder,
+        bytes,
+        &Default::default(),
+    )
+    .expect("Burn's Dropout record loads into burn-lora's");
+    // A constant is not restored from a record, by either module: the probability stays.
+    let loaded = Module::<B>::load_record(burn_lora::nn::Dropout { prob: 0.5 }, record);
+    assert_eq!(loaded.prob, 0.5);
+
+    let device = Default::default();
+    let run = |seed: u64| {
+        AB::seed(&device, seed);
+        let x = Tensor::<AB, 2>::ones([ROWS, COLS], &device).require_grad();
+        let y = dropout.forward(x.clone());
+        let grads = y.clone().sum().backward();
+        let grad = x.grad(&grads).expect("a gradient for the input");
+        (y.into_data(), grad.into_data())
+    };
+    let (y, grad) = run(5);
+    let scale = (1.0 / (1.0 - P)) as f32;
+    let values = y.to_vec::<f32>().unwrap();
+    assert!(values.iter().all(|&v| v == 0.0 || (v - scale).abs() < 1e-6));
+    let dropped = values.iter().filter(|&&v| v == 0.0).count() as f64 / values.len() as f64;
+    // Binomial standard deviation sqrt(0.25 · 0.75 / 100000) ≈ 1.4e-3: 5 sigma is 6.8e-3.
+    assert!((dropped - P).abs() < 6.8e-3, "dropped share {dropped}");
+    // d(sum y)/dx is the mask itself.
+    grad.assert_eq(&y, true);
+    let (again, _) = run(5);
+    again.assert_eq(&y, true);
+    let (other, _) = run(6);
+    assert_ne!(other, y, "another seed gives another mask");
+
+    // Inference: the input unchanged; p = 1 zeroes everything (Burn's divides by zero).
+    let x: Tensor<B, 2> = randn([ROWS, COLS], 3);
+    assert_bit_identical(dropout.forward(x.clone()), x);
+    let all = burn_lora::nn::Dropout { prob: 1.0 }.forward(Tensor::<AB, 2>::ones([4, 4], &device));
+    all.into_data()
+        .assert_eq(&TensorData::zeros::<f32, _>([4, 4]), true);
+}

@@ -1,13 +1,14 @@
 //! [`LoraAdapter`]: one named pair of low-rank factors and the way it changes a layer's output.
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig};
+use burn::nn::DropoutConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
 use burn::tensor::{ElementConversion, Tensor};
 
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};
+use crate::nn::Dropout;
 
 /// One named low-rank adapter of a [`LoraLinear`](crate::LoraLinear): `ΔW = s · A B`.
 ///
@@ -105,7 +106,7 @@ impl<B: Backend> LoraAdapter<B> {
         Self {
             lora_a,
             lora_b,
-            dropout: DropoutConfig::new(config.dropout).init(),
+            dropout: DropoutConfig::new(config.dropout).init().into(),
             name,
             config: config.clone(),
             active: true,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use serde::Deserialize;
@@ -18,6 +18,7 @@ use crate::layers::embedding::LoraEmbedding;
 use crate::nn::transformer::{
     TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
 };
+use crate::nn::Dropout;
 use crate::LoraModel;
 
 /// Configuration of a [`Bert`], with the fields of Hugging Face's `config.json`.
@@ -154,7 +155,7 @@ impl BertConfig {
             layer_norm: LayerNormConfig::new(self.hidden_size)
                 .with_epsilon(self.layer_norm_eps)
                 .init(device),
-            dropout: DropoutConfig::new(self.hidden_dropout_prob).init(),
+            dropout: DropoutConfig::new(self.hidden_dropout_prob).init().into(),
         };
         let encoder = TransformerEncoderConfig::new(
             self.hidden_size,

@@ -12,11 +12,15 @@
 //! | `burn::nn::attention::MultiHeadAttention` | [`attention::MultiHeadAttention`] |
 //! | `burn::nn::transformer::PositionWiseFeedForward` | [`transformer::PositionWiseFeedForward`] |
 //! | `burn::nn::transformer::TransformerEncoder` | [`transformer::TransformerEncoder`] |
+//! | `burn::nn::Dropout` | [`Dropout`] (same record and arithmetic; the mask is drawn in bulk on the CPU backends) |
 //!
 //! [`LoraLinear`]: crate::LoraLinear
 
 pub mod attention;
 pub mod bert;
 pub mod cache;
+mod dropout;
 mod lora_layers;
 pub mod transformer;
+
+pub use dropout::Dropout;

@@ -193,10 +193,10 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdam {
         );
 
         let mut param = float_primitive(tensor);
-        let grad = float_primitive(grad);
+        let mut grad = float_primitive(grad);
         let mut moment_1 = float_primitive(moment_1);
         let mut moment_2 = float_primitive(moment_2);
-        let fused = fused_adam_in_place(&mut param, &grad, &mut moment_1, &mut moment_2, &c);
+        let fused = fused_adam_in_place(&mut param, &mut grad, &mut moment_1, &mut moment_2, &c);
 
         let [param, grad, moment_1, moment_2] = [param, grad, moment_1, moment_2]
             .map(|p| Tensor::from_primitive(TensorPrimitive::Float(p)));

@@ -12,9 +12,11 @@ use crate::kernel::AdamCoefficients;
 
 /// Runs the fused update on the buffers of `param`, `grad`, `moment_1` and `moment_2` if the
 /// backend keeps them in host memory. Returns whether it did; on `false` nothing was changed.
+/// `grad` is consumed by the step: on `true` it may hold anything (on Flex, a shared parameter
+/// is updated into the gradient's buffer and the two are swapped).
 pub(crate) fn fused_adam_in_place<P: Any>(
     param: &mut P,
-    grad: &P,
+    grad: &mut P,
     moment_1: &mut P,
     moment_2: &mut P,
     coefficients: &AdamCoefficients,
@@ -35,13 +37,13 @@ pub(crate) fn fused_adam_in_place<P: Any>(
 #[allow(dead_code)] // unused when neither CPU backend is compiled in
 fn downcast<'a, P: Any, T: Any>(
     param: &'a mut P,
-    grad: &'a P,
+    grad: &'a mut P,
     moment_1: &'a mut P,
     moment_2: &'a mut P,
-) -> Option<(&'a mut T, &'a T, &'a mut T, &'a mut T)> {
+) -> Option<(&'a mut T, &'a mut T, &'a mut T, &'a mut T)> {
     Some((
         (param as &mut dyn Any).downcast_mut::<T>()?,
-        (grad as &dyn Any).downcast_ref::<T>()?,
+        (grad as &mut dyn Any).downcast_mut::<T>()?,
         (moment_1 as &mut dyn Any).downcast_mut::<T>()?,
         (moment_2 as &mut dyn Any).downcast_mut::<T>()?,
     ))
@@ -58,7 +60,7 @@ mod ndarray {
     /// the tensors cannot be fused (another dtype, a non-standard layout).
     pub(super) fn fused(
         param: &mut NdArrayTensor,
-        grad: &NdArrayTensor,
+        grad: &mut NdArrayTensor,
         moment_1: &mut NdArrayTensor,
         moment_2: &mut NdArrayTensor,
         coefficients: &AdamCoefficients,
@@ -106,9 +108,9 @@ mod ndarray {
 #[cfg(feature = "flex")]
 mod flex {
     use burn::backend::flex::FlexTensor;
-    use burn::tensor::{DType, TensorData};
+    use burn::tensor::DType;
 
-    use crate::kernel::{adam_update, adam_update_into, AdamCoefficients};
+    use crate::kernel::{adam_update, adam_update_over_grad, AdamCoefficients};
 
     /// The contiguous `f32` range of a tensor's buffer, if it has one of this shape.
     fn f32_range(tensor: &FlexTensor, shape: &[usize]) -> Option<(usize, usize)> {
@@ -122,7 +124,7 @@ mod flex {
     /// the tensors cannot be fused (another dtype, a non-contiguous layout).
     pub(super) fn fused(
         param: &mut FlexTensor,
-        grad: &FlexTensor,
+        grad: &mut FlexTensor,
         moment_1: &mut FlexTensor,
         moment_2: &mut FlexTensor,
         coefficients: &AdamCoefficients,
@@ -138,18 +140,20 @@ mod flex {
             return false;
         };
         if !param.is_unique() {
-            // Another holder keeps the old values: write the new ones to a fresh buffer rather
-            // than copying the old ones first (`storage_mut`'s copy-on-write).
-            let mut updated = Vec::with_capacity(p.1 - p.0);
-            adam_update_into(
-                &mut updated,
+            // Another holder keeps the old values (burn-train's Learner holds its copy of the
+            // model during the step). Rather than copying them (`storage_mut`'s copy-on-write)
+            // or allocating a fresh buffer (page faults and zeroing on every step, a third of a
+            // small model's step), write the new values over the gradient, which this step
+            // consumes, and hand its buffer back as the parameter. A gradient that is itself
+            // shared is copied first by `storage_mut`, so its other holders see no change.
+            adam_update_over_grad(
                 &param.storage::<f32>()[p.0..p.1],
-                &grad.storage::<f32>()[g.0..g.1],
+                &mut grad.storage_mut::<f32>()[g.0..g.1],
                 &mut moment_1.storage_mut::<f32>()[m.0..m.1],
                 &mut moment_2.storage_mut::<f32>()[v.0..v.1],
                 coefficients,
             );
-            *param = FlexTensor::from_data(TensorData::new(updated, shape));
+            core::mem::swap(param, grad);
             return true;
         }
         // `storage_mut` copies a shared buffer first (copy-on-write).
@@ -205,12 +209,12 @@ mod tests {
     fn host_backend_tensors_are_updated_in_place() {
         let data: Vec<f32> = (0..6).map(|i| i as f32).collect();
         let mut p = primitive(tensor(&data, [2, 3]));
-        let g = primitive(tensor(&[1.0; 6], [2, 3]));
+        let mut g = primitive(tensor(&[1.0; 6], [2, 3]));
         let (mut m, mut v) = (
             primitive(tensor(&[0.0; 6], [2, 3])),
             primitive(tensor(&[0.0; 6], [2, 3])),
         );
-        assert!(fused_adam_in_place(&mut p, &g, &mut m, &mut v, &C));
+        assert!(fused_adam_in_place(&mut p, &mut g, &mut m, &mut v, &C));
         let expected: Vec<f32> = data
             .iter()
             .map(|x| x - 0.1 * 0.1 / (0.001f32.sqrt() + 1e-8))
@@ -226,38 +230,50 @@ mod tests {
     fn a_transposed_gradient_is_left_to_the_tensor_path_untouched() {
         let mut p = primitive(tensor(&[1.0; 6], [2, 3]));
         // Same shape as `p`, but column-major in memory.
-        let g = primitive(tensor(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [3, 2]).transpose());
+        let mut g = primitive(tensor(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [3, 2]).transpose());
         let (mut m, mut v) = (
             primitive(tensor(&[0.0; 6], [2, 3])),
             primitive(tensor(&[0.0; 6], [2, 3])),
         );
-        assert!(!fused_adam_in_place(&mut p, &g, &mut m, &mut v, &C));
+        assert!(!fused_adam_in_place(&mut p, &mut g, &mut m, &mut v, &C));
         assert_eq!(values(p), vec![1.0; 6]);
         assert_eq!(values(m), vec![0.0; 6]);
     }
 
     #[test]
-    fn a_shared_buffer_is_copied_before_the_update() {
-        let original = tensor(&[1.0; 6], [2, 3]);
-        let mut p = primitive(original.clone());
-        let g = primitive(tensor(&[1.0; 6], [2, 3]));
-        let (mut m, mut v) = (
-            primitive(tensor(&[0.0; 6], [2, 3])),
-            primitive(tensor(&[0.0; 6], [2, 3])),
-        );
-        assert!(fused_adam_in_place(&mut p, &g, &mut m, &mut v, &C));
-        assert_eq!(original.into_data().to_vec::<f32>().unwrap(), vec![1.0; 6]);
-        assert!(values(p.clone()).iter().all(|&x| x < 1.0));
-
-        // Bit for bit what the update of an unshared buffer gives.
+    fn a_shared_parameter_is_updated_without_touching_its_other_holders() {
+        let state = || {
+            (
+                primitive(tensor(&[0.0; 6], [2, 3])),
+                primitive(tensor(&[0.0; 6], [2, 3])),
+            )
+        };
+        // Reference: nothing shared, updated in place.
         let mut q = primitive(tensor(&[1.0; 6], [2, 3]));
-        let (mut m2, mut v2) = (
-            primitive(tensor(&[0.0; 6], [2, 3])),
-            primitive(tensor(&[0.0; 6], [2, 3])),
-        );
-        assert!(fused_adam_in_place(&mut q, &g, &mut m2, &mut v2, &C));
-        assert_eq!(values(p), values(q));
-        assert_eq!(values(m), values(m2));
-        assert_eq!(values(v), values(v2));
+        let mut g = primitive(tensor(&[1.0; 6], [2, 3]));
+        let (mut m_q, mut v_q) = state();
+        assert!(fused_adam_in_place(&mut q, &mut g, &mut m_q, &mut v_q, &C));
+        assert!(values(q.clone()).iter().all(|&x| x < 1.0));
+
+        // The parameter shared (as the Learner's copy of the model shares it), the gradient
+        // shared or not: the other holders keep their values, and the results are bit for bit
+        // the reference's.
+        let original = tensor(&[1.0; 6], [2, 3]);
+        let gradient = tensor(&[1.0; 6], [2, 3]);
+        for share_gradient in [false, true] {
+            let mut p = primitive(original.clone());
+            let mut g = if share_gradient {
+                primitive(gradient.clone())
+            } else {
+                primitive(tensor(&[1.0; 6], [2, 3]))
+            };
+            let (mut m, mut v) = state();
+            assert!(fused_adam_in_place(&mut p, &mut g, &mut m, &mut v, &C));
+            assert_eq!(values(p), values(q.clone()));
+            assert_eq!(values(m), values(m_q.clone()));
+            assert_eq!(values(v), values(v_q.clone()));
+        }
+        assert_eq!(original.into_data().to_vec::<f32>().unwrap(), vec![1.0; 6]);
+        assert_eq!(gradient.into_data().to_vec::<f32>().unwrap(), vec![1.0; 6]);
     }
 }

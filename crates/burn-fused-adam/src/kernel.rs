@@ -93,12 +93,12 @@ pub(crate) fn adam_update(
 }
 
 /// The same update when `param` is shared with another holder (burn-train's Learner keeps its
-/// copy of the model during the step): the new values are written to `out` (cleared first)
-/// instead of copying `param` and then updating the copy, one pass over memory fewer.
-pub(crate) fn adam_update_into(
-    out: &mut Vec<f32>,
+/// copy of the model during the step): the gradient, read once and not needed afterwards, is
+/// overwritten with the new parameter values, so the caller hands the gradient's buffer back as
+/// the parameter. No buffer is allocated, zeroed or copied.
+pub(crate) fn adam_update_over_grad(
     param: &[f32],
-    grad: &[f32],
+    grad: &mut [f32],
     moment_1: &mut [f32],
     moment_2: &mut [f32],
     c: &AdamCoefficients,
@@ -106,55 +106,51 @@ pub(crate) fn adam_update_into(
     debug_assert!(
         grad.len() == param.len() && moment_1.len() == param.len() && moment_2.len() == param.len()
     );
-    out.clear();
-    out.resize(param.len(), 0.0);
     if param.len() < 2 * CHUNK {
-        update_chunk_into(out, param, grad, moment_1, moment_2, c);
+        update_chunk_over_grad(param, grad, moment_1, moment_2, c);
         return;
     }
-    out.par_chunks_mut(CHUNK)
-        .zip(param.par_chunks(CHUNK))
-        .zip(grad.par_chunks(CHUNK))
+    param
+        .par_chunks(CHUNK)
+        .zip(grad.par_chunks_mut(CHUNK))
         .zip(moment_1.par_chunks_mut(CHUNK))
         .zip(moment_2.par_chunks_mut(CHUNK))
-        .for_each(|((((out, p), g), m), v)| update_chunk_into(out, p, g, m, v, c));
+        .for_each(|(((p, g), m), v)| update_chunk_over_grad(p, g, m, v, c));
 }
 
-/// [`update_chunk`] writing the parameter to `out`.
-fn update_chunk_into(
-    out: &mut [f32],
+/// [`update_chunk`] reading the parameter from `p` and writing it over `g`.
+fn update_chunk_over_grad(
     p: &[f32],
-    g: &[f32],
+    g: &mut [f32],
     m: &mut [f32],
     v: &mut [f32],
     c: &AdamCoefficients,
 ) {
     if c.l2_penalty != 0.0 {
-        update_loop_into::<true>(out, p, g, m, v, c);
+        update_loop_over_grad::<true>(p, g, m, v, c);
     } else {
-        update_loop_into::<false>(out, p, g, m, v, c);
+        update_loop_over_grad::<false>(p, g, m, v, c);
     }
 }
 
-/// [`update_loop`] reading the parameter from `p` and writing it to `out`.
+/// [`update_loop`] reading the parameter from `p` and writing it over `g`.
 #[inline(always)]
-fn update_loop_into<const L2: bool>(
-    out: &mut [f32],
+fn update_loop_over_grad<const L2: bool>(
     p: &[f32],
-    g: &[f32],
+    g: &mut [f32],
     m: &mut [f32],
     v: &mut [f32],
     c: &AdamCoefficients,
 ) {
-    let elements = out
-        .iter_mut()
-        .zip(p)
-        .zip(g)
+    for (((&p, slot), m), v) in p
+        .iter()
+        .zip(g.iter_mut())
         .zip(m.iter_mut())
-        .zip(v.iter_mut());
-    for ((((out, &p), &g), m), v) in elements {
-        *out = p;
-        update_element::<L2>(out, g, m, v, c);
+        .zip(v.iter_mut())
+    {
+        let grad = *slot;
+        *slot = p;
+        update_element::<L2>(slot, grad, m, v, c);
     }
 }
 

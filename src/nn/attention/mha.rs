@@ -2,12 +2,13 @@
 
 use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Initializer, Module, ModuleDisplay};
-use burn::nn::{Dropout, DropoutConfig, Gelu, LinearConfig};
+use burn::nn::{DropoutConfig, Gelu, LinearConfig};
 use burn::tensor::activation::{quiet_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
 
 use super::{MhaCache, MhaInput, MhaOutput};
+use crate::nn::Dropout;
 use crate::LoraLinear;
 
 /// Configuration of a [`MultiHeadAttention`]: Burn's `MultiHeadAttentionConfig`, field for
@@ -85,7 +86,7 @@ impl MultiHeadAttentionConfig {
             key: linear(),
             value: linear(),
             output: linear(),
-            dropout: DropoutConfig::new(self.dropout).init(),
+            dropout: DropoutConfig::new(self.dropout).init().into(),
             activation: Gelu::new(),
             d_model: self.d_model,
             n_heads: self.n_heads,

@@ -1,7 +1,7 @@
 //! [`TransformerEncoderLayer`]: self-attention and feed-forward with residuals and layer norms.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{DropoutConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
 
@@ -11,6 +11,7 @@ use super::{
 };
 use crate::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
 use crate::nn::cache::autoregressive_or_direct;
+use crate::nn::Dropout;
 
 /// One encoder layer, as Burn's `TransformerEncoderLayer` (same fields, same order).
 ///
@@ -51,7 +52,7 @@ impl<B: Backend> TransformerEncoderLayer<B> {
                 .init(device)
         };
         let (norm_1, norm_2) = (norm(), norm());
-        let dropout = DropoutConfig::new(config.dropout).init();
+        let dropout = DropoutConfig::new(config.dropout).init().into();
         let pwff = PositionWiseFeedForwardConfig::new(config.d_model, config.d_ff)
             .with_initializer(config.initializer.clone())
             .with_dropout(config.dropout)

@@ -3,10 +3,11 @@
 use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Initializer, Module, ModuleDisplay};
 use burn::nn::activation::{Activation, ActivationConfig};
-use burn::nn::{Dropout, DropoutConfig, LinearConfig};
+use burn::nn::{DropoutConfig, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::nn::Dropout;
 use crate::LoraLinear;
 
 /// Configuration of a [`PositionWiseFeedForward`]: Burn's `PositionWiseFeedForwardConfig`,
@@ -66,7 +67,7 @@ impl PositionWiseFeedForwardConfig {
         PositionWiseFeedForward {
             linear_inner: linear(self.d_model, self.d_ff),
             linear_outer: linear(self.d_ff, self.d_model),
-            dropout: DropoutConfig::new(self.dropout).init(),
+            dropout: DropoutConfig::new(self.dropout).init().into(),
             activation: self.activation.init(device),
         }
     }
