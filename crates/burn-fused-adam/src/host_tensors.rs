@@ -54,7 +54,7 @@ fn downcast<'a, P: Any, T: Any>(
 mod ndarray {
     use burn::backend::ndarray::NdArrayTensor;
 
-    use crate::kernel::{adam_update, AdamCoefficients};
+    use crate::kernel::{adam_update, adam_update_over_grad, AdamCoefficients};
 
     /// Updates in place and returns `true`, or returns `false` without changing anything when
     /// the tensors cannot be fused (another dtype, a non-standard layout).
@@ -74,25 +74,44 @@ mod ndarray {
         else {
             return false;
         };
-        let grad = grad.view();
-        let shape = grad.shape();
+        let grad_view = grad.view();
+        let shape = grad_view.shape();
         // The storage type is private to burn-ndarray, so the check is a macro, not a closure.
         macro_rules! standard {
             ($s:expr) => {
                 $s.shape() == shape && $s.view().is_standard_layout()
             };
         }
-        if !(grad.is_standard_layout()
+        if !(grad_view.is_standard_layout()
             && standard!(param)
             && standard!(moment_1)
             && standard!(moment_2))
         {
             return false;
         }
+        drop(grad_view);
+        if !param.is_unique() {
+            // As on Flex: rather than copying a parameter that another holder keeps, write the
+            // new values over the gradient (copied first if it is shared) and swap the two.
+            let param_view = param.view();
+            let (Some(param_values), Some(grad_values), Some(moment_1), Some(moment_2)) = (
+                param_view.to_slice(),
+                grad.ensure_owned().as_slice_mut(),
+                moment_1.ensure_owned().as_slice_mut(),
+                moment_2.ensure_owned().as_slice_mut(),
+            ) else {
+                return false;
+            };
+            adam_update_over_grad(param_values, grad_values, moment_1, moment_2, coefficients);
+            drop(param_view);
+            core::mem::swap(param, grad);
+            return true;
+        }
         // `as_slice_mut` copies a shared buffer first (copy-on-write), so other holders of the
         // same data never see the update.
+        let grad_view = grad.view();
         let (Some(grad), Some(param), Some(moment_1), Some(moment_2)) = (
-            grad.to_slice(),
+            grad_view.to_slice(),
             param.ensure_owned().as_slice_mut(),
             moment_1.ensure_owned().as_slice_mut(),
             moment_2.ensure_owned().as_slice_mut(),
