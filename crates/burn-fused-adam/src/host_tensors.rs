@@ -12,8 +12,8 @@ use crate::kernel::AdamCoefficients;
 
 /// Runs the fused update on the buffers of `param`, `grad`, `moment_1` and `moment_2` if the
 /// backend keeps them in host memory. Returns whether it did; on `false` nothing was changed.
-/// `grad` is consumed by the step: on `true` it may hold anything (on Flex, a shared parameter
-/// is updated into the gradient's buffer and the two are swapped).
+/// `grad` is consumed by the step: on `true` it may hold anything (a shared parameter is
+/// updated into the gradient's buffer and the two are swapped).
 pub(crate) fn fused_adam_in_place<P: Any>(
     param: &mut P,
     grad: &mut P,
