@@ -20,8 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
-use burn::data::dataset::transform::{PartialDataset, ShuffledDataset};
-use burn::data::dataset::{Dataset, InMemDataset};
+use burn::data::dataset::Dataset;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -37,6 +36,7 @@ use clap::Parser;
 use common::learner::{fit, FitSettings};
 use common::peak_heap::PeakHeap;
 use common::text_classifier::{Mode, SentenceClassifier};
+use common::{folder, sample};
 use safetensors::tensor::{Dtype, TensorView};
 
 #[global_allocator]
@@ -378,33 +378,4 @@ fn table(rows: &[Row]) -> String {
         }
     }
     out
-}
-
-/// `items`, or a seeded sample of `limit` of them.
-fn sample(
-    items: InMemDataset<TokenizedItem>,
-    limit: Option<usize>,
-    seed: u64,
-) -> Arc<dyn Dataset<TokenizedItem>> {
-    match limit {
-        Some(n) if n < items.len() => {
-            Arc::new(PartialDataset::new(ShuffledDataset::new(items, seed), 0, n))
-        }
-        _ => Arc::new(items),
-    }
-}
-
-/// `given`, else the folder in `var`, else an error naming both.
-fn folder(given: Option<PathBuf>, var: &str, flag: &str) -> Result<PathBuf, String> {
-    let dir = given
-        .or_else(|| std::env::var_os(var).map(PathBuf::from))
-        .ok_or_else(|| format!("no folder given: pass {flag} <folder> or set {var}"))?;
-    if dir.is_dir() {
-        Ok(dir)
-    } else {
-        Err(format!(
-            "{} is not a folder ({flag} / {var})",
-            dir.display()
-        ))
-    }
 }

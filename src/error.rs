@@ -155,6 +155,10 @@ pub enum LoraError {
     /// The SVD routine failed to converge.
     #[error("SVD failed: {0}")]
     SvdFailed(String),
+    /// A request a model cannot run: an empty batch, a token id outside the vocabulary, a
+    /// sequence longer than the model's positions, a row count that does not match.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
 }
 
 /// `Result` with [`LoraError`] as the error.

@@ -82,8 +82,11 @@ pub use io::adapter_file::{load_adapter, save_adapter, ADAPTER_CONFIG_FILE, ADAP
 pub use io::checkpoint::save_checkpoint;
 pub use io::path_map::PathMap;
 pub use io::peft_config::{PeftConfig, TargetModules};
-pub use io::pytorch_checkpoint::{load_pytorch_checkpoint, LoadOptions, LoadReport};
+pub use io::pytorch_checkpoint::{
+    load_pytorch_checkpoint, load_pytorch_shards, LoadOptions, LoadReport,
+};
 pub use layers::adapter::LoraAdapter;
+pub use layers::adapter_batch::{AdapterBatch, BASE_ADAPTER};
 pub use layers::conv2d::{LoraConv2d, LoraConv2dConfig};
 pub use layers::embedding::{LoraEmbedding, LoraEmbeddingConfig};
 pub use layers::layer::{LayerKind, LoraLayer};

@@ -73,11 +73,7 @@ where
     TI: Send + 'static,
     VI: Send + 'static,
 {
-    let config = match settings.weight_decay {
-        Some(weight_decay) => FusedAdamConfig::adamw(weight_decay),
-        None => FusedAdamConfig::new(),
-    };
-    let optim = config.init::<Train, M>()?;
+    let optim = optimizer(settings).init::<Train, M>()?;
     let mut training = SupervisedTraining::new(&settings.dir, train, valid)
         .metrics((LossMetric::new(), AccuracyMetric::new()))
         .num_epochs(settings.epochs)
@@ -89,4 +85,12 @@ where
     }
     let result = training.launch(Learner::new(model, optim, settings.lr));
     Ok(result.model)
+}
+
+/// Adam, or AdamW when `settings` has a weight decay (PyTorch's defaults, the fused update).
+pub fn optimizer(settings: &FitSettings) -> FusedAdamConfig {
+    match settings.weight_decay {
+        Some(weight_decay) => FusedAdamConfig::adamw(weight_decay),
+        None => FusedAdamConfig::new(),
+    }
 }

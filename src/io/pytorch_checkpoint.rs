@@ -170,6 +170,29 @@ pub fn load_pytorch_checkpoint<B: Backend, M: Module<B>>(
     paths: &PathMap,
     options: &LoadOptions,
 ) -> Result<LoadReport> {
+    load_pytorch_shards(model, &[file], paths, options)
+}
+
+/// [`load_pytorch_checkpoint`] from a state dict split over several safetensors files (the
+/// shards a `model.safetensors.index.json` lists): every key is looked for in every shard, each
+/// key must live in one shard only, and "every key accounted for" covers all of them.
+///
+/// # Errors
+/// As [`load_pytorch_checkpoint`], and [`LoraError::InvalidFile`] when no file is given or a key
+/// stands in two shards.
+pub fn load_pytorch_shards<B: Backend, M: Module<B>>(
+    model: &mut M,
+    files: &[&Path],
+    paths: &PathMap,
+    options: &LoadOptions,
+) -> Result<LoadReport> {
+    let Some(first) = files.first() else {
+        return Err(LoraError::InvalidFile {
+            path: String::new(),
+            format: "safetensors".into(),
+            reason: "no checkpoint file given".into(),
+        });
+    };
     let mut lister = ParamLister::default();
     model.visit(&mut lister);
     let mut targets = Vec::with_capacity(lister.params.len());
@@ -190,9 +213,33 @@ pub fn load_pytorch_checkpoint<B: Backend, M: Module<B>>(
         }
     }
 
-    let bytes = read_bytes(file)?;
-    let tensors = parse_safetensors(file, &bytes)?;
-    let name = file.display().to_string();
+    let bytes = files
+        .iter()
+        .map(|file| read_bytes(file))
+        .collect::<Result<Vec<_>>>()?;
+    let shards = files
+        .iter()
+        .zip(&bytes)
+        .map(|(file, bytes)| parse_safetensors(file, bytes))
+        .collect::<Result<Vec<_>>>()?;
+    // Which shard holds each key.
+    let mut shard_of: HashMap<String, usize> = HashMap::new();
+    for (index, shard) in shards.iter().enumerate() {
+        for key in shard.names() {
+            if let Some(other) = shard_of.insert(key.to_string(), index) {
+                return Err(LoraError::InvalidFile {
+                    path: files[index].display().to_string(),
+                    format: "safetensors".into(),
+                    reason: format!("tensor \"{key}\" is also in {}", files[other].display()),
+                });
+            }
+        }
+    }
+    let name = if files.len() == 1 {
+        first.display().to_string()
+    } else {
+        format!("{} (and {} more shards)", first.display(), files.len() - 1)
+    };
     let mut report = LoadReport::default();
     let mut used: HashSet<String> = HashSet::new();
     let mut missing: HashSet<String> = HashSet::new();
@@ -200,7 +247,10 @@ pub fn load_pytorch_checkpoint<B: Backend, M: Module<B>>(
     let mut values: HashMap<String, TensorData> = HashMap::new();
     for (param, key, transpose, pytorch_only) in targets {
         pytorch_only_keys.extend(pytorch_only);
-        let Ok(view) = tensors.tensor(&key) else {
+        let found = shard_of
+            .get(&key)
+            .and_then(|&index| Some((files[index], shards[index].tensor(&key).ok()?)));
+        let Some((file, view)) = found else {
             if !options.allows_missing(&key) {
                 return Err(LoraError::MissingKey { path: name, key });
             }
@@ -215,7 +265,7 @@ pub fn load_pytorch_checkpoint<B: Backend, M: Module<B>>(
         }
         if view.shape() != expected.as_slice() {
             return Err(LoraError::ShapeMismatch {
-                what: format!("{name}: tensor \"{key}\""),
+                what: format!("{}: tensor \"{key}\"", file.display()),
                 expected,
                 found: view.shape().to_vec(),
             });
@@ -232,11 +282,10 @@ pub fn load_pytorch_checkpoint<B: Backend, M: Module<B>>(
         }
     }
 
-    let mut unused: Vec<String> = tensors
-        .names()
-        .into_iter()
+    let mut unused: Vec<String> = shard_of
+        .keys()
         .filter(|key| !used.contains(*key))
-        .map(str::to_string)
+        .cloned()
         .collect();
     unused.sort();
     if let Some(key) = unused

@@ -11,6 +11,7 @@ use burn::tensor::Tensor;
 
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter::{ensure_finite, LoraAdapter};
+use crate::layers::adapter_batch::{add_grouped_updates, check_batch, AdapterBatch};
 use crate::layers::layer::{shared_layer_methods, LayerKind, LoraLayer};
 use crate::layers::linear::replace_value;
 
@@ -216,6 +217,37 @@ impl<B: Backend> LoraConv2d<B> {
         active.into_iter().fold(base, |output, adapter| {
             output + self.adapter_output(adapter, input.clone(), &options)
         })
+    }
+
+    /// A forward in which each image of the batch runs the adapter `batch` names for it, or the
+    /// base alone: the base convolution once for every image, then each adapter's two
+    /// convolutions on its own images (see [`AdapterBatch`]).
+    ///
+    /// # Shapes
+    /// - input: `[rows, channels_in, height, width]` with `rows = batch.rows()`
+    /// - output: `[rows, channels_out, height_out, width_out]`
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidInput`] when the input does not have `batch.rows()` images,
+    /// [`LoraError::Merged`] while merged.
+    pub fn forward_adapters(
+        &self,
+        input: Tensor<B, 4>,
+        batch: &AdapterBatch,
+    ) -> LoraResult<Tensor<B, 4>> {
+        if !check_batch(self, batch, input.dims()[0])? {
+            return Ok(self.forward_base(input));
+        }
+        let options = self.options(&input);
+        let base = self.forward_base(input.clone());
+        Ok(add_grouped_updates(
+            self,
+            batch,
+            base,
+            input,
+            |x, rows| x.select(0, rows),
+            |adapter, x| self.adapter_output(adapter, x, &options),
+        ))
     }
 
     /// Whether `forward` should fold the active adapters into the kernel for this input

@@ -10,6 +10,7 @@ use burn::tensor::{Distribution, Int, Tensor};
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter::{ensure_finite, LoraAdapter};
+use crate::layers::adapter_batch::{add_grouped_updates, check_batch, AdapterBatch};
 use crate::layers::layer::{shared_layer_methods, LayerKind, LoraLayer};
 use crate::layers::linear::replace_value;
 
@@ -137,6 +138,36 @@ impl<B: Backend> LoraEmbedding<B> {
         active.fold(base, |output, adapter| {
             output + adapter_rows(adapter, ids.clone())
         })
+    }
+
+    /// A forward in which each row of `ids` runs the adapter `batch` names for it, or the base
+    /// alone: the lookup once for every row, then each adapter's update on its own rows (see
+    /// [`AdapterBatch`]).
+    ///
+    /// # Shapes
+    /// - ids: `[rows, seq]` with `rows = batch.rows()`
+    /// - output: `[rows, seq, d_model]`
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidInput`] when `ids` does not have `batch.rows()` rows,
+    /// [`LoraError::Merged`] while merged.
+    pub fn forward_adapters(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        batch: &AdapterBatch,
+    ) -> LoraResult<Tensor<B, 3>> {
+        if !check_batch(self, batch, ids.dims()[0])? {
+            return Ok(self.forward_base(ids));
+        }
+        let base = self.forward_base(ids.clone());
+        Ok(add_grouped_updates(
+            self,
+            batch,
+            base,
+            ids,
+            |ids, rows| ids.select(0, rows),
+            adapter_rows,
+        ))
     }
 
     /// The base table alone, `W[ids]`, whatever the adapters' state (merged ones included).

@@ -9,6 +9,7 @@ use burn::tensor::Tensor;
 
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter::LoraAdapter;
+use crate::layers::adapter_batch::{add_grouped_updates, check_batch, AdapterBatch};
 use crate::layers::layer::{shared_layer_methods, LayerKind, LoraLayer};
 
 /// Configuration to create a fresh [`LoraLinear`] (a randomly initialised base, no adapter yet).
@@ -138,6 +139,12 @@ impl<B: Backend> LoraLinear<B> {
     /// [`forward`](Self::forward) after checking the input's last dimension is `d_input`:
     /// a wrong width is [`LoraError::ShapeMismatch`] instead of a panic inside the matmul.
     pub fn try_forward<const D: usize>(&self, input: Tensor<B, D>) -> LoraResult<Tensor<B, D>> {
+        self.check_input(&input)?;
+        Ok(self.forward(input))
+    }
+
+    /// [`LoraError::ShapeMismatch`] unless the input's last dimension is `d_input`.
+    fn check_input<const D: usize>(&self, input: &Tensor<B, D>) -> LoraResult<()> {
         let dims = input.dims();
         if dims.last() != Some(&self.d_input()) {
             let mut expected = dims.to_vec();
@@ -150,7 +157,38 @@ impl<B: Backend> LoraLinear<B> {
                 found: dims.to_vec(),
             });
         }
-        Ok(self.forward(input))
+        Ok(())
+    }
+
+    /// A forward in which each row of the batch (dimension 0) runs the adapter `batch` names for
+    /// it, or the base alone: the base once for every row, then each adapter's two skinny
+    /// matmuls on its own rows (see [`AdapterBatch`]).
+    ///
+    /// # Shapes
+    /// - input: `[rows, ..., d_input]` with `rows = batch.rows()`
+    /// - output: `[rows, ..., d_output]`
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidInput`] when the input does not have `batch.rows()` rows,
+    /// [`LoraError::ShapeMismatch`] for a wrong width, [`LoraError::Merged`] while merged.
+    pub fn forward_adapters<const D: usize>(
+        &self,
+        input: Tensor<B, D>,
+        batch: &AdapterBatch,
+    ) -> LoraResult<Tensor<B, D>> {
+        self.check_input(&input)?;
+        if !check_batch(self, batch, input.dims()[0])? {
+            return Ok(self.forward_base(input));
+        }
+        let base = self.forward_base(input.clone());
+        Ok(add_grouped_updates(
+            self,
+            batch,
+            base,
+            input,
+            |x, rows| x.select(0, rows),
+            |adapter, x| adapter.forward(x),
+        ))
     }
 
     /// The base layer alone, `x W + b`, whatever the adapters' state (merged ones included).

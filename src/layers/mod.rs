@@ -2,6 +2,7 @@
 //! adapter, and each adapted layer with its merge beside `forward`.
 
 pub(crate) mod adapter;
+pub(crate) mod adapter_batch;
 pub(crate) mod conv2d;
 pub(crate) mod embedding;
 pub(crate) mod layer;

@@ -9,6 +9,7 @@ use burn::tensor::Tensor;
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};
 use crate::layers::adapter::checked_name;
+use crate::layers::adapter_batch::AdapterBatch;
 use crate::layers::layer::LoraLayer;
 use crate::model::paths::{checked_layers_mut, lora_layer_paths, module_paths};
 use crate::model::report::{parameter_report, ParameterReport};
@@ -174,6 +175,33 @@ pub trait LoraModel<B: Backend>: Module<B> + VisitLoraLayers<B> {
             layer.set_active_adapters(names)?;
         }
         Ok(())
+    }
+
+    /// The [`AdapterBatch`] for one adapter name per row (PEFT's `adapter_names`;
+    /// [`BASE_ADAPTER`](crate::BASE_ADAPTER) for the base alone), checked against this model:
+    /// every name is an adapter of some layer, nothing is merged. Models whose forward takes a
+    /// batch (the causal LMs of [`nn::llama`](crate::nn::llama), a model of your own calling
+    /// [`LoraLinear::forward_adapters`](crate::LoraLinear::forward_adapters)) then run each row
+    /// with its own adapter.
+    ///
+    /// # Errors
+    /// [`LoraError::UnknownAdapter`] for a name no layer holds, [`LoraError::Merged`] while
+    /// merged, and [`AdapterBatch::new`]'s errors.
+    fn adapter_batch<S: AsRef<str>>(&self, names: &[S]) -> Result<AdapterBatch>
+    where
+        Self: Sized,
+    {
+        let batch = AdapterBatch::new(names)?;
+        check_unmerged(self.lora_layers())?;
+        let layers = self.lora_layers();
+        if let Some(unknown) = batch
+            .adapter_names()
+            .into_iter()
+            .find(|name| !layers.iter().any(|l| l.adapter(name).is_some()))
+        {
+            return Err(LoraError::UnknownAdapter(unknown.to_string()));
+        }
+        Ok(batch)
     }
 
     /// Removes adapter `name` from every layer that has it. Fails, changing nothing, if no layer

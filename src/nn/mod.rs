@@ -19,7 +19,9 @@
 pub mod attention;
 pub mod bert;
 pub mod cache;
+pub mod decoder;
 mod dropout;
+pub mod llama;
 mod lora_layers;
 pub mod transformer;
 

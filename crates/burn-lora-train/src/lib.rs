@@ -15,11 +15,15 @@
 //! devices, distributed) are Burn's, unchanged: a LoRA model is an ordinary module whose
 //! frozen parameters have no gradient, so each strategy trains only the adapters.
 
+mod causal_lm;
 mod error;
 mod loader;
 mod record;
 mod trainable_only;
 
+pub use causal_lm::{
+    CausalLmBatch, CausalLmBatcher, CausalLmItem, CausalLmOutput, CausalLmStats, CausalLmTrainer,
+};
 pub use error::{Result, TrainError};
 pub use loader::{EpochDataLoader, EpochDataLoaderBuilder};
 pub use record::{TrainableParamRecord, TrainableRecord};

@@ -21,9 +21,11 @@
 //! ```
 
 mod batch;
+mod causal_tokenizer;
 mod fortunes;
 mod tokenizer;
 
 pub use batch::{PadTo, TextBatch, TextBatcher, TokenizedItem};
+pub use causal_tokenizer::CausalTokenizer;
 pub use fortunes::{FortuneCorpus, FortuneItem, TEST_EVERY};
 pub use tokenizer::BertTokenizer;

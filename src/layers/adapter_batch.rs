@@ -1,0 +1,234 @@
+//! [`AdapterBatch`]: which adapter each row of a batch runs (PEFT's `adapter_names`), and the
+//! grouped computation that serves many adapters in one forward.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+
+use crate::error::{LoraError, Result};
+use crate::layers::adapter::LoraAdapter;
+use crate::layers::layer::LoraLayer;
+
+/// The name that selects no adapter for a row: the bare base (PEFT's `"__base__"`).
+pub const BASE_ADAPTER: &str = "__base__";
+
+/// Which adapter each row of a batch runs, as PEFT's `adapter_names=[...]`: one name per row, or
+/// [`BASE_ADAPTER`] for the base alone.
+///
+/// A layer given a batch computes its base once for every row, then, for each adapter, its two
+/// skinny matmuls on that adapter's rows only (gathered, and added back in place), as Punica's
+/// SGMV and S-LoRA do: the cost is the base plus `O(rows · r · (d_in + d_out))` per adapter,
+/// never one full forward per adapter. A layer that does not hold an adapter named in the batch
+/// runs the base for its rows (as PEFT does when an adapter targets fewer modules).
+///
+/// The selection ignores which adapters are active; it does need the layers enabled and
+/// unmerged.
+///
+/// ```
+/// use burn_lora::AdapterBatch;
+///
+/// let batch = AdapterBatch::new(&["task_a", "task_b", "__base__", "task_a"])?;
+/// assert_eq!(batch.rows(), 4);
+/// assert_eq!(batch.adapter_names(), vec!["task_a", "task_b"]);
+/// assert_eq!(batch.row_adapter(2), None);
+/// # Ok::<(), burn_lora::LoraError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterBatch {
+    /// One entry per row: the adapter's index in `groups`, or `None` for the base.
+    rows: Vec<Option<usize>>,
+    /// Each adapter named, in order of first appearance, with its rows in increasing order.
+    groups: Vec<(String, Vec<usize>)>,
+}
+
+impl AdapterBatch {
+    /// One adapter name per row; [`BASE_ADAPTER`] for none.
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidInput`] for an empty batch, [`LoraError::InvalidAdapterName`] for an
+    /// empty name.
+    pub fn new<S: AsRef<str>>(names: &[S]) -> Result<Self> {
+        if names.is_empty() {
+            return Err(LoraError::InvalidInput(
+                "an adapter batch needs at least one row".into(),
+            ));
+        }
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut rows = Vec::with_capacity(names.len());
+        for (row, name) in names.iter().enumerate() {
+            let name = name.as_ref();
+            if name.is_empty() {
+                return Err(LoraError::InvalidAdapterName(name.to_string()));
+            }
+            if name == BASE_ADAPTER {
+                rows.push(None);
+                continue;
+            }
+            let group = match groups.iter().position(|(n, _)| n == name) {
+                Some(group) => group,
+                None => {
+                    groups.push((name.to_string(), Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            groups[group].1.push(row);
+            rows.push(Some(group));
+        }
+        Ok(Self { rows, groups })
+    }
+
+    /// Every one of `rows` rows runs `name` (or the base, for [`BASE_ADAPTER`]).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn uniform(name: &str, rows: usize) -> Result<Self> {
+        Self::new(&vec![name; rows])
+    }
+
+    /// The number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The adapters the batch names (not [`BASE_ADAPTER`]), in order of first appearance.
+    pub fn adapter_names(&self) -> Vec<&str> {
+        self.groups.iter().map(|(name, _)| name.as_str()).collect()
+    }
+
+    /// The adapter of row `row`, `None` for the base (or a row past the end).
+    pub fn row_adapter(&self, row: usize) -> Option<&str> {
+        let group = (*self.rows.get(row)?)?;
+        Some(self.groups[group].0.as_str())
+    }
+
+    /// Each adapter with the rows that run it, in increasing order.
+    pub fn groups(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.groups
+            .iter()
+            .map(|(name, rows)| (name.as_str(), rows.as_slice()))
+    }
+
+    /// The batch restricted to `rows` (in that order): the rows still running in a generation.
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidInput`] when `rows` is empty or names a row past the end.
+    pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
+        let names = rows
+            .iter()
+            .map(|&row| {
+                if row >= self.rows() {
+                    return Err(LoraError::InvalidInput(format!(
+                        "row {row} of an adapter batch of {} rows",
+                        self.rows()
+                    )));
+                }
+                Ok(self.row_adapter(row).unwrap_or(BASE_ADAPTER))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::new(&names)
+    }
+
+    /// [`LoraError::InvalidInput`] unless the input has one row per entry.
+    pub(crate) fn check_rows(&self, rows: usize) -> Result<()> {
+        if rows == self.rows() {
+            Ok(())
+        } else {
+            Err(LoraError::InvalidInput(format!(
+                "the adapter batch names {} rows, the input has {rows}",
+                self.rows()
+            )))
+        }
+    }
+}
+
+/// `base` plus, for each adapter of `batch` that `layer` holds, `update(adapter, rows of input)`
+/// added into those rows (dimension 0). Rows of adapters the layer lacks, and base rows, keep
+/// `base`.
+///
+/// `input` is whatever the update reads (a layer's input, or an embedding's ids); `select`
+/// gathers its rows.
+pub(crate) fn add_grouped_updates<B, L, I, const D: usize>(
+    layer: &L,
+    batch: &AdapterBatch,
+    base: Tensor<B, D>,
+    input: I,
+    select: impl Fn(I, Tensor<B, 1, Int>) -> I,
+    update: impl Fn(&LoraAdapter<B>, I) -> Tensor<B, D>,
+) -> Tensor<B, D>
+where
+    B: Backend,
+    L: LoraLayer<B> + ?Sized,
+    I: Clone,
+{
+    let mut output = base;
+    let device = layer.device();
+    for (name, rows) in batch.groups() {
+        let Some(adapter) = layer.adapter(name) else {
+            continue;
+        };
+        if rows.len() == batch.rows() {
+            output = output + update(adapter, input.clone());
+            continue;
+        }
+        let indices: Vec<i64> = rows.iter().map(|&row| row as i64).collect();
+        let indices =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [rows.len()]), &device);
+        let delta = update(adapter, select(input.clone(), indices.clone()));
+        output = output.select_assign(0, indices, delta, IndexingUpdateOp::Add);
+    }
+    output
+}
+
+/// Checks that `layer` can serve `batch` on an input of `rows` rows: the row count, and that
+/// nothing is merged. Returns whether the adapters take part (`false`: the layer is disabled,
+/// so the base alone runs).
+pub(crate) fn check_batch<B: Backend, L: LoraLayer<B> + ?Sized>(
+    layer: &L,
+    batch: &AdapterBatch,
+    rows: usize,
+) -> Result<bool> {
+    batch.check_rows(rows)?;
+    if !layer.is_enabled() {
+        return Ok(false);
+    }
+    if layer.is_merged() {
+        return Err(LoraError::Merged(layer.merged_adapters().to_vec()));
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_grouped_by_adapter_in_order_of_first_appearance() {
+        let batch = AdapterBatch::new(&["b", "__base__", "a", "b"]).unwrap();
+        let groups: Vec<_> = batch.groups().collect();
+        assert_eq!(groups, vec![("b", &[0, 3][..]), ("a", &[2][..])]);
+        assert_eq!(batch.row_adapter(1), None);
+        assert_eq!(batch.row_adapter(3), Some("b"));
+        assert_eq!(batch.row_adapter(9), None);
+    }
+
+    #[test]
+    fn empty_batches_and_names_are_errors() {
+        assert!(matches!(
+            AdapterBatch::new::<&str>(&[]),
+            Err(LoraError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            AdapterBatch::new(&["a", ""]),
+            Err(LoraError::InvalidAdapterName(_))
+        ));
+    }
+
+    #[test]
+    fn selected_rows_keep_their_adapters() {
+        let batch = AdapterBatch::new(&["a", "b", "__base__"]).unwrap();
+        let kept = batch.select_rows(&[2, 0]).unwrap();
+        assert_eq!(kept, AdapterBatch::new(&["__base__", "a"]).unwrap());
+        assert!(batch.select_rows(&[3]).is_err());
+        assert!(batch.select_rows(&[]).is_err());
+        assert!(batch.check_rows(2).is_err());
+    }
+}

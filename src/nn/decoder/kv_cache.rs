@@ -1,0 +1,143 @@
+//! [`KvCache`]: the keys and values of one attention layer kept between decoding steps.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+
+use crate::error::{LoraError, Result};
+
+/// Positions added to a cache's buffer whenever it fills up (so that a step writes its new keys
+/// in place instead of copying the whole cache, as a concatenation would).
+const GROWTH: usize = 256;
+
+/// The rotated keys and the values of every position seen so far by one attention layer, in a
+/// buffer that grows by [`GROWTH`] positions at a time, so that each decoding step writes only
+/// its own position.
+///
+/// # Shapes
+/// - keys, values: `[batch, kv_heads, positions, head_dim]`
+#[derive(Clone, Debug)]
+pub struct KvCache<B: Backend> {
+    keys: Option<Tensor<B, 4>>,
+    values: Option<Tensor<B, 4>>,
+    len: usize,
+}
+
+impl<B: Backend> Default for KvCache<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self {
+            keys: None,
+            values: None,
+            len: 0,
+        }
+    }
+
+    /// How many positions it holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no position.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends the keys and values of new positions and returns those of every position so far.
+    ///
+    /// # Shapes
+    /// - keys, values: `[batch, kv_heads, new, head_dim]`
+    /// - output: `[batch, kv_heads, len + new, head_dim]` each
+    ///
+    /// # Errors
+    /// [`LoraError::ShapeMismatch`] when the batch, heads or head width differ from the cached
+    /// ones.
+    pub fn append(
+        &mut self,
+        keys: Tensor<B, 4>,
+        values: Tensor<B, 4>,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
+        let [batch, heads, new, head_dim] = keys.dims();
+        if values.dims() != keys.dims() {
+            return Err(LoraError::ShapeMismatch {
+                what: "values given to a KV cache".into(),
+                expected: keys.dims().to_vec(),
+                found: values.dims().to_vec(),
+            });
+        }
+        let total = self.len + new;
+        let (Some(buffer_k), Some(buffer_v)) = (self.keys.take(), self.values.take()) else {
+            let capacity = total.div_ceil(GROWTH) * GROWTH;
+            let device = keys.device();
+            let empty = || Tensor::<B, 4>::zeros([batch, heads, capacity, head_dim], &device);
+            let range = [0..batch, 0..heads, 0..new, 0..head_dim];
+            return Ok(self.store(
+                empty().slice_assign(range.clone(), keys),
+                empty().slice_assign(range, values),
+                total,
+            ));
+        };
+        let [cached_batch, cached_heads, capacity, cached_dim] = buffer_k.dims();
+        if [cached_batch, cached_heads, cached_dim] != [batch, heads, head_dim] {
+            return Err(LoraError::ShapeMismatch {
+                what: "keys given to a KV cache".into(),
+                expected: vec![cached_batch, cached_heads, new, cached_dim],
+                found: keys.dims().to_vec(),
+            });
+        }
+        let grow = |buffer: Tensor<B, 4>| {
+            if total <= capacity {
+                return buffer;
+            }
+            let extra = (total - capacity).div_ceil(GROWTH) * GROWTH;
+            let device = buffer.device();
+            let padding = Tensor::<B, 4>::zeros([batch, heads, extra, head_dim], &device);
+            Tensor::cat(vec![buffer, padding], 2)
+        };
+        let range = [0..batch, 0..heads, self.len..total, 0..head_dim];
+        Ok(self.store(
+            grow(buffer_k).slice_assign(range.clone(), keys),
+            grow(buffer_v).slice_assign(range, values),
+            total,
+        ))
+    }
+
+    /// The device of its buffers, once it holds any.
+    pub fn device(&self) -> Option<B::Device> {
+        self.keys.as_ref().map(Tensor::device)
+    }
+
+    /// Keeps only the given batch rows (a generation dropping finished sequences).
+    ///
+    /// # Shapes
+    /// - rows: `[kept]`
+    pub fn select_rows(&mut self, rows: Tensor<B, 1, Int>) {
+        self.keys = self.keys.take().map(|k| k.select(0, rows.clone()));
+        self.values = self.values.take().map(|v| v.select(0, rows));
+    }
+
+    /// Keeps the buffers holding `len` positions and returns views of those positions.
+    fn store(
+        &mut self,
+        keys: Tensor<B, 4>,
+        values: Tensor<B, 4>,
+        len: usize,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let view = |buffer: &Tensor<B, 4>| {
+            let [batch, heads, _, head_dim] = buffer.dims();
+            buffer
+                .clone()
+                .slice([0..batch, 0..heads, 0..len, 0..head_dim])
+        };
+        let held = (view(&keys), view(&values));
+        self.keys = Some(keys);
+        self.values = Some(values);
+        self.len = len;
+        held
+    }
+}

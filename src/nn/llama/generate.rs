@@ -1,0 +1,180 @@
+//! [`CausalLm::generate`]: batched generation with a KV cache, greedy or sampled, each row with
+//! its own adapter if asked.
+
+use burn::config::Config;
+use burn::tensor::backend::Backend;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use super::model::{int_tensor, CausalLm, CausalLmInput};
+use super::sampling::Sampling;
+use crate::error::{LoraError, Result as LoraResult};
+use crate::layers::adapter_batch::AdapterBatch;
+
+/// What [`CausalLm::generate`] does, as the arguments of Hugging Face's `generate`.
+#[derive(Config, Debug)]
+pub struct GenerationConfig {
+    /// The most tokens generated per prompt (`max_new_tokens`).
+    pub max_new_tokens: usize,
+    /// Greedy or sampled.
+    #[config(default = "Sampling::Greedy")]
+    pub sampling: Sampling,
+    /// Seed of the sampler: the same seed, prompts and model give the same tokens.
+    #[config(default = 0)]
+    pub seed: u64,
+    /// Tokens that end a sequence (kept as its last token); the model's `eos_token_ids` when
+    /// `None`, no stop token when empty.
+    #[config(default = "None")]
+    pub stop_tokens: Option<Vec<u32>>,
+    /// The id used to left-pad shorter prompts (its value does not matter: padding is masked);
+    /// the model's `pad_token_id` when `None`, else 0.
+    #[config(default = "None")]
+    pub pad_token: Option<u32>,
+}
+
+/// The outcome of [`CausalLm::generate`], one entry per prompt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generation {
+    /// The new tokens of each prompt (without the prompt), a stop token included as the last.
+    pub tokens: Vec<Vec<u32>>,
+    /// Whether each sequence ended on a stop token (else it reached `max_new_tokens`).
+    pub stopped: Vec<bool>,
+}
+
+/// One generated token, as the streaming callback of [`CausalLm::generate`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenEvent {
+    /// Which prompt it continues.
+    pub row: usize,
+    /// Its index among that prompt's new tokens.
+    pub index: usize,
+    /// The token id.
+    pub token: u32,
+    /// Whether it is a stop token (the row's last).
+    pub stop: bool,
+}
+
+impl<B: Backend> CausalLm<B> {
+    /// Continues each prompt with up to `config.max_new_tokens` tokens, all prompts in one
+    /// batch: shorter prompts are left-padded (Hugging Face's position ids), the prompt runs
+    /// once through the model, then each step feeds one token per sequence through the
+    /// [`CausalLmCache`](super::CausalLmCache). A sequence ends at a stop token and leaves the
+    /// batch; `on_token` sees every token as it is chosen, in row order within a step.
+    ///
+    /// `adapters` names one adapter (or [`BASE_ADAPTER`](crate::BASE_ADAPTER)) per prompt, as
+    /// PEFT's `generate(..., adapter_names=[...])`; `None` runs the active adapters.
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidInput`] for no prompt, an empty prompt, a token outside the
+    /// vocabulary, a prompt plus `max_new_tokens` longer than `max_position_embeddings`, an
+    /// adapter batch of another length or invalid sampling parameters, and
+    /// [`LoraError::UnknownAdapter`] / [`LoraError::Merged`] as [`CausalLm::forward`]; all
+    /// checked before anything runs.
+    pub fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        adapters: Option<&AdapterBatch>,
+        config: &GenerationConfig,
+        mut on_token: impl FnMut(TokenEvent),
+    ) -> LoraResult<Generation> {
+        let invalid = |what: String| Err(LoraError::InvalidInput(what));
+        if prompts.is_empty() {
+            return invalid("generation needs at least one prompt".into());
+        }
+        if let Some(row) = prompts.iter().position(Vec::is_empty) {
+            return invalid(format!("prompt {row} is empty"));
+        }
+        config.sampling.validate()?;
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let max = self.config().max_position_embeddings;
+        if longest + config.max_new_tokens > max {
+            return invalid(format!(
+                "a prompt of {longest} tokens and {} new ones exceed the model's \
+                 max_position_embeddings of {max}",
+                config.max_new_tokens
+            ));
+        }
+        if let Some(batch) = adapters {
+            batch.check_rows(prompts.len())?;
+        }
+        let stop_tokens = config
+            .stop_tokens
+            .clone()
+            .unwrap_or_else(|| self.config().eos_token_ids.clone());
+        let pad = config.pad_token.or(self.config().pad_token_id).unwrap_or(0);
+        let device = self.model.norm.gamma.device();
+
+        // The prompts, left-padded into one batch.
+        let rows = prompts.len();
+        let mut ids = Vec::with_capacity(rows * longest);
+        let mut mask = Vec::with_capacity(rows * longest);
+        for prompt in prompts {
+            let padding = longest - prompt.len();
+            ids.extend(std::iter::repeat_n(i64::from(pad), padding));
+            ids.extend(prompt.iter().map(|&t| i64::from(t)));
+            mask.extend(std::iter::repeat_n(0, padding));
+            mask.extend(std::iter::repeat_n(1, prompt.len()));
+        }
+        let mut input = CausalLmInput::new(int_tensor(ids, [rows, longest], &device))
+            .attention_mask(int_tensor(mask, [rows, longest], &device))
+            .last_position_only();
+        if let Some(batch) = adapters {
+            input = input.adapters(batch.clone());
+        }
+
+        let mut cache = self.new_cache();
+        let mut rng = SmallRng::seed_from_u64(config.seed);
+        let mut generation = Generation {
+            tokens: vec![Vec::new(); rows],
+            stopped: vec![false; rows],
+        };
+        // The original rows still generating, in batch order.
+        let mut running: Vec<usize> = (0..rows).collect();
+        let mut running_adapters = adapters.cloned();
+        let vocab = self.config().vocab_size;
+        for step in 0..config.max_new_tokens {
+            let logits = self.forward_cache(input, &mut cache)?;
+            let values = logits
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| LoraError::InvalidInput(format!("reading the logits: {e:?}")))?;
+            let mut next = Vec::with_capacity(running.len());
+            let mut still_running = Vec::with_capacity(running.len());
+            for (position, &row) in running.iter().enumerate() {
+                let row_logits = &values[position * vocab..(position + 1) * vocab];
+                let token = config.sampling.pick(row_logits, &mut rng);
+                let stop = stop_tokens.contains(&token);
+                generation.tokens[row].push(token);
+                on_token(TokenEvent {
+                    row,
+                    index: step,
+                    token,
+                    stop,
+                });
+                if stop {
+                    generation.stopped[row] = true;
+                } else {
+                    still_running.push(position);
+                    next.push(i64::from(token));
+                }
+            }
+            if still_running.is_empty() || step + 1 == config.max_new_tokens {
+                break;
+            }
+            if still_running.len() < running.len() {
+                cache.select_rows(&still_running)?;
+                running = still_running.iter().map(|&p| running[p]).collect();
+                running_adapters = running_adapters
+                    .map(|batch| batch.select_rows(&still_running))
+                    .transpose()?;
+            }
+            let count = running.len();
+            input = CausalLmInput::new(int_tensor(next, [count, 1], &device)).last_position_only();
+            if let Some(batch) = &running_adapters {
+                input = input.adapters(batch.clone());
+            }
+        }
+        Ok(generation)
+    }
+}

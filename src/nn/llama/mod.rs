@@ -1,0 +1,46 @@
+//! Llama-family causal language models (Llama, Qwen2, Mistral) read from Hugging Face folders,
+//! with LoRA on any projection, batched generation with a KV cache, and many adapters in one
+//! batch.
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `config.rs` | [`CausalLmConfig`]: Hugging Face's `config.json` |
+//! | `model.rs` | [`CausalLm`] and its checked [`forward`](CausalLm::forward) |
+//! | `pretrained.rs` | [`CausalLm::from_pretrained`]: `model.safetensors` or its shards |
+//! | `cache.rs` | [`CausalLmCache`]: keys, values and padding between decoding steps |
+//! | `generate.rs`, `sampling.rs` | [`CausalLm::generate`], [`GenerationConfig`], [`Sampling`] |
+//! | `loss.rs` | [`causal_lm_loss`]: next-token cross-entropy with `-100` labels |
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use burn::backend::Flex;
+//! use burn_lora::nn::llama::{CausalLm, GenerationConfig};
+//! use burn_lora::{load_adapter, LoraModel, PathMap};
+//!
+//! let device = Default::default();
+//! let mut lm = CausalLm::<Flex>::from_pretrained(Path::new("Qwen2.5-0.5B"), &device)?;
+//! load_adapter(&mut lm, "support", Path::new("adapters/support"), &PathMap::identity())?;
+//! load_adapter(&mut lm, "legal", Path::new("adapters/legal"), &PathMap::identity())?;
+//!
+//! // Two prompts, each with its own adapter, generated together.
+//! let batch = lm.adapter_batch(&["support", "legal"])?;
+//! let prompts = vec![vec![9707, 11, 1879], vec![785, 4226]];
+//! let out = lm.generate(&prompts, Some(&batch), &GenerationConfig::new(32), |_| {})?;
+//! println!("{:?}", out.tokens);
+//! # Ok::<(), burn_lora::LoraError>(())
+//! ```
+
+mod cache;
+mod config;
+mod generate;
+mod loss;
+mod model;
+mod pretrained;
+mod sampling;
+
+pub use cache::CausalLmCache;
+pub use config::{CausalLmConfig, Family};
+pub use generate::{Generation, GenerationConfig, TokenEvent};
+pub use loss::{causal_lm_labels, causal_lm_loss, causal_lm_nll, IGNORE_INDEX};
+pub use model::{CausalLm, CausalLmInput, CausalLmModel};
+pub use sampling::Sampling;

@@ -1,0 +1,359 @@
+//! [`CausalLm`]: a Llama-family decoder with its language-model head, and its checked forward.
+
+use burn::module::Module;
+use burn::nn::RmsNorm;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::linear;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use super::cache::CausalLmCache;
+use super::config::CausalLmConfig;
+use crate::error::{LoraError, Result};
+use crate::layers::adapter_batch::AdapterBatch;
+use crate::layers::embedding::LoraEmbedding;
+use crate::model::check_unmerged;
+use crate::nn::decoder::mask::DecoderMask;
+use crate::nn::decoder::{project, DecoderLayer, RotaryEmbedding};
+use crate::{LoraLinear, LoraModel};
+
+/// The decoder of a [`CausalLm`]: token embeddings, the layers, the final RMSNorm (Hugging
+/// Face's `LlamaModel`, at the path `model`).
+#[derive(Module, Debug, LoraModel)]
+pub struct CausalLmModel<B: Backend> {
+    /// Token embeddings `[vocab_size, hidden_size]`, LoRA-ready.
+    pub embed_tokens: LoraEmbedding<B>,
+    /// The decoder layers.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// RMSNorm after the last layer.
+    pub norm: RmsNorm<B>,
+}
+
+/// A Llama-family causal language model (Llama, Qwen2, Mistral) as Hugging Face's
+/// `*ForCausalLM`, every linear layer a [`LoraLinear`] and the token embeddings a
+/// [`LoraEmbedding`].
+///
+/// Module paths are Hugging Face's (`model.layers.0.self_attn.q_proj`, `lm_head`), so its
+/// checkpoints load by their names and PEFT adapter files load and save with
+/// [`PathMap::identity`](crate::PathMap::identity). With tied embeddings there is no `lm_head`:
+/// the logits are `h Eᵀ` with `E` the (base) embedding matrix.
+///
+/// `logits = head(norm(layers(embed(ids))))`
+///
+/// # Shapes
+/// - input ids, attention mask, position ids: `[batch, seq]`
+/// - logits: `[batch, seq, vocab_size]` (`[batch, 1, vocab_size]` for the last position only)
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::tensor::{Int, Tensor};
+/// use burn_lora::nn::llama::{CausalLmConfig, CausalLmInput, Family};
+/// use burn_lora::{LoraConfig, LoraModel, Targets};
+///
+/// let device = Default::default();
+/// let config = CausalLmConfig::new(Family::Llama, 64, 16, 32, 2, 4, 2, 4, 32);
+/// let mut lm = config.init::<Flex>(&device)?;
+/// lm.attach("chat", &LoraConfig::new(2, 4.0), &Targets::names(["q_proj", "v_proj"]))?;
+///
+/// let ids = Tensor::<Flex, 2, Int>::from_ints([[5, 6, 7], [8, 9, 10]], &device);
+/// let batch = lm.adapter_batch(&["chat", "__base__"])?; // row 0 with the adapter, row 1 without
+/// let logits = lm.forward(CausalLmInput::new(ids).adapters(batch))?;
+/// assert_eq!(logits.dims(), [2, 3, 64]);
+///
+/// let too_large = Tensor::<Flex, 2, Int>::from_ints([[64]], &device);
+/// assert!(lm.forward(CausalLmInput::new(too_large)).is_err()); // an error, not a panic
+/// # Ok::<(), burn_lora::LoraError>(())
+/// ```
+#[derive(Module, Debug, LoraModel)]
+pub struct CausalLm<B: Backend> {
+    /// The decoder.
+    pub model: CausalLmModel<B>,
+    /// The output head `hidden_size → vocab_size`; `None` with tied embeddings.
+    pub lm_head: Option<LoraLinear<B>>,
+    /// What the model was built from.
+    #[module(skip)]
+    config: CausalLmConfig,
+    /// The rotary frequencies every layer shares.
+    #[module(skip)]
+    rope: RotaryEmbedding,
+}
+
+/// The input of one [`CausalLm::forward`].
+///
+/// # Shapes
+/// - input ids: `[batch, seq]`
+/// - attention mask: `[batch, seq]`, 1 for a token, 0 for padding (default: all tokens)
+/// - position ids: `[batch, seq]` (default: Hugging Face's, from the mask and the cache)
+#[derive(Clone, Debug)]
+pub struct CausalLmInput<B: Backend> {
+    input_ids: Tensor<B, 2, Int>,
+    attention_mask: Option<Tensor<B, 2, Int>>,
+    position_ids: Option<Tensor<B, 2, Int>>,
+    adapters: Option<AdapterBatch>,
+    last_only: bool,
+}
+
+impl<B: Backend> CausalLmInput<B> {
+    /// The token ids, `[batch, seq]`.
+    pub fn new(input_ids: Tensor<B, 2, Int>) -> Self {
+        Self {
+            input_ids,
+            attention_mask: None,
+            position_ids: None,
+            adapters: None,
+            last_only: false,
+        }
+    }
+
+    /// Which tokens are real (1) and which are padding (0), `[batch, seq]`. With a cache, the
+    /// mask of this call's tokens only: the cache remembers the earlier ones.
+    pub fn attention_mask(mut self, mask: Tensor<B, 2, Int>) -> Self {
+        self.attention_mask = Some(mask);
+        self
+    }
+
+    /// Explicit position ids, `[batch, seq]`, instead of those the mask implies.
+    pub fn position_ids(mut self, positions: Tensor<B, 2, Int>) -> Self {
+        self.position_ids = Some(positions);
+        self
+    }
+
+    /// Runs each row with its own adapter (PEFT's `adapter_names`); see
+    /// [`LoraModel::adapter_batch`].
+    pub fn adapters(mut self, batch: AdapterBatch) -> Self {
+        self.adapters = Some(batch);
+        self
+    }
+
+    /// Computes the logits of the last position only (what generation needs): the head, whose
+    /// cost grows with the vocabulary, runs on one position per row.
+    pub fn last_position_only(mut self) -> Self {
+        self.last_only = true;
+        self
+    }
+}
+
+impl<B: Backend> CausalLm<B> {
+    pub(crate) fn assemble(
+        model: CausalLmModel<B>,
+        lm_head: Option<LoraLinear<B>>,
+        config: CausalLmConfig,
+        rope: RotaryEmbedding,
+    ) -> Self {
+        Self {
+            model,
+            lm_head,
+            config,
+            rope,
+        }
+    }
+
+    /// What the model was built from.
+    pub fn config(&self) -> &CausalLmConfig {
+        &self.config
+    }
+
+    /// The logits of every position of `input` (or of its last one).
+    ///
+    /// # Errors
+    /// Checked before any computation, so that a server can reject a bad request:
+    /// [`LoraError::InvalidInput`] for an empty batch, a token id outside the vocabulary, a
+    /// sequence longer than `max_position_embeddings`, a mask or position ids of another shape,
+    /// a mask value other than 0 and 1, or an adapter batch of another row count;
+    /// [`LoraError::UnknownAdapter`] for an adapter no layer holds; [`LoraError::Merged`] for an
+    /// adapter batch while adapters are merged.
+    pub fn forward(&self, input: CausalLmInput<B>) -> Result<Tensor<B, 3>> {
+        self.run(input, None)
+    }
+
+    /// [`forward`](Self::forward) continuing the sequences held in `cache`: `input` holds only
+    /// the new tokens, which attend to every cached position, and the cache takes their keys
+    /// and values.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward), counting the cached positions in the length, and
+    /// [`LoraError::InvalidInput`] when the batch differs from the cache's or the cache belongs
+    /// to a model with another number of layers. On error the cache is unchanged.
+    pub fn forward_cache(
+        &self,
+        input: CausalLmInput<B>,
+        cache: &mut CausalLmCache<B>,
+    ) -> Result<Tensor<B, 3>> {
+        self.run(input, Some(cache))
+    }
+
+    /// An empty cache for this model.
+    pub fn new_cache(&self) -> CausalLmCache<B> {
+        CausalLmCache::new(self.model.layers.len())
+    }
+
+    fn run(
+        &self,
+        input: CausalLmInput<B>,
+        mut cache: Option<&mut CausalLmCache<B>>,
+    ) -> Result<Tensor<B, 3>> {
+        let [batch, seq] = input.input_ids.dims();
+        let invalid = |what: String| Err(LoraError::InvalidInput(what));
+        if batch == 0 || seq == 0 {
+            return invalid(format!("an empty batch of shape [{batch}, {seq}]"));
+        }
+        let device = input.input_ids.device();
+        check_ids(&input.input_ids, self.config.vocab_size)?;
+        let mask = match &input.attention_mask {
+            Some(mask) => host_mask(mask, [batch, seq])?,
+            None => vec![1; batch * seq],
+        };
+        let past = match cache.as_deref() {
+            Some(cache) => {
+                cache.check(batch, self.model.layers.len())?;
+                cache.len()
+            }
+            None => 0,
+        };
+        let max = self.config.max_position_embeddings;
+        if past + seq > max {
+            return invalid(format!(
+                "{} positions ({past} cached, {seq} new) exceed the model's \
+                 max_position_embeddings of {max}",
+                past + seq
+            ));
+        }
+        if let Some(batch_adapters) = &input.adapters {
+            self.check_adapters(batch_adapters, batch)?;
+        }
+        let keys = match cache.as_deref() {
+            Some(cache) => cache.extended_mask(&mask, seq),
+            None => mask,
+        };
+        let layout = DecoderMask::new(batch, past, seq, keys.clone());
+        let positions = match input.position_ids {
+            Some(positions) => {
+                check_positions(&positions, [batch, seq])?;
+                positions
+            }
+            None => layout.position_ids(&device),
+        };
+        let rope = self.rope.tables(positions);
+        let attention_mask = layout.attention_mask(self.config.sliding_window, &device);
+        let adapters = input.adapters.as_ref();
+
+        let embed = &self.model.embed_tokens;
+        let mut hidden = match adapters {
+            Some(batch) => embed.forward_adapters(input.input_ids, batch)?,
+            None => embed.forward(input.input_ids),
+        };
+        let mut layer_caches = cache.as_deref_mut().map(CausalLmCache::layers_mut);
+        for (index, layer) in self.model.layers.iter().enumerate() {
+            let layer_cache = layer_caches.as_mut().and_then(|c| c.get_mut(index));
+            hidden = layer.forward(hidden, &rope, attention_mask.clone(), layer_cache, adapters)?;
+        }
+        if let Some(cache) = cache {
+            cache.commit(keys, past + seq);
+        }
+        let hidden = self.model.norm.forward(hidden);
+        let hidden = if input.last_only {
+            let [batch, seq, width] = hidden.dims();
+            hidden.slice([0..batch, seq - 1..seq, 0..width])
+        } else {
+            hidden
+        };
+        match &self.lm_head {
+            Some(head) => project(head, hidden, adapters),
+            None => Ok(linear(
+                hidden,
+                self.model.embed_tokens.weight().transpose(),
+                None,
+            )),
+        }
+    }
+
+    /// Every adapter of `batch` is held by some layer, nothing is merged, one entry per row.
+    fn check_adapters(&self, batch: &AdapterBatch, rows: usize) -> Result<()> {
+        batch.check_rows(rows)?;
+        let layers = self.lora_layers();
+        check_unmerged(layers.clone())?;
+        match batch
+            .adapter_names()
+            .into_iter()
+            .find(|name| !layers.iter().any(|l| l.adapter(name).is_some()))
+        {
+            Some(unknown) => Err(LoraError::UnknownAdapter(unknown.to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Every token id is in `0..vocab`.
+fn check_ids<B: Backend>(ids: &Tensor<B, 2, Int>, vocab: usize) -> Result<()> {
+    let [_, seq] = ids.dims();
+    let values = host_ints(ids, "input ids")?;
+    match values
+        .iter()
+        .position(|&id| id < 0 || id as u64 >= vocab as u64)
+    {
+        Some(index) => Err(LoraError::InvalidInput(format!(
+            "token id {} at row {}, position {} is outside the vocabulary of {vocab}",
+            values[index],
+            index / seq,
+            index % seq
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The mask on the host, checked to be `shape` and to hold only 0 and 1.
+fn host_mask<B: Backend>(mask: &Tensor<B, 2, Int>, shape: [usize; 2]) -> Result<Vec<i64>> {
+    if mask.dims() != shape {
+        return Err(LoraError::InvalidInput(format!(
+            "attention mask of shape {:?} for input ids of shape {shape:?}",
+            mask.dims()
+        )));
+    }
+    let values = host_ints(mask, "attention mask")?;
+    if let Some(value) = values.iter().find(|v| !matches!(v, 0 | 1)) {
+        return Err(LoraError::InvalidInput(format!(
+            "attention mask value {value} (only 0 and 1)"
+        )));
+    }
+    Ok(values)
+}
+
+/// Position ids of `shape`, none negative.
+fn check_positions<B: Backend>(positions: &Tensor<B, 2, Int>, shape: [usize; 2]) -> Result<()> {
+    if positions.dims() != shape {
+        return Err(LoraError::InvalidInput(format!(
+            "position ids of shape {:?} for input ids of shape {shape:?}",
+            positions.dims()
+        )));
+    }
+    if let Some(value) = host_ints(positions, "position ids")?
+        .iter()
+        .find(|v| **v < 0)
+    {
+        return Err(LoraError::InvalidInput(format!(
+            "negative position id {value}"
+        )));
+    }
+    Ok(())
+}
+
+/// An int tensor's values on the host, as `i64`.
+pub(crate) fn host_ints<B: Backend, const D: usize>(
+    tensor: &Tensor<B, D, Int>,
+    what: &str,
+) -> Result<Vec<i64>> {
+    tensor
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .map_err(|e| LoraError::InvalidInput(format!("reading the {what}: {e:?}")))
+}
+
+/// An int tensor `[rows, cols]` from row-major values.
+pub(crate) fn int_tensor<B: Backend>(
+    values: Vec<i64>,
+    shape: [usize; 2],
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
