@@ -26,7 +26,10 @@
 //! - **Blocks** (`src/nn/`): [`nn`], Burn's transformer blocks (multi-head attention,
 //!   feed-forward, encoder) with every linear layer a [`LoraLinear`], at the same paths as in
 //!   `burn::nn`: a model built from them switches by changing its `use` lines; and
-//!   [`nn::bert::Bert`], a BERT encoder built from them that loads Hugging Face checkpoints.
+//!   [`nn::bert::Bert`], a BERT encoder built from them that loads Hugging Face checkpoints;
+//!   [`nn::decoder`], Llama-family decoder blocks, and [`nn::llama::CausalLm`], Llama, Qwen2 and
+//!   Mistral causal LMs from Hugging Face folders with generation and many adapters per batch
+//!   ([`AdapterBatch`]).
 //! - [`truncated_svd`]: low-rank factorisation of a weight.
 //! - [`LoraError`]: every bad input is an error naming what is wrong, never a panic.
 //!

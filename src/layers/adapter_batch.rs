@@ -140,60 +140,52 @@ impl AdapterBatch {
     }
 }
 
-/// `base` plus, for each adapter of `batch` that `layer` holds, `update(adapter, rows of input)`
-/// added into those rows (dimension 0). Rows of adapters the layer lacks, and base rows, keep
-/// `base`.
+/// A layer's forward on `input` (`rows` rows) in which each row runs the adapter `batch` names
+/// for it: `base(input)` once, then, for each adapter of `batch` that `layer` holds,
+/// `update(adapter, rows of input)` added into those rows (dimension 0; `select` gathers them).
+/// Rows of adapters the layer lacks, and base rows, keep the base. A disabled layer runs the
+/// base alone.
 ///
-/// `input` is whatever the update reads (a layer's input, or an embedding's ids); `select`
-/// gathers its rows.
-pub(crate) fn add_grouped_updates<B, L, I, const D: usize>(
+/// # Errors
+/// [`LoraError::InvalidInput`] unless `rows` is the batch's, [`LoraError::Merged`] while merged.
+pub(crate) fn forward_grouped<B, L, I, const D: usize>(
     layer: &L,
     batch: &AdapterBatch,
-    base: Tensor<B, D>,
+    rows: usize,
     input: I,
+    base: impl FnOnce(I) -> Tensor<B, D>,
     select: impl Fn(I, Tensor<B, 1, Int>) -> I,
     update: impl Fn(&LoraAdapter<B>, I) -> Tensor<B, D>,
-) -> Tensor<B, D>
+) -> Result<Tensor<B, D>>
 where
     B: Backend,
     L: LoraLayer<B> + ?Sized,
     I: Clone,
 {
-    let mut output = base;
-    let device = layer.device();
-    for (name, rows) in batch.groups() {
-        let Some(adapter) = layer.adapter(name) else {
-            continue;
-        };
-        if rows.len() == batch.rows() {
-            output = output + update(adapter, input.clone());
-            continue;
-        }
-        let indices: Vec<i64> = rows.iter().map(|&row| row as i64).collect();
-        let indices =
-            Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [rows.len()]), &device);
-        let delta = update(adapter, select(input.clone(), indices.clone()));
-        output = output.select_assign(0, indices, delta, IndexingUpdateOp::Add);
-    }
-    output
-}
-
-/// Checks that `layer` can serve `batch` on an input of `rows` rows: the row count, and that
-/// nothing is merged. Returns whether the adapters take part (`false`: the layer is disabled,
-/// so the base alone runs).
-pub(crate) fn check_batch<B: Backend, L: LoraLayer<B> + ?Sized>(
-    layer: &L,
-    batch: &AdapterBatch,
-    rows: usize,
-) -> Result<bool> {
     batch.check_rows(rows)?;
     if !layer.is_enabled() {
-        return Ok(false);
+        return Ok(base(input));
     }
     if layer.is_merged() {
         return Err(LoraError::Merged(layer.merged_adapters().to_vec()));
     }
-    Ok(true)
+    let mut output = base(input.clone());
+    let device = layer.device();
+    for (name, group) in batch.groups() {
+        let Some(adapter) = layer.adapter(name) else {
+            continue;
+        };
+        if group.len() == rows {
+            output = output + update(adapter, input.clone());
+            continue;
+        }
+        let indices: Vec<i64> = group.iter().map(|&row| row as i64).collect();
+        let indices =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [group.len()]), &device);
+        let delta = update(adapter, select(input.clone(), indices.clone()));
+        output = output.select_assign(0, indices, delta, IndexingUpdateOp::Add);
+    }
+    Ok(output)
 }
 
 #[cfg(test)]

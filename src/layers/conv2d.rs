@@ -11,7 +11,7 @@ use burn::tensor::Tensor;
 
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter::{ensure_finite, LoraAdapter};
-use crate::layers::adapter_batch::{add_grouped_updates, check_batch, AdapterBatch};
+use crate::layers::adapter_batch::{forward_grouped, AdapterBatch};
 use crate::layers::layer::{shared_layer_methods, LayerKind, LoraLayer};
 use crate::layers::linear::replace_value;
 
@@ -235,19 +235,17 @@ impl<B: Backend> LoraConv2d<B> {
         input: Tensor<B, 4>,
         batch: &AdapterBatch,
     ) -> LoraResult<Tensor<B, 4>> {
-        if !check_batch(self, batch, input.dims()[0])? {
-            return Ok(self.forward_base(input));
-        }
+        let rows = input.dims()[0];
         let options = self.options(&input);
-        let base = self.forward_base(input.clone());
-        Ok(add_grouped_updates(
+        forward_grouped(
             self,
             batch,
-            base,
+            rows,
             input,
+            |x| self.forward_base(x),
             |x, rows| x.select(0, rows),
             |adapter, x| self.adapter_output(adapter, x, &options),
-        ))
+        )
     }
 
     /// Whether `forward` should fold the active adapters into the kernel for this input

@@ -10,7 +10,7 @@ use burn::tensor::{Distribution, Int, Tensor};
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter::{ensure_finite, LoraAdapter};
-use crate::layers::adapter_batch::{add_grouped_updates, check_batch, AdapterBatch};
+use crate::layers::adapter_batch::{forward_grouped, AdapterBatch};
 use crate::layers::layer::{shared_layer_methods, LayerKind, LoraLayer};
 use crate::layers::linear::replace_value;
 
@@ -156,18 +156,16 @@ impl<B: Backend> LoraEmbedding<B> {
         ids: Tensor<B, 2, Int>,
         batch: &AdapterBatch,
     ) -> LoraResult<Tensor<B, 3>> {
-        if !check_batch(self, batch, ids.dims()[0])? {
-            return Ok(self.forward_base(ids));
-        }
-        let base = self.forward_base(ids.clone());
-        Ok(add_grouped_updates(
+        let rows = ids.dims()[0];
+        forward_grouped(
             self,
             batch,
-            base,
+            rows,
             ids,
+            |ids| self.forward_base(ids),
             |ids, rows| ids.select(0, rows),
             adapter_rows,
-        ))
+        )
     }
 
     /// The base table alone, `W[ids]`, whatever the adapters' state (merged ones included).

@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter::LoraAdapter;
-use crate::layers::adapter_batch::{add_grouped_updates, check_batch, AdapterBatch};
+use crate::layers::adapter_batch::{forward_grouped, AdapterBatch};
 use crate::layers::layer::{shared_layer_methods, LayerKind, LoraLayer};
 
 /// Configuration to create a fresh [`LoraLinear`] (a randomly initialised base, no adapter yet).
@@ -177,18 +177,16 @@ impl<B: Backend> LoraLinear<B> {
         batch: &AdapterBatch,
     ) -> LoraResult<Tensor<B, D>> {
         self.check_input(&input)?;
-        if !check_batch(self, batch, input.dims()[0])? {
-            return Ok(self.forward_base(input));
-        }
-        let base = self.forward_base(input.clone());
-        Ok(add_grouped_updates(
+        let rows = input.dims()[0];
+        forward_grouped(
             self,
             batch,
-            base,
+            rows,
             input,
+            |x| self.forward_base(x),
             |x, rows| x.select(0, rows),
             |adapter, x| adapter.forward(x),
-        ))
+        )
     }
 
     /// The base layer alone, `x W + b`, whatever the adapters' state (merged ones included).

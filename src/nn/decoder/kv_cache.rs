@@ -72,7 +72,8 @@ impl<B: Backend> KvCache<B> {
         }
         let total = self.len + new;
         let (Some(buffer_k), Some(buffer_v)) = (self.keys.take(), self.values.take()) else {
-            let capacity = total.div_ceil(GROWTH) * GROWTH;
+            // Room for the generated tokens beyond the prompt, so the first steps do not grow.
+            let capacity = (total / GROWTH + 1) * GROWTH;
             let device = keys.device();
             let empty = || Tensor::<B, 4>::zeros([batch, heads, capacity, head_dim], &device);
             let range = [0..batch, 0..heads, 0..new, 0..head_dim];
