@@ -47,8 +47,17 @@ fn assert_rows_match<const D: usize, L: LoraLayer<B>>(
         }
         let expected = single(layer).narrow(0, row, 1);
         let got = mixed.clone().narrow(0, row, 1);
+        // Both compute in f32, the single forward possibly with the adapter folded into the
+        // weight (a convolution at inference): reassociation errors of some ulps (f32 ε = 1.2e-7) of the
+        // largest output, which the factors drawn from N(0, 1) make of order 10.
+        let largest = common::values(expected.clone())
+            .iter()
+            .fold(1.0f32, |m, v| m.max(v.abs()));
         let diff = max_abs_diff(got, expected);
-        assert!(diff < 1e-5, "row {row} ({name}) differs by {diff}");
+        assert!(
+            diff <= 4e-6 * largest,
+            "row {row} ({name}) differs by {diff} (largest output {largest})"
+        );
     }
     layer.set_enabled(true);
 }

@@ -171,18 +171,32 @@ where
     }
     let mut output = base(input.clone());
     let device = layer.device();
+    // Each adapter's update on its own rows, then one scatter-add of them all into the output
+    // (one pass over the output, however many adapters).
+    let mut rows_updated: Vec<i64> = Vec::new();
+    let mut deltas = Vec::new();
     for (name, group) in batch.groups() {
         let Some(adapter) = layer.adapter(name) else {
             continue;
         };
         if group.len() == rows {
-            output = output + update(adapter, input.clone());
-            continue;
+            return Ok(output + update(adapter, input));
         }
         let indices: Vec<i64> = group.iter().map(|&row| row as i64).collect();
+        rows_updated.extend(&indices);
         let indices =
             Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [group.len()]), &device);
-        let delta = update(adapter, select(input.clone(), indices.clone()));
+        deltas.push(update(adapter, select(input.clone(), indices)));
+    }
+    if !deltas.is_empty() {
+        let count = rows_updated.len();
+        let indices =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(rows_updated, [count]), &device);
+        let delta = if deltas.len() == 1 {
+            deltas.remove(0)
+        } else {
+            Tensor::cat(deltas, 0)
+        };
         output = output.select_assign(0, indices, delta, IndexingUpdateOp::Add);
     }
     Ok(output)
