@@ -99,6 +99,7 @@ fn encoder_pair(
 
 #[test]
 fn configs_are_burns_with_the_same_defaults_and_json() {
+    let _rng = common::backend_rng_guard();
     let json = |c: &dyn std::fmt::Display| c.to_string();
     assert_eq!(
         json(&MultiHeadAttentionConfig::new(8, 2)),
@@ -118,6 +119,7 @@ fn configs_are_burns_with_the_same_defaults_and_json() {
 
 #[test]
 fn modules_display_as_burns() {
+    let _rng = common::backend_rng_guard();
     let device = Default::default();
     let config = burn_config(false, false);
     let ours = lora_config::<_, TransformerEncoderConfig>(&config).init::<B>(&device);
@@ -132,6 +134,7 @@ fn modules_display_as_burns() {
 
 #[test]
 fn encoder_has_burns_module_paths_and_adapters_only_add_theirs() {
+    let _rng = common::backend_rng_guard();
     let (burn, mut ours) = encoder_pair(false, false);
     let burn_paths = paths(&burn);
     assert_eq!(paths(&ours), burn_paths);
@@ -157,6 +160,7 @@ fn encoder_has_burns_module_paths_and_adapters_only_add_theirs() {
 
 #[test]
 fn encoder_loaded_from_burns_checkpoint_computes_burns_output() {
+    let _rng = common::backend_rng_guard();
     let x = randn::<B, 3>([BATCH, SEQ, D_MODEL], 1);
     for norm_first in [false, true] {
         for quiet_softmax in [false, true] {
@@ -172,6 +176,7 @@ fn encoder_loaded_from_burns_checkpoint_computes_burns_output() {
 
 #[test]
 fn encoder_loads_a_record_of_burns_through_burns_recorder() {
+    let _rng = common::backend_rng_guard();
     let device = Default::default();
     let config = burn_config(true, false);
     let burn = config.init::<B>(&device);
@@ -187,6 +192,7 @@ fn encoder_loads_a_record_of_burns_through_burns_recorder() {
 
 #[test]
 fn attention_and_feed_forward_load_burns_checkpoints_and_compute_burns_outputs() {
+    let _rng = common::backend_rng_guard();
     let device = Default::default();
     let config = burn_attention::MultiHeadAttentionConfig::new(D_MODEL, 4).with_quiet_softmax(true);
     let burn = config.init::<B>(&device);
@@ -227,6 +233,7 @@ fn attention_and_feed_forward_load_burns_checkpoints_and_compute_burns_outputs()
 
 #[test]
 fn padded_positions_do_not_reach_the_others() {
+    let _rng = common::backend_rng_guard();
     let (_, ours) = encoder_pair(true, false);
     let x = randn::<B, 3>([BATCH, SEQ, D_MODEL], 6);
     // Different values at the padded positions (the last 3 of every sequence).
@@ -258,6 +265,7 @@ fn padded_positions_do_not_reach_the_others() {
 
 #[test]
 fn attention_mask_is_burns_and_causal_steps_match_the_cache() {
+    let _rng = common::backend_rng_guard();
     let (burn, ours) = encoder_pair(false, true);
     let device = Default::default();
     let x = randn::<B, 3>([BATCH, SEQ, D_MODEL], 8);
@@ -289,6 +297,7 @@ fn attention_mask_is_burns_and_causal_steps_match_the_cache() {
 
 #[test]
 fn cross_attention_cache_keeps_the_memory() {
+    let _rng = common::backend_rng_guard();
     let device = Default::default();
     let mha = MultiHeadAttentionConfig::new(D_MODEL, 4).init::<B>(&device);
     let memory = randn::<B, 3>([BATCH, SEQ, D_MODEL], 9);
@@ -318,6 +327,7 @@ fn cross_attention_cache_keeps_the_memory() {
 
 #[test]
 fn adapters_on_query_and_value_change_the_output_toggle_off_exactly_and_merge() {
+    let _rng = common::backend_rng_guard();
     let (_, mut ours) = encoder_pair(false, false);
     let x = randn::<B, 3>([BATCH, SEQ, D_MODEL], 11);
     let forward = |encoder: &TransformerEncoder<B>| {
@@ -366,6 +376,7 @@ fn adapters_on_query_and_value_change_the_output_toggle_off_exactly_and_merge() 
 /// the backend's seed, and the same mask in the gradient.
 #[test]
 fn dropout_zeroes_and_scales_reproducibly_in_training_only() {
+    let _rng = common::backend_rng_guard();
     use burn::tensor::backend::Backend;
     use common::AB;
 
