@@ -19,7 +19,6 @@ use std::path::PathBuf;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
 use burn_lora::nn::llama::{CausalLm, CausalLmInput, GenerationConfig, Sampling};
 use burn_lora::{load_adapter, save_adapter, LoraConfig, LoraModel, PathMap, Targets};
 use burn_lora_support::backend::{self, Inference, Train};
@@ -223,7 +222,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let adapter_dir = dir.join("adapter");
     save_adapter(&lm, ADAPTER, &adapter_dir, &PathMap::identity())?;
     let mut fresh = CausalLm::<Inference>::from_pretrained(&model_dir, &device)?;
-    let probe = probe_input(&prompts, &device);
+    let probe = CausalLmInput::left_padded(&prompts, pad, &device);
     let mut trained_base = lm.clone();
     trained_base.set_enabled(false);
     assert_bit_identical(
@@ -262,20 +261,4 @@ fn print_scores(name: &str, scores: &LmScores) {
         "  {name:<12} loss {:.4}  perplexity {:.2}",
         scores.loss, scores.perplexity
     );
-}
-
-/// The prompts, left-padded into one batch, as a forward input.
-fn probe_input<B: Backend>(prompts: &[Vec<u32>], device: &B::Device) -> CausalLmInput<B> {
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
-    let (mut ids, mut mask) = (Vec::new(), Vec::new());
-    for prompt in prompts {
-        let padding = longest - prompt.len();
-        ids.extend(std::iter::repeat_n(0i64, padding));
-        ids.extend(prompt.iter().map(|&t| i64::from(t)));
-        mask.extend(std::iter::repeat_n(0i64, padding));
-        mask.extend(std::iter::repeat_n(1i64, prompt.len()));
-    }
-    let shape = [prompts.len(), longest];
-    let tensor = |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, shape), device);
-    CausalLmInput::new(tensor(ids)).attention_mask(tensor(mask))
 }

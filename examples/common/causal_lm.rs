@@ -34,7 +34,7 @@ pub fn tokenize(
     Ok(InMemDataset::new(sequences))
 }
 
-/// Batches of `dataset`, in order, padded with `pad`.
+/// Batches of `dataset`, padded with `pad`: in order, or shuffled every epoch from `seed`.
 pub fn loader<B: burn::tensor::backend::Backend>(
     dataset: Arc<dyn Dataset<CausalLmItem>>,
     batch_size: usize,

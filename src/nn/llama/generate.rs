@@ -104,20 +104,8 @@ impl<B: Backend> CausalLm<B> {
         let pad = config.pad_token.or(self.config().pad_token_id).unwrap_or(0);
         let device = self.model.norm.gamma.device();
 
-        // The prompts, left-padded into one batch.
         let rows = prompts.len();
-        let mut ids = Vec::with_capacity(rows * longest);
-        let mut mask = Vec::with_capacity(rows * longest);
-        for prompt in prompts {
-            let padding = longest - prompt.len();
-            ids.extend(std::iter::repeat_n(i64::from(pad), padding));
-            ids.extend(prompt.iter().map(|&t| i64::from(t)));
-            mask.extend(std::iter::repeat_n(0, padding));
-            mask.extend(std::iter::repeat_n(1, prompt.len()));
-        }
-        let mut input = CausalLmInput::new(int_tensor(ids, [rows, longest], &device))
-            .attention_mask(int_tensor(mask, [rows, longest], &device))
-            .last_position_only();
+        let mut input = CausalLmInput::left_padded(prompts, pad, &device).last_position_only();
         if let Some(batch) = adapters {
             input = input.adapters(batch.clone());
         }

@@ -104,6 +104,31 @@ impl<B: Backend> CausalLmInput<B> {
         }
     }
 
+    /// Token sequences of different lengths in one batch, left-padded with `pad` (masked, so its
+    /// value does not matter) as Hugging Face pads prompts for generation: the attention mask is
+    /// 0 on the padding, and the default position ids start at 0 on each row's first token.
+    ///
+    /// # Shapes
+    /// - output ids and mask: `[prompts.len(), longest prompt]`
+    pub fn left_padded(prompts: &[Vec<u32>], pad: u32, device: &B::Device) -> Self {
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let rows = prompts.len();
+        let mut ids = Vec::with_capacity(rows * longest);
+        let mut mask = Vec::with_capacity(rows * longest);
+        for prompt in prompts {
+            let padding = longest - prompt.len();
+            ids.extend(std::iter::repeat_n(i64::from(pad), padding));
+            ids.extend(prompt.iter().map(|&t| i64::from(t)));
+            mask.extend(std::iter::repeat_n(0, padding));
+            mask.extend(std::iter::repeat_n(1, prompt.len()));
+        }
+        Self::new(int_tensor(ids, [rows, longest], device)).attention_mask(int_tensor(
+            mask,
+            [rows, longest],
+            device,
+        ))
+    }
+
     /// Which tokens are real (1) and which are padding (0), `[batch, seq]`. With a cache, the
     /// mask of this call's tokens only: the cache remembers the earlier ones.
     pub fn attention_mask(mut self, mask: Tensor<B, 2, Int>) -> Self {
