@@ -42,7 +42,8 @@ fn encoders() -> (
     let burn = config.init::<B>(&device);
     let mut ours = TransformerEncoderConfig::new(384, 1536, 12, 6)
         .with_dropout(0.0)
-        .init::<B>(&device);
+        .init::<B>(&device)
+        .expect("a valid encoder configuration");
     let result = ours.apply(burn.collect(None, None, false), None, None, false);
     assert!(
         result.errors.is_empty() && result.missing.is_empty(),

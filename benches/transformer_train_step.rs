@@ -24,7 +24,8 @@ fn encoder_train_step(c: &mut Criterion) {
     let device = backend::device();
     let full: TransformerEncoder<Train> = TransformerEncoderConfig::new(384, 1536, 12, 6)
         .with_dropout(0.0)
-        .init(&device);
+        .init(&device)
+        .expect("a valid encoder configuration");
     let mut lora = full.clone();
     lora.attach(
         "default",

@@ -155,3 +155,52 @@ fn plain_model_trains_every_parameter_before_attach() {
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     assert_eq!(grads.len(), 4, "both weights and both biases are trainable");
 }
+
+/// A LoRA body and a plain head, on the autodiff backend.
+#[derive(burn::module::Module, Debug, LoraModel)]
+struct WithHead<B: Backend> {
+    body: burn_lora::LoraLinear<B>,
+    head: burn::nn::Linear<B>,
+}
+
+/// Whether every parameter of `module` requires a gradient (`Some(true)`), none does
+/// (`Some(false)`), or they differ (`None`).
+fn all_trainable<M: burn::module::Module<AB>>(module: &M) -> Option<bool> {
+    let flags: HashSet<bool> = common::snapshot::ParamSnapshot::of(module)
+        .params
+        .iter()
+        .map(|p| p.require_grad)
+        .collect();
+    (flags.len() == 1).then(|| flags.contains(&true))
+}
+
+#[test]
+fn a_head_marked_trainable_stays_trainable_when_more_adapters_are_attached_or_loaded() {
+    let device = Default::default();
+    let mut model = WithHead {
+        body: burn_lora::LoraLinearConfig::new(6, 5)
+            .init::<AB>(&device)
+            .unwrap(),
+        head: burn::nn::LinearConfig::new(5, 3).init(&device),
+    };
+    // The first adapter freezes everything but itself, as PEFT does.
+    model
+        .attach("first", &LoraConfig::new(2, 2.0), &Targets::all())
+        .unwrap();
+    assert_eq!(all_trainable(&model.head), Some(false));
+    model.mark_trainable(&["head"]).unwrap();
+    assert_eq!(all_trainable(&model.head), Some(true));
+
+    model
+        .attach("second", &LoraConfig::new(1, 1.0), &Targets::all())
+        .unwrap();
+    assert_eq!(all_trainable(&model.head), Some(true));
+
+    let dir = tempfile::tempdir().unwrap();
+    let paths = burn_lora::PathMap::identity();
+    burn_lora::save_adapter(&model, "first", dir.path(), &paths).unwrap();
+    burn_lora::load_adapter(&mut model, "third", dir.path(), &paths).unwrap();
+    assert_eq!(all_trainable(&model.head), Some(true));
+    // The LoRA layer's base stays frozen throughout.
+    assert!(!model.body.weight_param().is_require_grad());
+}

@@ -92,7 +92,9 @@ fn encoder_pair(
     let device = Default::default();
     let config = burn_config(norm_first, quiet_softmax);
     let burn = config.init::<B>(&device);
-    let ours = lora_config::<_, TransformerEncoderConfig>(&config).init::<B>(&device);
+    let ours = lora_config::<_, TransformerEncoderConfig>(&config)
+        .init::<B>(&device)
+        .unwrap();
     let ours = load_saved(&burn, ours);
     (burn, ours)
 }
@@ -122,13 +124,19 @@ fn modules_display_as_burns() {
     let _rng = common::backend_rng_guard();
     let device = Default::default();
     let config = burn_config(false, false);
-    let ours = lora_config::<_, TransformerEncoderConfig>(&config).init::<B>(&device);
+    let ours = lora_config::<_, TransformerEncoderConfig>(&config)
+        .init::<B>(&device)
+        .unwrap();
     assert_eq!(ours.to_string(), config.init::<B>(&device).to_string());
     let burn_mha = burn_attention::MultiHeadAttentionConfig::new(D_MODEL, 4);
-    let mha = lora_config::<_, MultiHeadAttentionConfig>(&burn_mha).init::<B>(&device);
+    let mha = lora_config::<_, MultiHeadAttentionConfig>(&burn_mha)
+        .init::<B>(&device)
+        .unwrap();
     assert_eq!(mha.to_string(), burn_mha.init::<B>(&device).to_string());
     let burn_pwff = burn_transformer::PositionWiseFeedForwardConfig::new(D_MODEL, 32);
-    let pwff = lora_config::<_, PositionWiseFeedForwardConfig>(&burn_pwff).init::<B>(&device);
+    let pwff = lora_config::<_, PositionWiseFeedForwardConfig>(&burn_pwff)
+        .init::<B>(&device)
+        .unwrap();
     assert_eq!(pwff.to_string(), burn_pwff.init::<B>(&device).to_string());
 }
 
@@ -186,6 +194,7 @@ fn encoder_loads_a_record_of_burns_through_burns_recorder() {
     let bytes = recorder.record(burn.into_record(), ()).unwrap();
     let ours = lora_config::<_, TransformerEncoderConfig>(&config)
         .init::<B>(&device)
+        .unwrap()
         .load_record(recorder.load(bytes, &device).unwrap());
     assert_bit_identical(ours.forward(TransformerEncoderInput::new(x)), expected);
 }
@@ -198,7 +207,9 @@ fn attention_and_feed_forward_load_burns_checkpoints_and_compute_burns_outputs()
     let burn = config.init::<B>(&device);
     let ours: MultiHeadAttention<B> = load_saved(
         &burn,
-        lora_config::<_, MultiHeadAttentionConfig>(&config).init(&device),
+        lora_config::<_, MultiHeadAttentionConfig>(&config)
+            .init(&device)
+            .unwrap(),
     );
     assert_eq!(paths(&ours), paths(&burn));
     // Cross-attention of 4 queries over the 6 padded keys, with an attention mask as well.
@@ -224,7 +235,9 @@ fn attention_and_feed_forward_load_burns_checkpoints_and_compute_burns_outputs()
     let burn = config.init::<B>(&device);
     let ours: PositionWiseFeedForward<B> = load_saved(
         &burn,
-        lora_config::<_, PositionWiseFeedForwardConfig>(&config).init(&device),
+        lora_config::<_, PositionWiseFeedForwardConfig>(&config)
+            .init(&device)
+            .unwrap(),
     );
     assert_eq!(paths(&ours), paths(&burn));
     let x = randn::<B, 3>([BATCH, SEQ, D_MODEL], 5);
@@ -299,7 +312,9 @@ fn attention_mask_is_burns_and_causal_steps_match_the_cache() {
 fn cross_attention_cache_keeps_the_memory() {
     let _rng = common::backend_rng_guard();
     let device = Default::default();
-    let mha = MultiHeadAttentionConfig::new(D_MODEL, 4).init::<B>(&device);
+    let mha = MultiHeadAttentionConfig::new(D_MODEL, 4)
+        .init::<B>(&device)
+        .unwrap();
     let memory = randn::<B, 3>([BATCH, SEQ, D_MODEL], 9);
     let queries = randn::<B, 3>([BATCH, 3, D_MODEL], 10);
     let full = mha.forward(MhaInput::new(
@@ -384,7 +399,7 @@ fn dropout_zeroes_and_scales_reproducibly_in_training_only() {
     const ROWS: usize = 200;
     const COLS: usize = 500;
     let burn_dropout = burn::nn::DropoutConfig::new(P).init();
-    let dropout = burn_lora::nn::Dropout::from(burn_dropout.clone());
+    let dropout = burn_lora::nn::Dropout::try_from(burn_dropout.clone()).unwrap();
     assert_eq!(dropout.to_string(), burn_dropout.to_string());
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
     let bytes =
@@ -396,8 +411,8 @@ fn dropout_zeroes_and_scales_reproducibly_in_training_only() {
     )
     .expect("Burn's Dropout record loads into burn-lora's");
     // A constant is not restored from a record, by either module: the probability stays.
-    let loaded = Module::<B>::load_record(burn_lora::nn::Dropout { prob: 0.5 }, record);
-    assert_eq!(loaded.prob, 0.5);
+    let loaded = Module::<B>::load_record(burn_lora::nn::Dropout::new(0.5).unwrap(), record);
+    assert_eq!(loaded.prob(), 0.5);
 
     let device = Default::default();
     let run = |seed: u64| {
@@ -425,7 +440,9 @@ fn dropout_zeroes_and_scales_reproducibly_in_training_only() {
     // Inference: the input unchanged; p = 1 zeroes everything (Burn's divides by zero).
     let x: Tensor<B, 2> = randn([ROWS, COLS], 3);
     assert_bit_identical(dropout.forward(x.clone()), x);
-    let all = burn_lora::nn::Dropout { prob: 1.0 }.forward(Tensor::<AB, 2>::ones([4, 4], &device));
+    let all = burn_lora::nn::Dropout::new(1.0)
+        .unwrap()
+        .forward(Tensor::<AB, 2>::ones([4, 4], &device));
     all.into_data()
         .assert_eq(&TensorData::zeros::<f32, _>([4, 4]), true);
 }

@@ -19,7 +19,10 @@ use crate::io::tensor_file::{
     read_bytes, read_float_tensors, serialize_f32, tensor_values, FloatTensor,
 };
 use crate::layers::adapter::LoraAdapter;
-use crate::model::{check_unmerged, checked_layers_mut, lora_layer_paths, LoraModel};
+use crate::model::{
+    check_unmerged, checked_layers_mut, freeze_for_new_adapter, has_adapters, lora_layer_paths,
+    LoraModel,
+};
 
 /// File name of the tensors in an adapter directory.
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -114,7 +117,8 @@ pub fn save_adapter<B: Backend, M: LoraModel<B>>(
 /// (`rank_pattern`, `alpha_pattern` and rsLoRA included). Every tensor is checked first: a missing
 /// or unexpected key, a shape or rank mismatch, an unsupported dtype, non-finite values, a
 /// truncated or garbage file are errors naming the key, and on any error the model is left
-/// exactly as it was.
+/// exactly as it was. Freezes as [`LoraModel::attach`] does: a head made trainable after the
+/// first adapter stays trainable.
 pub fn load_adapter<B: Backend, M: LoraModel<B>>(
     model: &mut M,
     name: &str,
@@ -122,12 +126,13 @@ pub fn load_adapter<B: Backend, M: LoraModel<B>>(
     paths: &PathMap,
 ) -> Result<()> {
     let adapters = read_adapter(model, name, dir, paths)?;
+    let had_adapters = has_adapters(model);
     for (layer, adapter) in checked_layers_mut(model)?.into_iter().zip(adapters) {
         if let Some(adapter) = adapter {
             layer.insert_adapter(adapter)?;
         }
     }
-    model.freeze_base();
+    freeze_for_new_adapter(model, had_adapters);
     model.set_active_adapter(name)
 }
 

@@ -1,13 +1,13 @@
 //! [`LoraAdapter`]: one named pair of low-rank factors and the way it changes a layer's output.
 
 use burn::module::{Module, Param};
-use burn::nn::DropoutConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
 use burn::tensor::{ElementConversion, Tensor};
 
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};
+use crate::layers::record::AdapterIdentity;
 use crate::nn::Dropout;
 
 /// One named low-rank adapter of a [`LoraLinear`](crate::LoraLinear): `ΔW = s · A B`.
@@ -15,23 +15,20 @@ use crate::nn::Dropout;
 /// `A` is `[d_input, rank]`, `B` is `[rank, d_output]` (Burn's `Linear` orientation; PEFT stores
 /// their transposes). Its contribution to a layer's output is `s · ((dropout(x) A) B)`: two
 /// skinny matmuls, never the dense `A B`.
+///
+/// Its record holds its name, configuration and active flag beside the factors, and loading
+/// one restores them (see [`AdapterIdentity`]).
 #[derive(Module, Debug)]
 pub struct LoraAdapter<B: Backend> {
     /// Down-projection `A`, shape `[d_input, rank]`.
     lora_a: Param<Tensor<B, 2>>,
     /// Up-projection `B`, shape `[rank, d_output]`.
     lora_b: Param<Tensor<B, 2>>,
-    /// Dropout on the adapter's input (only active on an autodiff backend, i.e. in training).
-    dropout: Dropout,
-    /// The adapter's name, unique within its layer.
+    /// The adapter's name (unique within its layer), the configuration it was created from
+    /// (rank, alpha, rsLoRA, dropout, ...) and whether it takes part in `forward`; the layer's
+    /// record ([`AdapterList`](crate::AdapterList)) keeps it beside the factors.
     #[module(skip)]
-    name: String,
-    /// The configuration it was created from (rank, alpha, rsLoRA, ...).
-    #[module(skip)]
-    config: LoraConfig,
-    /// Whether the adapter takes part in `forward`.
-    #[module(skip)]
-    active: bool,
+    identity: AdapterIdentity,
 }
 
 impl<B: Backend> LoraAdapter<B> {
@@ -57,7 +54,7 @@ impl<B: Backend> LoraAdapter<B> {
             .val();
         let lora_a = Param::from_tensor(lora_a.detach());
         let lora_b = Param::from_tensor(Tensor::zeros([config.rank, d_output], device));
-        Ok(Self::assemble(name, config, lora_a, lora_b))
+        Self::assemble(name, config, lora_a, lora_b)
     }
 
     /// An adapter from given factors `A [d_input, rank]` and `B [rank, d_output]`.
@@ -94,7 +91,7 @@ impl<B: Backend> LoraAdapter<B> {
         ensure_finite(&lora_b, || format!("adapter \"{name}\" lora_B"))?;
         let lora_a = Param::from_tensor(lora_a.detach().require_grad());
         let lora_b = Param::from_tensor(lora_b.detach().require_grad());
-        Ok(Self::assemble(name, config, lora_a, lora_b))
+        Self::assemble(name, config, lora_a, lora_b)
     }
 
     fn assemble(
@@ -102,15 +99,47 @@ impl<B: Backend> LoraAdapter<B> {
         config: &LoraConfig,
         lora_a: Param<Tensor<B, 2>>,
         lora_b: Param<Tensor<B, 2>>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        Ok(Self {
             lora_a,
             lora_b,
-            dropout: DropoutConfig::new(config.dropout).init().into(),
-            name,
-            config: config.clone(),
-            active: true,
+            identity: AdapterIdentity::new(name, config.clone(), true)?,
+        })
+    }
+
+    /// An adapter rebuilt from its record alone (a record holding more adapters than the layer
+    /// it loads into): the factors on the record's device, trainable.
+    pub(crate) fn from_record(
+        record: <Self as Module<B>>::Record,
+        identity: AdapterIdentity,
+    ) -> Self {
+        let trainable = |param: Param<Tensor<B, 2>>| {
+            let (id, tensor, _) = param.consume();
+            Param::initialized(id, tensor.detach().require_grad())
+        };
+        Self {
+            lora_a: trainable(record.lora_a),
+            lora_b: trainable(record.lora_b),
+            identity,
         }
+    }
+
+    /// The adapter with another identity (a record's).
+    pub(crate) fn with_identity(mut self, identity: AdapterIdentity) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// The adapter's name, configuration and active flag.
+    pub fn identity(&self) -> &AdapterIdentity {
+        &self.identity
+    }
+
+    /// Dropout on the adapter's input (only active on an autodiff backend, i.e. in training).
+    fn dropout(&self) -> Dropout {
+        // The identity's configuration was validated (dropout in [0, 1)) when it was built or
+        // read, so the fallback is never taken.
+        Dropout::new(self.identity.config().dropout).unwrap_or_else(|_| Dropout::off())
     }
 
     /// The adapter's contribution `s · ((dropout(x) A) B)` to a layer's output.
@@ -119,7 +148,7 @@ impl<B: Backend> LoraAdapter<B> {
     /// - input: `[..., d_input]`
     /// - output: `[..., d_output]`
     pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
-        let hidden = linear(self.dropout.forward(input), self.lora_a.val(), None);
+        let hidden = linear(self.dropout().forward(input), self.lora_a.val(), None);
         let scale = self.scale();
         // Scale the rank-wide hidden tensor, not the output: r values per row instead of d_output.
         let hidden = if scale == 1.0 {
@@ -133,7 +162,7 @@ impl<B: Backend> LoraAdapter<B> {
     /// The adapter's dropout applied to `input` (the identity outside training or at
     /// probability 0), for layers that run the factors themselves (convolutions).
     pub(crate) fn dropout_input<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
-        self.dropout.forward(input)
+        self.dropout().forward(input)
     }
 
     /// The dense update `ΔW = s · A B`, shape `[d_input, d_output]`, detached from autodiff.
@@ -150,31 +179,31 @@ impl<B: Backend> LoraAdapter<B> {
     /// Errors with [`LoraError::NonFinite`] if `A` or `B` holds NaN or infinity.
     pub fn ensure_finite(&self) -> Result<()> {
         ensure_finite(&self.lora_a.val(), || {
-            format!("adapter \"{}\" lora_A", self.name)
+            format!("adapter \"{}\" lora_A", self.name())
         })?;
         ensure_finite(&self.lora_b.val(), || {
-            format!("adapter \"{}\" lora_B", self.name)
+            format!("adapter \"{}\" lora_B", self.name())
         })
     }
 
     /// The adapter's name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.identity.name()
     }
 
     /// The configuration the adapter was created with.
     pub fn config(&self) -> &LoraConfig {
-        &self.config
+        self.identity.config()
     }
 
     /// The scale `s` applied to `A B`.
     pub fn scale(&self) -> f64 {
-        self.config.scale()
+        self.config().scale()
     }
 
     /// The rank `r`.
     pub fn rank(&self) -> usize {
-        self.config.rank
+        self.config().rank
     }
 
     /// `A`, shape `[d_input, rank]`.
@@ -210,11 +239,11 @@ impl<B: Backend> LoraAdapter<B> {
 
     /// Whether this adapter takes part in its layer's `forward`.
     pub fn is_active(&self) -> bool {
-        self.active
+        self.identity.is_active()
     }
 
     pub(crate) fn set_active(&mut self, active: bool) {
-        self.active = active;
+        self.identity.set_active(active);
     }
 }
 

@@ -149,17 +149,16 @@ pub struct LoraConv2d<B: Backend> {
     groups: usize,
     /// The padding configuration.
     padding: PaddingConfig2d,
-    /// Named adapters; `None` when there are none, so base-only checkpoints load unchanged.
-    adapters: Option<Vec<LoraAdapter<B>>>,
+    /// Named adapters; none in a base-only checkpoint, which loads unchanged. A record keeps
+    /// their names and configurations (see [`AdapterList`](crate::AdapterList)).
+    adapters: crate::AdapterList<B>,
     /// `W + Σ s·(A B)ᵀ` of the adapters merged in place, `[out, in, kh, kw]`; `None` when
-    /// unmerged. Kept beside `W` (never written into it) so that unmerging is exact.
-    merged_weight: Option<Param<Tensor<B, 4>>>,
+    /// unmerged. Kept beside `W` (never written into it) so that unmerging is exact; a record
+    /// keeps it with the merged adapters' names, and loading takes the record's merged state.
+    merged_weight: crate::MergedWeight<B, 4>,
     /// When false, `forward` is exactly the base layer.
     #[module(skip)]
     enabled: bool,
-    /// Names of the adapters merged into `merged_weight` (meaningful only while it is `Some`).
-    #[module(skip)]
-    merged: Vec<String>,
 }
 
 impl<B: Backend> LoraConv2d<B> {
@@ -173,10 +172,9 @@ impl<B: Backend> LoraConv2d<B> {
             dilation: conv.dilation,
             groups: conv.groups,
             padding: conv.padding,
-            adapters: None,
-            merged_weight: None,
+            adapters: crate::AdapterList::empty(),
+            merged_weight: crate::MergedWeight::none(),
             enabled: true,
-            merged: Vec::new(),
         }
     }
 
@@ -192,8 +190,8 @@ impl<B: Backend> LoraConv2d<B> {
             return self.forward_base(input);
         }
         let options = self.options(&input);
-        if let Some(merged) = &self.merged_weight {
-            return conv2d(input, merged.val(), self.bias(), options);
+        if let Some(merged) = self.merged_weight.tensor() {
+            return conv2d(input, merged, self.bias(), options);
         }
         let active: Vec<&LoraAdapter<B>> = LoraLayer::adapters(self)
             .iter()
@@ -443,8 +441,8 @@ impl<B: Backend> LoraConv2d<B> {
         if !self.enabled {
             return Ok(self.weight().detach());
         }
-        if let Some(merged) = &self.merged_weight {
-            return Ok(merged.val().detach());
+        if let Some(merged) = self.merged_weight.tensor() {
+            return Ok(merged.detach());
         }
         Ok(self
             .merged_base()?
@@ -542,9 +540,8 @@ impl<B: Backend> LoraLayer<B> for LoraConv2d<B> {
     fn merge_and_unload(&mut self) -> LoraResult<()> {
         let weight = self.effective_weight()?;
         self.weight = replace_value(self.weight.clone(), weight);
-        self.merged_weight = None;
-        self.merged = Vec::new();
-        self.adapters = None;
+        self.merged_weight = crate::MergedWeight::none();
+        self.adapters = crate::AdapterList::empty();
         Ok(())
     }
 }

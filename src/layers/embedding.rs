@@ -90,17 +90,16 @@ impl LoraEmbeddingConfig {
 pub struct LoraEmbedding<B: Backend> {
     /// Base table `W`, shape `[n_embedding, d_model]`; frozen once an adapter is attached.
     weight: Param<Tensor<B, 2>>,
-    /// Named adapters; `None` when there are none, so base-only checkpoints load unchanged.
-    adapters: Option<Vec<LoraAdapter<B>>>,
+    /// Named adapters; none in a base-only checkpoint, which loads unchanged. A record keeps
+    /// their names and configurations (see [`AdapterList`](crate::AdapterList)).
+    adapters: crate::AdapterList<B>,
     /// `W + Σ s·A B` of the adapters merged in place, `[n_embedding, d_model]`; `None` when
-    /// unmerged. Kept beside `W` (never written into it) so that unmerging is exact.
-    merged_weight: Option<Param<Tensor<B, 2>>>,
+    /// unmerged. Kept beside `W` (never written into it) so that unmerging is exact; a record
+    /// keeps it with the merged adapters' names, and loading takes the record's merged state.
+    merged_weight: crate::MergedWeight<B, 2>,
     /// When false, `forward` is exactly the base layer.
     #[module(skip)]
     enabled: bool,
-    /// Names of the adapters merged into `merged_weight` (meaningful only while it is `Some`).
-    #[module(skip)]
-    merged: Vec<String>,
 }
 
 impl<B: Backend> LoraEmbedding<B> {
@@ -108,10 +107,9 @@ impl<B: Backend> LoraEmbedding<B> {
     pub fn from_embedding(embedding: Embedding<B>) -> Self {
         Self {
             weight: embedding.weight,
-            adapters: None,
-            merged_weight: None,
+            adapters: crate::AdapterList::empty(),
+            merged_weight: crate::MergedWeight::none(),
             enabled: true,
-            merged: Vec::new(),
         }
     }
 
@@ -124,8 +122,8 @@ impl<B: Backend> LoraEmbedding<B> {
         if !self.enabled {
             return self.forward_base(ids);
         }
-        if let Some(merged) = &self.merged_weight {
-            return embedding(merged.val(), ids);
+        if let Some(merged) = self.merged_weight.tensor() {
+            return embedding(merged, ids);
         }
         let mut active = LoraLayer::adapters(self)
             .iter()
@@ -215,8 +213,8 @@ impl<B: Backend> LoraEmbedding<B> {
         if !self.enabled {
             return Ok(self.weight().detach());
         }
-        if let Some(merged) = &self.merged_weight {
-            return Ok(merged.val().detach());
+        if let Some(merged) = self.merged_weight.tensor() {
+            return Ok(merged.detach());
         }
         Ok(self
             .merged_base()?
@@ -294,9 +292,8 @@ impl<B: Backend> LoraLayer<B> for LoraEmbedding<B> {
     fn merge_and_unload(&mut self) -> LoraResult<()> {
         let weight = self.effective_weight()?;
         self.weight = replace_value(self.weight.clone(), weight);
-        self.merged_weight = None;
-        self.merged = Vec::new();
-        self.adapters = None;
+        self.merged_weight = crate::MergedWeight::none();
+        self.adapters = crate::AdapterList::empty();
         Ok(())
     }
 }

@@ -304,7 +304,7 @@ fn push_adapter<B: Backend, L: LoraLayer<B> + ?Sized>(layer: &mut L, mut adapter
 }
 
 /// The [`LoraLayer`] methods every layer kind implements alike, over the fields they all have
-/// (`weight`, `adapters`, `enabled`, `merged_weight`, `merged`) and their `merged_base()`
+/// (`weight`, `adapters`, `enabled`, `merged_weight`) and their `merged_base()`
 /// (`W + Σ_active s·ΔW` in the base's layout, with the adapters' names). Used inside each
 /// kind's `impl LoraLayer`.
 macro_rules! shared_layer_methods {
@@ -318,11 +318,11 @@ macro_rules! shared_layer_methods {
         }
 
         fn adapters(&self) -> &[$crate::LoraAdapter<B>] {
-            self.adapters.as_deref().unwrap_or(&[])
+            self.adapters.as_slice()
         }
 
         fn adapter_slot(&mut self) -> &mut Option<Vec<$crate::LoraAdapter<B>>> {
-            &mut self.adapters
+            &mut self.adapters.0
         }
 
         fn is_enabled(&self) -> bool {
@@ -334,10 +334,7 @@ macro_rules! shared_layer_methods {
         }
 
         fn merged_adapters(&self) -> &[String] {
-            match self.merged_weight {
-                Some(_) => &self.merged,
-                None => &[],
-            }
+            self.merged_weight.names()
         }
 
         fn merge(&mut self) -> $crate::Result<()> {
@@ -345,9 +342,7 @@ macro_rules! shared_layer_methods {
                 return Err($crate::LoraError::Merged(self.merged_adapters().to_vec()));
             }
             if let Some((weight, names)) = self.merged_base()? {
-                self.merged_weight =
-                    Some(burn::module::Param::from_tensor(weight.detach()).set_require_grad(false));
-                self.merged = names;
+                self.merged_weight = $crate::MergedWeight::merged(weight, names);
             }
             Ok(())
         }
@@ -356,8 +351,7 @@ macro_rules! shared_layer_methods {
             if !self.is_merged() {
                 return Err($crate::LoraError::NotMerged);
             }
-            self.merged_weight = None;
-            self.merged = Vec::new();
+            self.merged_weight = $crate::MergedWeight::none();
             Ok(())
         }
     };

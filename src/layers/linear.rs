@@ -8,7 +8,6 @@ use burn::tensor::module::linear;
 use burn::tensor::Tensor;
 
 use crate::error::{LoraError, Result as LoraResult};
-use crate::layers::adapter::LoraAdapter;
 use crate::layers::adapter_batch::{forward_grouped, AdapterBatch};
 use crate::layers::layer::{shared_layer_methods, LayerKind, LoraLayer};
 
@@ -83,19 +82,16 @@ pub struct LoraLinear<B: Backend> {
     weight: Param<Tensor<B, 2>>,
     /// Base bias `b`, shape `[d_output]`; frozen once an adapter is attached.
     bias: Option<Param<Tensor<B, 1>>>,
-    /// Named adapters; `None` when there are none, so base-only checkpoints load unchanged.
-    adapters: Option<Vec<LoraAdapter<B>>>,
+    /// Named adapters; none in a base-only checkpoint, which loads unchanged. A record keeps
+    /// their names and configurations (see [`AdapterList`](crate::AdapterList)).
+    adapters: crate::AdapterList<B>,
     /// `W + Σ s·A B` of the adapters merged in place, `[d_input, d_output]`; `None` when
-    /// unmerged. Kept beside `W` (never written into it) so that unmerging is exact and a
-    /// checkpoint saved while merged loads back to the same outputs into a merged or an
-    /// unmerged model.
-    merged_weight: Option<Param<Tensor<B, 2>>>,
+    /// unmerged. Kept beside `W` (never written into it) so that unmerging is exact; a record
+    /// keeps it with the merged adapters' names, and loading takes the record's merged state.
+    merged_weight: crate::MergedWeight<B, 2>,
     /// When false, `forward` is exactly the base layer.
     #[module(skip)]
     enabled: bool,
-    /// Names of the adapters merged into `merged_weight` (meaningful only while it is `Some`).
-    #[module(skip)]
-    merged: Vec<String>,
 }
 
 impl<B: Backend> LoraLinear<B> {
@@ -104,10 +100,9 @@ impl<B: Backend> LoraLinear<B> {
         Self {
             weight: linear.weight,
             bias: linear.bias,
-            adapters: None,
-            merged_weight: None,
+            adapters: crate::AdapterList::empty(),
+            merged_weight: crate::MergedWeight::none(),
             enabled: true,
-            merged: Vec::new(),
         }
     }
 
@@ -120,8 +115,8 @@ impl<B: Backend> LoraLinear<B> {
         if !self.enabled {
             return self.forward_base(input);
         }
-        if let Some(merged) = &self.merged_weight {
-            return linear(input, merged.val(), self.bias.as_ref().map(|b| b.val()));
+        if let Some(merged) = self.merged_weight.tensor() {
+            return linear(input, merged, self.bias.as_ref().map(|b| b.val()));
         }
         let mut active = LoraLayer::adapters(self)
             .iter()
@@ -244,7 +239,7 @@ impl<B: Backend> LoraLinear<B> {
 
     /// The merged weight `W + Σ s·A B`, while merged in place.
     pub(crate) fn merged_weight_tensor(&self) -> Option<Tensor<B, 2>> {
-        self.merged_weight.as_ref().map(Param::val)
+        self.merged_weight.tensor()
     }
 }
 
@@ -293,9 +288,8 @@ impl<B: Backend> LoraLayer<B> for LoraLinear<B> {
         let weight = self.effective_weight()?;
         let bias = self.bias();
         self.replace_base(weight, bias);
-        self.merged_weight = None;
-        self.merged = Vec::new();
-        self.adapters = None;
+        self.merged_weight = crate::MergedWeight::none();
+        self.adapters = crate::AdapterList::empty();
         Ok(())
     }
 }

@@ -8,3 +8,4 @@ pub(crate) mod embedding;
 pub(crate) mod layer;
 pub(crate) mod linear;
 mod merge;
+pub(crate) mod record;

@@ -97,8 +97,10 @@ pub trait LoraModel<B: Backend>: Module<B> + VisitLoraLayers<B> {
 
     /// Attaches a fresh adapter `name` (`A` drawn by `config.init`, `B = 0`) to the LoRA layers
     /// `targets` selects, with its rank and alpha overrides, makes it the active adapter, and
-    /// freezes everything but the adapters (as PEFT does; see
-    /// [`mark_trainable`](Self::mark_trainable) for a head trained beside them).
+    /// freezes the LoRA layers' bases. The first adapter attached to a model also freezes
+    /// every other parameter, as PEFT does; later ones leave the parameters outside the LoRA
+    /// layers as they are, so a head [`mark_trainable`](Self::mark_trainable) made trainable
+    /// stays trainable.
     ///
     /// # Errors
     /// Checked before anything changes: an empty or duplicate name, an invalid config or a rank
@@ -142,6 +144,7 @@ pub trait LoraModel<B: Backend>: Module<B> + VisitLoraLayers<B> {
                 "no LoRA layer matches {targets:?}; the model's LoRA layers are {paths:?}"
             )));
         }
+        let had_adapters = has_adapters(self);
         let mut layers = checked_layers_mut(self)?;
         for (index, config) in &selected {
             layers[*index].check_new_adapter(name, config)?;
@@ -154,7 +157,7 @@ pub trait LoraModel<B: Backend>: Module<B> + VisitLoraLayers<B> {
                 return Err(error);
             }
         }
-        self.freeze_base();
+        freeze_for_new_adapter(self, had_adapters);
         self.set_active_adapter(name)
     }
 
@@ -402,6 +405,31 @@ pub trait VisitLoraLayers<B: Backend> {
 }
 
 /// [`LoraError::Merged`] if any layer has adapters merged in place.
+/// Whether any LoRA layer of `model` holds an adapter.
+pub(crate) fn has_adapters<B: Backend, M: LoraModel<B>>(model: &M) -> bool {
+    model
+        .lora_layers()
+        .iter()
+        .any(|layer| !layer.adapters().is_empty())
+}
+
+/// Freezes what a newly added adapter requires: every LoRA layer's base, and, for a model's
+/// first adapter (`had_adapters` false), every parameter but the adapters' factors. A model
+/// that already had adapters keeps the flags of the parameters outside its LoRA layers (a head
+/// made trainable by [`LoraModel::mark_trainable`]).
+pub(crate) fn freeze_for_new_adapter<B: Backend, M: LoraModel<B>>(
+    model: &mut M,
+    had_adapters: bool,
+) {
+    if had_adapters {
+        for layer in model.lora_layers_mut() {
+            layer.freeze_base();
+        }
+    } else {
+        model.freeze_base();
+    }
+}
+
 pub(crate) fn check_unmerged<B: Backend>(layers: Vec<&dyn LoraLayer<B>>) -> Result<()> {
     match layers.into_iter().find(|l| l.is_merged()) {
         Some(layer) => Err(LoraError::Merged(layer.merged_adapters().to_vec())),

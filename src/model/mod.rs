@@ -10,5 +10,5 @@ pub(crate) mod paths;
 pub(crate) mod report;
 pub(crate) mod targets;
 
-pub(crate) use lora_model::{check_unmerged, LoraModel};
+pub(crate) use lora_model::{check_unmerged, freeze_for_new_adapter, has_adapters, LoraModel};
 pub(crate) use paths::{checked_layers_mut, lora_layer_paths};

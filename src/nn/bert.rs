@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use serde::Deserialize;
@@ -15,6 +15,8 @@ use crate::io::path_map::PathMap;
 use crate::io::pytorch_checkpoint::{load_pytorch_checkpoint, LoadOptions, LoadReport};
 use crate::io::tensor_file::read_bytes;
 use crate::layers::embedding::LoraEmbedding;
+use crate::nn::dropout::check_probability;
+use crate::nn::ids::{check_ids, host_mask};
 use crate::nn::transformer::{
     TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
 };
@@ -42,9 +44,14 @@ pub struct BertConfig {
     /// LayerNorm epsilon.
     #[config(default = 1e-12)]
     pub layer_norm_eps: f64,
-    /// Dropout after embeddings and sub-layers.
+    /// Dropout after the embeddings and on each sub-layer's output before its residual sum,
+    /// in `[0, 1]` (Hugging Face's `hidden_dropout_prob`).
     #[config(default = 0.1)]
     pub hidden_dropout_prob: f64,
+    /// Dropout on the attention probabilities, after the softmax, in `[0, 1]` (Hugging Face's
+    /// `attention_probs_dropout_prob`).
+    #[config(default = 0.1)]
+    pub attention_probs_dropout_prob: f64,
 }
 
 /// The fields of Hugging Face's `config.json` that shape a BERT.
@@ -60,8 +67,10 @@ struct HfBertConfig {
     type_vocab_size: usize,
     #[serde(default = "bert_eps")]
     layer_norm_eps: f64,
-    #[serde(default)]
+    #[serde(default = "bert_dropout")]
     hidden_dropout_prob: f64,
+    #[serde(default = "bert_dropout")]
+    attention_probs_dropout_prob: f64,
     #[serde(default = "gelu")]
     hidden_act: String,
     #[serde(default = "absolute")]
@@ -74,6 +83,9 @@ fn two() -> usize {
 fn bert_eps() -> f64 {
     1e-12
 }
+fn bert_dropout() -> f64 {
+    0.1
+}
 fn gelu() -> String {
     "gelu".into()
 }
@@ -85,9 +97,10 @@ impl BertConfig {
     /// Reads Hugging Face's `config.json` of a BERT model.
     ///
     /// # Errors
-    /// [`LoraError::InvalidFile`] for unreadable JSON or missing fields, and
+    /// [`LoraError::InvalidFile`] for unreadable JSON or missing fields,
+    /// [`LoraError::InvalidModel`] for a dropout outside `[0, 1]`, and
     /// [`LoraError::Unsupported`] for an activation other than exact GELU or relative position
-    /// embeddings.
+    /// embeddings. Missing dropouts take Hugging Face's default, 0.1.
     pub fn from_hf_json(path: &Path) -> LoraResult<Self> {
         let bytes = read_bytes(path)?;
         let hf: HfBertConfig =
@@ -108,6 +121,11 @@ impl BertConfig {
                 hf.position_embedding_type
             )));
         }
+        check_probability("hidden_dropout_prob", hf.hidden_dropout_prob)?;
+        check_probability(
+            "attention_probs_dropout_prob",
+            hf.attention_probs_dropout_prob,
+        )?;
         Ok(Self {
             vocab_size: hf.vocab_size,
             hidden_size: hf.hidden_size,
@@ -118,14 +136,19 @@ impl BertConfig {
             type_vocab_size: hf.type_vocab_size,
             layer_norm_eps: hf.layer_norm_eps,
             hidden_dropout_prob: hf.hidden_dropout_prob,
+            attention_probs_dropout_prob: hf.attention_probs_dropout_prob,
         })
     }
 
     /// Builds a randomly initialised model (load weights with [`Bert::load_hf_safetensors`]).
     ///
+    /// In training its dropouts are Hugging Face's: after the embeddings' LayerNorm, on the
+    /// attention probabilities, and on each sub-layer's output before its residual sum; the
+    /// feed-forward block's hidden layer has none.
+    ///
     /// # Errors
-    /// [`LoraError::InvalidModel`] when a width is zero or `hidden_size` is not a multiple of
-    /// `num_attention_heads`.
+    /// [`LoraError::InvalidModel`] when a width is zero, `hidden_size` is not a multiple of
+    /// `num_attention_heads`, or a dropout is not in `[0, 1]`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> LoraResult<Bert<B>> {
         let widths = [
             self.vocab_size,
@@ -155,9 +178,10 @@ impl BertConfig {
             layer_norm: LayerNormConfig::new(self.hidden_size)
                 .with_epsilon(self.layer_norm_eps)
                 .init(device),
-            dropout: DropoutConfig::new(self.hidden_dropout_prob).init().into(),
+            dropout: Dropout::new(self.hidden_dropout_prob)?,
         };
-        let encoder = TransformerEncoderConfig::new(
+        let attention_dropout = Dropout::new(self.attention_probs_dropout_prob)?;
+        let mut encoder = TransformerEncoderConfig::new(
             self.hidden_size,
             self.intermediate_size,
             self.num_attention_heads,
@@ -165,7 +189,12 @@ impl BertConfig {
         )
         .with_dropout(self.hidden_dropout_prob)
         .with_layer_norm_eps(self.layer_norm_eps)
-        .init(device);
+        .init(device)?;
+        for layer in &mut encoder.layers {
+            layer.mha.dropout = attention_dropout.clone();
+            layer.mha.dropout_after_softmax = true;
+            layer.pwff.dropout = Dropout::off();
+        }
         Ok(Bert {
             embeddings,
             encoder,
@@ -205,8 +234,56 @@ pub struct Bert<B: Backend> {
 }
 
 impl<B: Backend> Bert<B> {
+    /// [`forward`](Self::forward) after checking the input, so that a server can reject a bad
+    /// request instead of panicking inside the backend. Reads the ids back to the host.
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidInput`] for an empty batch, an attention mask or token types of
+    /// another shape than the ids, an attention mask value other than 0 and 1, more
+    /// positions than `max_position_embeddings`, or a token id (token type) outside the
+    /// vocabulary (the token types).
+    ///
+    /// # Shapes
+    /// As [`forward`](Self::forward).
+    pub fn try_forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        token_type_ids: Option<Tensor<B, 2, Int>>,
+    ) -> LoraResult<Tensor<B, 3>> {
+        let shape @ [batch, seq] = input_ids.dims();
+        if batch == 0 || seq == 0 {
+            return Err(LoraError::InvalidInput(format!(
+                "an empty batch of input ids, shape {shape:?}"
+            )));
+        }
+        let e = &self.embeddings;
+        let [max_positions, _] = e.position_embeddings.weight.dims();
+        if seq > max_positions {
+            return Err(LoraError::InvalidInput(format!(
+                "{seq} positions, more than max_position_embeddings ({max_positions})"
+            )));
+        }
+        let [vocab, _] = e.word_embeddings.weight().dims();
+        check_ids(&input_ids, vocab, "token id", "vocabulary")?;
+        host_mask(&attention_mask, shape)?;
+        if let Some(token_types) = &token_type_ids {
+            if token_types.dims() != shape {
+                return Err(LoraError::InvalidInput(format!(
+                    "token type ids of shape {:?} for input ids of shape {shape:?}",
+                    token_types.dims()
+                )));
+            }
+            let [types, _] = e.token_type_embeddings.weight.dims();
+            check_ids(token_types, types, "token type", "token types")?;
+        }
+        Ok(self.forward(input_ids, attention_mask, token_type_ids))
+    }
+
     /// The last hidden state. `attention_mask` holds 1 for tokens and 0 for padding;
-    /// `token_type_ids` default to 0.
+    /// `token_type_ids` default to 0. Input from outside the program should go through
+    /// [`try_forward`](Self::try_forward): an id outside the vocabulary or too long a sequence
+    /// panics inside the backend here.
     ///
     /// # Shapes
     /// - `input_ids`, `attention_mask`, `token_type_ids`: `[batch, seq]`

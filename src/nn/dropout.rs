@@ -6,6 +6,8 @@ use burn::tensor::{Distribution, Tensor, TensorData};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::error::{LoraError, Result};
+
 /// Burn's `Dropout` (same field, record, display and arithmetic) with a faster mask on the
 /// backends that keep tensors in host memory.
 ///
@@ -29,17 +31,52 @@ use rand::{Rng, SeedableRng};
 #[derive(Module, Clone, Debug)]
 #[module(custom_display)]
 pub struct Dropout {
-    /// The probability of zeroing an element, in `[0, 1]`.
-    pub prob: f64,
+    /// The probability of zeroing an element, in `[0, 1]` (checked by [`Dropout::new`]).
+    prob: f64,
 }
 
-impl From<burn::nn::Dropout> for Dropout {
-    fn from(dropout: burn::nn::Dropout) -> Self {
-        Self { prob: dropout.prob }
+impl TryFrom<burn::nn::Dropout> for Dropout {
+    type Error = LoraError;
+
+    /// Burn's dropout with the same probability, checked (Burn's field is public, so it may
+    /// hold anything).
+    fn try_from(dropout: burn::nn::Dropout) -> Result<Self> {
+        Self::new(dropout.prob)
+    }
+}
+
+/// [`LoraError::InvalidModel`] unless `p` is a probability (`[0, 1]`; NaN is not).
+pub(crate) fn check_probability(what: &str, p: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(LoraError::InvalidModel(format!(
+            "{what} must be in [0, 1], got {p}"
+        )))
     }
 }
 
 impl Dropout {
+    /// Dropout zeroing each element with probability `prob`.
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidModel`] unless `prob` is in `[0, 1]` (NaN would zero everything and
+    /// a negative value would shrink the activations).
+    pub fn new(prob: f64) -> Result<Self> {
+        check_probability("dropout probability", prob)?;
+        Ok(Self { prob })
+    }
+
+    /// Dropout that never drops (the identity).
+    pub fn off() -> Self {
+        Self { prob: 0.0 }
+    }
+
+    /// The probability of zeroing an element.
+    pub fn prob(&self) -> f64 {
+        self.prob
+    }
+
     /// Applies dropout in training; returns the input unchanged on a backend without autodiff
     /// or when `prob` is zero.
     pub fn forward<B: Backend, const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {

@@ -21,6 +21,7 @@ pub mod bert;
 pub mod cache;
 pub mod decoder;
 mod dropout;
+mod ids;
 pub mod llama;
 mod lora_layers;
 pub mod transformer;

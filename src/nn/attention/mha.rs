@@ -2,12 +2,13 @@
 
 use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Initializer, Module, ModuleDisplay};
-use burn::nn::{DropoutConfig, Gelu, LinearConfig};
+use burn::nn::{Gelu, LinearConfig};
 use burn::tensor::activation::{quiet_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
 
 use super::{MhaCache, MhaInput, MhaOutput};
+use crate::error::LoraError;
 use crate::nn::Dropout;
 use crate::LoraLinear;
 
@@ -19,7 +20,8 @@ pub struct MultiHeadAttentionConfig {
     pub d_model: usize,
     /// Number of heads; `d_model / n_heads` is the width of each.
     pub n_heads: usize,
-    /// Dropout rate on the attention scores.
+    /// Dropout rate on the attention scores, in `[0, 1]` (see
+    /// [`MultiHeadAttention::dropout_after_softmax`] for Hugging Face's placement).
     #[config(default = 0.1)]
     pub dropout: f64,
     /// Value given to masked attention scores before the softmax (too low may give NaN).
@@ -55,8 +57,11 @@ pub struct MultiHeadAttention<B: Backend> {
     pub value: LoraLinear<B>,
     /// Projection of the attended values back to the model width.
     pub output: LoraLinear<B>,
-    /// Dropout on the attention scores.
+    /// Dropout on the attention scores, or on the probabilities with `dropout_after_softmax`.
     pub dropout: Dropout,
+    /// Whether dropout applies to the probabilities after the softmax (PyTorch's and Hugging
+    /// Face's placement) rather than to the scores before it (Burn's, what `init` builds).
+    pub dropout_after_softmax: bool,
     /// Unused; kept as in Burn's struct.
     pub activation: Gelu,
     /// Width of the model.
@@ -73,7 +78,19 @@ pub struct MultiHeadAttention<B: Backend> {
 
 impl MultiHeadAttentionConfig {
     /// Builds the module, drawing the projections as Burn's `init` does.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> MultiHeadAttention<B> {
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidModel`] when `d_model` or `n_heads` is zero, `d_model` is not a
+    /// multiple of `n_heads`, or `dropout` is not a probability.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> crate::Result<MultiHeadAttention<B>> {
+        if self.d_model == 0 || self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
+            return Err(LoraError::InvalidModel(format!(
+                "multi-head attention needs non-zero sizes and d_model a multiple of n_heads, \
+                 got d_model {} and n_heads {}",
+                self.d_model, self.n_heads
+            )));
+        }
+        let dropout = Dropout::new(self.dropout)?;
         let linear = || {
             LoraLinear::from_linear(
                 LinearConfig::new(self.d_model, self.d_model)
@@ -81,19 +98,20 @@ impl MultiHeadAttentionConfig {
                     .init(device),
             )
         };
-        MultiHeadAttention {
+        Ok(MultiHeadAttention {
             query: linear(),
             key: linear(),
             value: linear(),
             output: linear(),
-            dropout: DropoutConfig::new(self.dropout).init().into(),
+            dropout,
+            dropout_after_softmax: false,
             activation: Gelu::new(),
             d_model: self.d_model,
             n_heads: self.n_heads,
             d_k: self.d_model / self.n_heads,
             min_float: self.min_float,
             quiet_softmax: self.quiet_softmax,
-        }
+        })
     }
 }
 
@@ -154,8 +172,13 @@ impl<B: Backend> MultiHeadAttention<B> {
         let scores = query
             .matmul(key.transpose())
             .div_scalar((self.d_k as f32).sqrt());
-        let scores = self.dropout.forward(scores);
-        let weights = self.attn_weights(scores, mask_pad, mask_attn);
+        let weights = if self.dropout_after_softmax {
+            let weights = self.attn_weights(scores, mask_pad, mask_attn);
+            self.dropout.forward(weights)
+        } else {
+            let scores = self.dropout.forward(scores);
+            self.attn_weights(scores, mask_pad, mask_attn)
+        };
         let context = weights.clone().matmul(value).swap_dims(1, 2).reshape([
             batch_size,
             seq_length_1,
@@ -214,7 +237,7 @@ impl<B: Backend> ModuleDisplay for MultiHeadAttention<B> {
             .add("d_model", &self.d_model)
             .add("n_heads", &self.n_heads)
             .add("d_k", &self.d_k)
-            .add("dropout", &self.dropout.prob)
+            .add("dropout", &self.dropout.prob())
             .add("min_float", &self.min_float)
             .add("quiet_softmax", &self.quiet_softmax)
             .optional()

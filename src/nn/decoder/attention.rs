@@ -9,8 +9,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
 
 use super::kv_cache::KvCache;
+use super::project;
 use super::rope::RopeTables;
-use super::{check_probability, project};
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter_batch::AdapterBatch;
 use crate::nn::Dropout;
@@ -58,7 +58,7 @@ impl GroupedQueryAttentionConfig {
                  n_kv_heads, got {self:?}"
             )));
         }
-        check_probability("attention dropout", self.dropout)?;
+        let dropout = Dropout::new(self.dropout)?;
         let linear = |d_in: usize, d_out: usize, bias: bool| {
             LoraLinear::from_linear(
                 LinearConfig::new(d_in, d_out)
@@ -74,7 +74,7 @@ impl GroupedQueryAttentionConfig {
             k_proj: linear(self.d_model, kv_width, self.qkv_bias),
             v_proj: linear(self.d_model, kv_width, self.qkv_bias),
             o_proj: linear(q_width, self.d_model, self.output_bias),
-            dropout: Dropout { prob: self.dropout },
+            dropout,
             n_heads: self.n_heads,
             n_kv_heads: self.n_kv_heads,
             head_dim: self.head_dim,

@@ -22,8 +22,9 @@ pub use rope::{RopeScaling, RopeTables, RotaryEmbedding, RotaryEmbeddingConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::error::{LoraError, Result};
+use crate::error::Result;
 use crate::layers::adapter_batch::AdapterBatch;
+pub(crate) use crate::nn::dropout::check_probability;
 use crate::LoraLinear;
 
 /// `linear` applied to `x`, each row with its own adapter when a batch is given.
@@ -35,16 +36,5 @@ pub(crate) fn project<B: Backend, const D: usize>(
     match adapters {
         Some(batch) => linear.forward_adapters(x, batch),
         None => Ok(linear.forward(x)),
-    }
-}
-
-/// [`LoraError::InvalidModel`] unless `p` is a probability (`[0, 1]`).
-pub(crate) fn check_probability(what: &str, p: f64) -> Result<()> {
-    if (0.0..=1.0).contains(&p) {
-        Ok(())
-    } else {
-        Err(LoraError::InvalidModel(format!(
-            "{what} must be in [0, 1], got {p}"
-        )))
     }
 }

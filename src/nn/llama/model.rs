@@ -14,6 +14,7 @@ use crate::layers::embedding::LoraEmbedding;
 use crate::model::check_unmerged;
 use crate::nn::decoder::mask::DecoderMask;
 use crate::nn::decoder::{project, DecoderLayer, RotaryEmbedding};
+use crate::nn::ids::{check_ids, host_ints, host_mask};
 use crate::{LoraLinear, LoraModel};
 
 /// The decoder of a [`CausalLm`]: token embeddings, the layers, the final RMSNorm (Hugging
@@ -222,7 +223,12 @@ impl<B: Backend> CausalLm<B> {
             return invalid(format!("an empty batch of shape [{batch}, {seq}]"));
         }
         let device = input.input_ids.device();
-        check_ids(&input.input_ids, self.config.vocab_size)?;
+        check_ids(
+            &input.input_ids,
+            self.config.vocab_size,
+            "token id",
+            "vocabulary",
+        )?;
         let mask = match &input.attention_mask {
             Some(mask) => host_mask(mask, [batch, seq])?,
             None => vec![1; batch * seq],
@@ -307,41 +313,6 @@ impl<B: Backend> CausalLm<B> {
     }
 }
 
-/// Every token id is in `0..vocab`.
-fn check_ids<B: Backend>(ids: &Tensor<B, 2, Int>, vocab: usize) -> Result<()> {
-    let [_, seq] = ids.dims();
-    let values = host_ints(ids, "input ids")?;
-    match values
-        .iter()
-        .position(|&id| id < 0 || id as u64 >= vocab as u64)
-    {
-        Some(index) => Err(LoraError::InvalidInput(format!(
-            "token id {} at row {}, position {} is outside the vocabulary of {vocab}",
-            values[index],
-            index / seq,
-            index % seq
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// The mask on the host, checked to be `shape` and to hold only 0 and 1.
-fn host_mask<B: Backend>(mask: &Tensor<B, 2, Int>, shape: [usize; 2]) -> Result<Vec<i64>> {
-    if mask.dims() != shape {
-        return Err(LoraError::InvalidInput(format!(
-            "attention mask of shape {:?} for input ids of shape {shape:?}",
-            mask.dims()
-        )));
-    }
-    let values = host_ints(mask, "attention mask")?;
-    if let Some(value) = values.iter().find(|v| !matches!(v, 0 | 1)) {
-        return Err(LoraError::InvalidInput(format!(
-            "attention mask value {value} (only 0 and 1)"
-        )));
-    }
-    Ok(values)
-}
-
 /// Position ids of `shape`, none negative.
 fn check_positions<B: Backend>(positions: &Tensor<B, 2, Int>, shape: [usize; 2]) -> Result<()> {
     if positions.dims() != shape {
@@ -359,19 +330,6 @@ fn check_positions<B: Backend>(positions: &Tensor<B, 2, Int>, shape: [usize; 2])
         )));
     }
     Ok(())
-}
-
-/// An int tensor's values on the host, as `i64`.
-pub(crate) fn host_ints<B: Backend, const D: usize>(
-    tensor: &Tensor<B, D, Int>,
-    what: &str,
-) -> Result<Vec<i64>> {
-    tensor
-        .clone()
-        .into_data()
-        .convert::<i64>()
-        .to_vec::<i64>()
-        .map_err(|e| LoraError::InvalidInput(format!("reading the {what}: {e:?}")))
 }
 
 /// An int tensor `[rows, cols]` from row-major values.

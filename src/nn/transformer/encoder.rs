@@ -20,7 +20,8 @@ pub struct TransformerEncoderConfig {
     pub n_heads: usize,
     /// Number of layers.
     pub n_layers: usize,
-    /// Dropout rate (attention scores, feed-forward hidden layer, residual branches).
+    /// Dropout rate (attention scores, feed-forward hidden layer, residual branches), in
+    /// `[0, 1]`.
     #[config(default = 0.1)]
     pub dropout: f64,
     /// Pre-norm (layer norm before each sub-layer) instead of post-norm.
@@ -60,7 +61,7 @@ pub struct TransformerEncoderConfig {
 /// use burn_lora::{LoraConfig, LoraLayer};
 ///
 /// let device = Default::default();
-/// let mut encoder = TransformerEncoderConfig::new(32, 64, 4, 2).init::<Inference>(&device);
+/// let mut encoder = TransformerEncoderConfig::new(32, 64, 4, 2).init::<Inference>(&device)?;
 ///
 /// let x = Tensor::<Inference, 3>::random([2, 5, 32], Distribution::Default, &device);
 /// // The last two positions of the second sequence are padding.
@@ -139,11 +140,15 @@ impl<B: Backend> TransformerEncoderInput<B> {
 
 impl TransformerEncoderConfig {
     /// Builds the encoder, drawing its parameters as Burn's `init` does.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> TransformerEncoder<B> {
-        TransformerEncoder {
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidModel`](crate::LoraError::InvalidModel) when a width or `n_heads`
+    /// is zero, `d_model` is not a multiple of `n_heads`, or `dropout` is not a probability.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> crate::Result<TransformerEncoder<B>> {
+        Ok(TransformerEncoder {
             layers: (0..self.n_layers)
                 .map(|_| TransformerEncoderLayer::new(self, device))
-                .collect(),
+                .collect::<crate::Result<_>>()?,
             d_model: self.d_model,
             d_ff: self.d_ff,
             n_heads: self.n_heads,
@@ -151,7 +156,7 @@ impl TransformerEncoderConfig {
             dropout: self.dropout,
             norm_first: self.norm_first,
             quiet_softmax: self.quiet_softmax,
-        }
+        })
     }
 }
 
@@ -175,20 +180,23 @@ impl<B: Backend> TransformerEncoder<B> {
     /// # Shapes
     /// As [`forward`](Self::forward).
     ///
-    /// # Panics
-    /// If `cache` was made for an encoder with fewer layers.
+    /// A cache made for an encoder with another number of layers is emptied first, so the
+    /// output is computed in full rather than read from the wrong layers.
     pub fn forward_autoregressive_inference(
         &self,
         input: TransformerEncoderInput<B>,
         cache: &mut TransformerEncoderAutoregressiveCache<B>,
     ) -> Tensor<B, 3> {
+        if cache.layers.len() != self.layers.len() {
+            *cache = self.new_autoregressive_cache();
+        }
         let mut x = input.tensor;
-        for (index, layer) in self.layers.iter().enumerate() {
+        for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward_autoregressive_inference(
                 x,
                 input.mask_pad.clone(),
                 input.mask_attn.clone(),
-                &mut cache.layers[index],
+                layer_cache,
             );
         }
         x

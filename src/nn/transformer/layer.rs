@@ -1,7 +1,7 @@
 //! [`TransformerEncoderLayer`]: self-attention and feed-forward with residuals and layer norms.
 
 use burn::module::Module;
-use burn::nn::{DropoutConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
 
@@ -9,6 +9,7 @@ use super::{
     PositionWiseFeedForward, PositionWiseFeedForwardConfig, TransformerEncoderConfig,
     TransformerEncoderLayerAutoregressiveCache,
 };
+use crate::error::Result;
 use crate::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
 use crate::nn::cache::autoregressive_or_direct;
 use crate::nn::Dropout;
@@ -40,32 +41,36 @@ pub struct TransformerEncoderLayer<B: Backend> {
 
 impl<B: Backend> TransformerEncoderLayer<B> {
     /// Builds a layer from the encoder's configuration, drawing its parameters in Burn's order.
-    pub fn new(config: &TransformerEncoderConfig, device: &B::Device) -> Self {
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidModel`](crate::LoraError::InvalidModel) as
+    /// [`TransformerEncoderConfig::init`].
+    pub fn new(config: &TransformerEncoderConfig, device: &B::Device) -> Result<Self> {
         let mha = MultiHeadAttentionConfig::new(config.d_model, config.n_heads)
             .with_initializer(config.initializer.clone())
             .with_dropout(config.dropout)
             .with_quiet_softmax(config.quiet_softmax)
-            .init(device);
+            .init(device)?;
         let norm = || {
             LayerNormConfig::new(config.d_model)
                 .with_epsilon(config.layer_norm_eps)
                 .init(device)
         };
         let (norm_1, norm_2) = (norm(), norm());
-        let dropout = DropoutConfig::new(config.dropout).init().into();
+        let dropout = Dropout::new(config.dropout)?;
         let pwff = PositionWiseFeedForwardConfig::new(config.d_model, config.d_ff)
             .with_initializer(config.initializer.clone())
             .with_dropout(config.dropout)
             .with_activation(config.activation.clone())
-            .init(device);
-        Self {
+            .init(device)?;
+        Ok(Self {
             mha,
             pwff,
             norm_1,
             norm_2,
             dropout,
             norm_first: config.norm_first,
-        }
+        })
     }
 
     /// Applies the layer.

@@ -3,10 +3,11 @@
 use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Initializer, Module, ModuleDisplay};
 use burn::nn::activation::{Activation, ActivationConfig};
-use burn::nn::{DropoutConfig, LinearConfig};
+use burn::nn::LinearConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::error::LoraError;
 use crate::nn::Dropout;
 use crate::LoraLinear;
 
@@ -18,7 +19,7 @@ pub struct PositionWiseFeedForwardConfig {
     pub d_model: usize,
     /// Hidden width.
     pub d_ff: usize,
-    /// Dropout rate after the activation.
+    /// Dropout rate after the activation, in `[0, 1]`.
     #[config(default = 0.1)]
     pub dropout: f64,
     /// Initialisation of the layers' weights and biases.
@@ -56,7 +57,20 @@ pub struct PositionWiseFeedForward<B: Backend> {
 
 impl PositionWiseFeedForwardConfig {
     /// Builds the module, drawing the layers as Burn's `init` does.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> PositionWiseFeedForward<B> {
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidModel`] for a zero width or a dropout that is not a probability.
+    pub fn init<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> crate::Result<PositionWiseFeedForward<B>> {
+        if self.d_model == 0 || self.d_ff == 0 {
+            return Err(LoraError::InvalidModel(format!(
+                "feed-forward widths must be non-zero, got d_model {} and d_ff {}",
+                self.d_model, self.d_ff
+            )));
+        }
+        let dropout = Dropout::new(self.dropout)?;
         let linear = |d_input, d_output| {
             LoraLinear::from_linear(
                 LinearConfig::new(d_input, d_output)
@@ -64,12 +78,12 @@ impl PositionWiseFeedForwardConfig {
                     .init(device),
             )
         };
-        PositionWiseFeedForward {
+        Ok(PositionWiseFeedForward {
             linear_inner: linear(self.d_model, self.d_ff),
             linear_outer: linear(self.d_ff, self.d_model),
-            dropout: DropoutConfig::new(self.dropout).init().into(),
+            dropout,
             activation: self.activation.init(device),
-        }
+        })
     }
 }
 
@@ -98,7 +112,7 @@ impl<B: Backend> ModuleDisplay for PositionWiseFeedForward<B> {
         content
             .add("d_model", &self.linear_inner.d_input())
             .add("d_ff", &self.linear_inner.d_output())
-            .add("prob", &self.dropout.prob)
+            .add("prob", &self.dropout.prob())
             .optional()
     }
 }
