@@ -152,7 +152,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // LoRA on the projections; everything else frozen.
     let lora = LoraConfig::new(args.rank, args.alpha);
     lm.attach(ADAPTER, &lora, &Targets::names(args.targets.clone()))?;
-    println!("{}", lm.parameter_report());
+    println!("{}", lm.parameter_report()?);
     let trainer = CausalLmTrainer::new(lm);
     trainer.check_dataset(train.as_ref())?;
     trainer.check_dataset(test.as_ref())?;

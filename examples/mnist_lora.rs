@@ -104,7 +104,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         model.attach(DEFAULT_ADAPTER, &lora, &Targets::all())
     })?;
     model.freeze_base();
-    println!("{}\n", model.parameter_report());
+    println!("{}\n", model.parameter_report()?);
 
     // 4. Fine-tune only the adapters on one digit: `steps` batches of a seeded shuffle of its
     //    images, through the Learner, which checkpoints the adapter alone.

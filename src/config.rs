@@ -5,8 +5,14 @@ use burn::module::Initializer;
 
 use crate::error::{LoraError, Result as LoraResult};
 
-/// How the down-projection `A` is initialised. `B` always starts at zero, so a freshly attached
-/// adapter leaves the model's output unchanged (LoRA paper, section 4.1).
+/// How the down-projection `A` of a linear or convolution layer's adapter is initialised; `B`
+/// starts at zero, so a freshly attached adapter leaves the model's output unchanged (LoRA
+/// paper, section 4.1).
+///
+/// Embedding layers follow PEFT's own rule instead, whatever this says: `A = 0`, `B ~ N(0, 1)`
+/// (the update still starts at zero). An embedding therefore accepts only the default,
+/// [`KaimingUniform`](Self::KaimingUniform) (PEFT's `init_lora_weights=True`); attaching with
+/// any other init to an embedding is [`LoraError::Unsupported`].
 #[derive(Config, Debug, PartialEq)]
 pub enum LoraInit {
     /// `A ~ N(0, std²)`. The notebook (and the paper) use `std = 1`.
@@ -37,6 +43,10 @@ impl LoraInit {
 /// Configuration of one LoRA adapter: `ΔW = s · A B` with `A: [d_input, rank]`,
 /// `B: [rank, d_output]` and `s = alpha / rank` (`alpha / √rank` with rsLoRA).
 ///
+/// A fresh adapter starts with `ΔW = 0`. On linear and convolution layers `A` is drawn by
+/// [`init`](Self::init) and `B = 0`; on embeddings, as in PEFT, `A = 0` and `B ~ N(0, 1)`, so an
+/// embedding accepts only the default `init` (another is [`LoraError::Unsupported`]).
+///
 /// ```
 /// use burn_lora::{LoraConfig, LoraInit};
 ///
@@ -58,7 +68,9 @@ pub struct LoraConfig {
     /// Rank-stabilised LoRA: scale by `alpha / √r` instead of `alpha / r`.
     #[config(default = false)]
     pub use_rslora: bool,
-    /// Initialisation of `A` (`B` starts at zero).
+    /// Initialisation of `A` on linear and convolution layers (`B` starts at zero there).
+    /// Embeddings initialise as PEFT does (`A = 0`, `B ~ N(0, 1)`) and refuse any value but
+    /// this default.
     #[config(default = "LoraInit::KaimingUniform")]
     pub init: LoraInit,
 }

@@ -128,6 +128,19 @@ pub enum LoraError {
         /// The dtype found.
         dtype: String,
     },
+    /// A 2-D tensor of a PyTorch state dict whose layout is not known: the `weight` of a module
+    /// burn-lora cannot tell is a `Linear` (PyTorch's `[out, in]`) or not (Burn's own layout),
+    /// or options that state its layout twice or transpose a tensor that is not 2-D. See
+    /// [`LoadOptions::with_transposed_pattern`](crate::LoadOptions::with_transposed_pattern).
+    #[error("{path}: tensor \"{key}\": {reason}")]
+    UnknownLayout {
+        /// The file.
+        path: String,
+        /// The tensor.
+        key: String,
+        /// Why its layout is unknown, and how to state it.
+        reason: String,
+    },
     /// A whole-model checkpoint could not be written: a parameter's values could not be read.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {

@@ -49,7 +49,7 @@
 //! // Attach rank-1 LoRA to every layer; the base is frozen from now on.
 //! let config = LoraConfig::new(1, 1.0).with_init(LoraInit::Gaussian { std: 1.0 });
 //! model.attach("default", &config, &Targets::all())?;
-//! println!("{}", model.parameter_report());
+//! println!("{}", model.parameter_report()?);
 //!
 //! // Train a step: only A and B change (any Burn optimizer; `burn-fused-adam` is faster on CPU).
 //! let x = Tensor::<B, 2>::random([4, 20], Distribution::Default, &device);

@@ -743,6 +743,36 @@ fn failed_save_of_an_unknown_adapter_leaves_existing_files_byte_identical() {
 }
 
 #[test]
+fn save_failing_on_the_config_leaves_the_existing_weights_byte_identical() {
+    let f = fixture();
+    let weights = std::fs::read(f.weights_path()).unwrap();
+    // The config's place is taken by a non-empty directory: the weights are written, the
+    // config's rename fails, and the weights' rename must be undone.
+    let config = f.dir().join(ADAPTER_CONFIG_FILE);
+    std::fs::remove_file(&config).unwrap();
+    std::fs::create_dir(&config).unwrap();
+    std::fs::write(config.join("keep"), b"occupied").unwrap();
+    let before = dir_contents(&config);
+
+    let err = save_adapter(&f.model, "existing", f.dir(), &PathMap::identity()).unwrap_err();
+    assert!(
+        matches!(&err, LoraError::Io { path, .. } if path.ends_with(ADAPTER_CONFIG_FILE)),
+        "{err:?}"
+    );
+    assert!(
+        std::fs::read(f.weights_path()).unwrap() == weights,
+        "the weights of the existing adapter were replaced"
+    );
+    assert_eq!(dir_contents(&config), before);
+    let names: BTreeSet<String> = std::fs::read_dir(f.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let expected = BTreeSet::from([ADAPTER_CONFIG_FILE.into(), ADAPTER_WEIGHTS_FILE.into()]);
+    assert_eq!(names, expected, "temporary or backup files were left");
+}
+
+#[test]
 fn saving_under_a_regular_file_is_an_io_error() {
     let f = fixture();
     let blocker = f.dir().join("blocker");

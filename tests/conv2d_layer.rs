@@ -773,7 +773,7 @@ fn kind_shapes_report_and_config_errors() {
         net.conv.peft_factor_shapes(RANK),
         [vec![RANK, 4, 3, 3], vec![OUT, RANK, 1, 1]]
     );
-    let report = net.parameter_report();
+    let report = net.parameter_report().unwrap();
     assert_eq!(report.layers[0].weight, [OUT, 4, 3, 3]);
     assert_eq!(report.layers[0].bias, Some(OUT));
     assert_eq!(report.layers[0].lora_params(), RANK * (36 + OUT));

@@ -180,7 +180,7 @@ fn attach_forward_merge_and_report() {
     // B starts at zero: attaching changes nothing.
     assert_bit_identical(model.forward(x.clone()), before.clone());
 
-    let report = model.parameter_report();
+    let report = model.parameter_report().unwrap();
     let report_paths: Vec<_> = report.layers.iter().map(|l| l.path.as_str()).collect();
     assert_eq!(report_paths, PATHS);
     assert_eq!(report.base_params(), base_params);

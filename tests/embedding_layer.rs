@@ -18,7 +18,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_lora::{
     load_adapter, save_adapter, save_checkpoint, LayerKind, LoraAdapter, LoraConfig, LoraEmbedding,
-    LoraEmbeddingConfig, LoraError, LoraLayer, LoraLinear, LoraModel, PathMap, Targets,
+    LoraEmbeddingConfig, LoraError, LoraInit, LoraLayer, LoraLinear, LoraModel, PathMap, Targets,
     VisitLoraLayers, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
 };
 use burn_store::{ModuleSnapshot, SafetensorsStore};
@@ -417,9 +417,59 @@ fn attach_selects_embeddings_by_name_but_not_as_linear() {
         .unwrap();
     assert_eq!(net.tok.adapter_names(), ["emb"]);
     assert_eq!(net.tok.kind(), LayerKind::Embedding);
-    let report = net.parameter_report();
+    let report = net.parameter_report().unwrap();
     assert_eq!(report.layers[0].weight, [N, D]);
     assert_eq!(report.layers[0].bias, None);
+}
+
+/// Every init but the default, which an embedding cannot apply (PEFT draws `B`, not `A`).
+fn inits_an_embedding_refuses() -> Vec<LoraConfig> {
+    vec![LoraConfig::new(2, 2.0).with_init(LoraInit::Gaussian { std: 1.0 })]
+}
+
+fn is_refused_init(err: &LoraError) -> bool {
+    matches!(err, LoraError::Unsupported(what) if what.contains("embedding") && what.contains("init"))
+}
+
+#[test]
+fn an_init_other_than_peft_s_default_is_an_error_on_an_embedding_layer() {
+    let mut layer = adapted::<B>(&LoraConfig::new(RANK, 8.0), 14);
+    let before = ParamSnapshot::of(&layer);
+    for config in inits_an_embedding_refuses() {
+        let err = layer.add_adapter("fresh", &config).unwrap_err();
+        assert!(is_refused_init(&err), "{:?}: {err:?}", config.init);
+        assert!(is_refused_init(
+            &layer.fresh_adapter("fresh", &config).unwrap_err()
+        ));
+        ParamSnapshot::of(&layer).assert_same(&before, "refused init");
+        assert_eq!(layer.adapter_names(), ["trained"]);
+    }
+    // The default is PEFT's: A = 0, B ~ N(0, 1).
+    layer
+        .add_adapter("fresh", &LoraConfig::new(2, 2.0))
+        .unwrap();
+    let fresh = layer.adapter("fresh").unwrap();
+    assert!(values(fresh.lora_a()).iter().all(|v| *v == 0.0));
+    assert!(values(fresh.lora_b()).iter().any(|v| *v != 0.0));
+}
+
+#[test]
+fn attach_with_an_init_an_embedding_cannot_apply_is_an_error_changing_nothing() {
+    for config in inits_an_embedding_refuses() {
+        let mut net = TextNet::<B>::new(15);
+        let before = ParamSnapshot::of::<B, _>(&net);
+        for targets in [Targets::all(), Targets::names(["tok"])] {
+            let err = net.attach("default", &config, &targets).unwrap_err();
+            assert!(is_refused_init(&err), "{targets:?}: {err:?}");
+            ParamSnapshot::of::<B, _>(&net).assert_same(&before, "refused attach");
+            assert!(net.adapter_names().is_empty());
+        }
+        // The linear layers alone take it.
+        net.attach("default", &config, &Targets::all_linear())
+            .unwrap();
+        assert_eq!(net.adapter_names(), ["default"]);
+        assert!(net.tok.adapters().is_empty());
+    }
 }
 
 #[test]

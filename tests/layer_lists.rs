@@ -183,3 +183,35 @@ fn a_listed_layer_outside_the_module_tree_is_an_error_not_a_fallback_name() {
         other => panic!("expected InvalidModel, got {other:?}"),
     }
 }
+
+#[test]
+fn parameter_report_counts_each_parameter_once_or_is_an_error_without_layer_paths() {
+    // Known paths: the report's base is exactly the model's parameter count.
+    let model = net(false);
+    let report = model.parameter_report().unwrap();
+    assert_eq!(report.base_params(), model.num_params());
+    assert_eq!(report.other_params, 0);
+
+    // Without paths the layers' parameters cannot be told from the others (made-up paths
+    // counted each of them twice, as a layer's and as "other"): an error, not a count.
+    let device = Default::default();
+    let layer = || LoraLinearConfig::new(4, 3).init::<B>(&device).unwrap();
+    let shared = layer();
+    let cloned = Cloned {
+        first: shared.clone(),
+        second: shared,
+    };
+    let outside = Outside {
+        inner: layer(),
+        stray: Some(layer()),
+    };
+    for (what, result) in [
+        ("cloned", cloned.parameter_report()),
+        ("outside", outside.parameter_report()),
+    ] {
+        assert!(
+            matches!(result, Err(LoraError::InvalidModel(_))),
+            "{what}: {result:?}"
+        );
+    }
+}

@@ -1,11 +1,13 @@
 //! Merging in place keeps the base: unmerge is exact, a disabled merged layer is the base, and a
 //! model saved while merged loads back to the same outputs whether the model it loads into is
-//! merged or not (Burn's recorder and burn-store alike).
+//! merged or not (Burn's recorder and burn-store alike). Loads go into a model with another base
+//! and other factors, so that only a load that works gives the source's outputs.
 
 mod common;
 
 use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::Tensor;
 use burn_lora::LoraLayer;
 use burn_lora::{save_checkpoint, LoraConfig, LoraMlp, LoraModel};
 use burn_store::{ModuleSnapshot, SafetensorsStore};
@@ -14,12 +16,31 @@ use common::{assert_bit_identical, base_model, insert_trained, max_abs_diff, on_
 /// A 10-8-6 model with a trained-looking adapter "default" on every layer, and a clone of it
 /// (sharing its base and factors) that stays unmerged.
 fn trained_pair() -> (LoraMlp<B>, LoraMlp<B>) {
-    let mut model = base_model(&[10, 8, 6]);
-    let config = LoraConfig::new(3, 6.0);
-    let layers = on_all(&model, &config);
-    insert_trained(&mut model, "default", &layers, 7);
+    let model = trained(7);
     let twin = model.clone();
     (model, twin)
+}
+
+/// A fresh 10-8-6 model with a trained-looking adapter "default" (rank 3, alpha 6) on every
+/// layer, drawn from `seed`.
+fn trained(seed: u64) -> LoraMlp<B> {
+    let mut model = base_model(&[10, 8, 6]);
+    let layers = on_all(&model, &LoraConfig::new(3, 6.0));
+    insert_trained(&mut model, "default", &layers, seed);
+    model
+}
+
+/// A model of the same architecture as [`trained`]'s with another base and other
+/// factors, to load into: checked to compute other outputs than `source` on `x`, so that
+/// matching outputs after loading prove the load.
+fn other_target(source: &LoraMlp<B>, x: &Tensor<B, 2>) -> LoraMlp<B> {
+    let target = trained(1234);
+    let diff = max_abs_diff(target.forward(x.clone()), source.forward(x.clone()));
+    assert!(
+        diff > 1e-2,
+        "the target computes what the source does already ({diff})"
+    );
+    target
 }
 
 /// Merged and unmerged computations of the same model differ only by f32 reassociation.
@@ -35,10 +56,11 @@ fn through_recorder(model: &LoraMlp<B>, target: LoraMlp<B>) -> LoraMlp<B> {
 
 #[test]
 fn model_saved_merged_loads_into_an_unmerged_model_with_the_same_outputs() {
-    let (mut merged, unmerged) = trained_pair();
+    let mut merged = trained(7);
     merged.merge().unwrap();
     let x = probe(10);
     let expected = merged.forward(x.clone());
+    let unmerged = other_target(&merged, &x);
 
     let loaded = through_recorder(&merged, unmerged);
     let diff = max_abs_diff(loaded.forward(x), expected);
@@ -47,10 +69,11 @@ fn model_saved_merged_loads_into_an_unmerged_model_with_the_same_outputs() {
 
 #[test]
 fn model_saved_unmerged_loads_into_a_merged_model_with_the_same_outputs() {
-    let (unmerged, mut target) = trained_pair();
-    target.merge().unwrap();
+    let unmerged = trained(7);
     let x = probe(10);
     let expected = unmerged.forward(x.clone());
+    let mut target = other_target(&unmerged, &x);
+    target.merge().unwrap();
 
     let loaded = through_recorder(&unmerged, target);
     assert!(!loaded.layers().iter().any(|l| l.is_merged()));
@@ -59,20 +82,22 @@ fn model_saved_unmerged_loads_into_a_merged_model_with_the_same_outputs() {
 
 #[test]
 fn model_saved_merged_loads_into_a_merged_model_bit_identical() {
-    let (mut merged, mut target) = trained_pair();
+    let mut merged = trained(7);
     merged.merge().unwrap();
-    target.merge().unwrap();
     let x = probe(10);
+    let mut target = other_target(&merged, &x);
+    target.merge().unwrap();
     let loaded = through_recorder(&merged, target);
     assert_bit_identical(loaded.forward(x.clone()), merged.forward(x));
 }
 
 #[test]
 fn checkpoint_saved_merged_loads_through_burn_store_with_the_same_outputs() {
-    let (mut merged, mut unmerged) = trained_pair();
+    let mut merged = trained(7);
     merged.merge().unwrap();
     let x = probe(10);
     let expected = merged.forward(x.clone());
+    let mut unmerged = other_target(&merged, &x);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     save_checkpoint(&merged, &path).unwrap();

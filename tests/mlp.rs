@@ -46,7 +46,7 @@ fn parameter_report_matches_the_notebook() {
             &Targets::all(),
         )
         .unwrap();
-    let report = model.parameter_report();
+    let report = model.parameter_report().unwrap();
     assert_eq!(report.base_params(), 2_807_010);
     assert_eq!(report.lora_params(), 6_794);
     assert_eq!(report.total_params(), 2_813_804);

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
@@ -805,4 +805,161 @@ fn bert_fixture_state_dict_has_only_float_keys_and_loads_whole_into_a_burn_bert(
         "embeddings.LayerNorm.bias",
         false,
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2-D weights of modules of the user's own: their layout is stated, never guessed.
+// ---------------------------------------------------------------------------------------------
+
+/// A projection of the user's own: a square `weight`, so no shape check can tell its layout.
+#[derive(Module, Debug)]
+struct MyProj<B: Backend> {
+    weight: Param<Tensor<B, 2>>,
+}
+
+/// The user's own struct that happens to be named like Burn's `Linear`, holding PyTorch's
+/// `[out, in]` layout and its bias.
+mod own {
+    use burn::module::{Module, Param};
+    use burn::tensor::backend::Backend;
+    use burn::tensor::Tensor;
+
+    #[derive(Module, Debug)]
+    pub struct Linear<B: Backend> {
+        pub weight: Param<Tensor<B, 2>>,
+        pub bias: Param<Tensor<B, 1>>,
+    }
+}
+
+#[derive(Module, Debug)]
+struct CustomNet<B: Backend> {
+    proj: MyProj<B>,
+    named_linear: own::Linear<B>,
+    head: Linear<B>,
+}
+
+fn custom_net() -> CustomNet<B> {
+    let device = Default::default();
+    let zeros = |shape: [usize; 2]| Param::from_tensor(Tensor::zeros(shape, &device));
+    CustomNet {
+        proj: MyProj {
+            weight: zeros([DIM, DIM]),
+        },
+        named_linear: own::Linear {
+            weight: zeros([OUT, DIM]),
+            bias: Param::from_tensor(Tensor::zeros([OUT], &device)),
+        },
+        head: LinearConfig::new(DIM, OUT).init(&device),
+    }
+}
+
+/// [`CustomNet`]'s file: every tensor in the Burn model's own shape, except `head` (PyTorch's).
+fn custom_state_dict() -> Vec<Raw> {
+    [
+        ("proj.weight", vec![DIM, DIM]),
+        ("named_linear.weight", vec![OUT, DIM]),
+        ("named_linear.bias", vec![OUT]),
+        ("head.weight", vec![OUT, DIM]),
+        ("head.bias", vec![OUT]),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(seed, (key, shape))| {
+        let count = shape.iter().product();
+        Raw::f32(key, shape, &pattern(count, seed + 3))
+    })
+    .collect()
+}
+
+/// Loads [`custom_state_dict`] into a fresh [`CustomNet`] with `options`.
+fn load_custom(options: &LoadOptions) -> (CustomNet<B>, Result<LoadReport, LoraError>) {
+    let (_dir, path) = write(&custom_state_dict());
+    let mut model = custom_net();
+    let before = ParamSnapshot::of(&model);
+    let result = load_pytorch_checkpoint(&mut model, &path, &PathMap::identity(), options);
+    if let Err(err) = &result {
+        before.assert_same(&ParamSnapshot::of(&model), &format!("failed with: {err}"));
+    }
+    (model, result)
+}
+
+/// Asserts `result` failed with [`LoraError::UnknownLayout`] for `key`, its reason containing
+/// `reason_contains`.
+fn assert_unknown_layout(result: Result<LoadReport, LoraError>, key: &str, reason_contains: &str) {
+    match result {
+        Err(LoraError::UnknownLayout {
+            key: found, reason, ..
+        }) => {
+            assert_eq!(found, key, "{reason}");
+            assert!(reason.contains(reason_contains), "{reason}");
+        }
+        other => panic!("expected UnknownLayout for {key}, got {other:?}"),
+    }
+}
+
+/// The layout of `named_linear.weight` (it is PyTorch's already, so "untransposed").
+fn named_linear_as_is() -> LoadOptions {
+    LoadOptions::new()
+        .with_untransposed_pattern(r"^named_linear\.weight$")
+        .unwrap()
+}
+
+#[test]
+fn square_weight_of_a_custom_module_is_an_error_until_its_layout_is_stated() {
+    let (_, result) = load_custom(&named_linear_as_is());
+    assert_unknown_layout(result, "proj.weight", "MyProj");
+
+    let tensors = custom_state_dict();
+    let transposed = named_linear_as_is()
+        .with_transposed_pattern(r"^proj\.weight$")
+        .unwrap();
+    let (model, result) = load_custom(&transposed);
+    result.unwrap();
+    assert_holds(model.proj.weight.val(), &tensors, "proj.weight", true);
+    assert_holds(model.head.weight.val(), &tensors, "head.weight", true);
+
+    let as_is = named_linear_as_is()
+        .with_untransposed_pattern(r"^proj\.weight$")
+        .unwrap();
+    let (model, result) = load_custom(&as_is);
+    result.unwrap();
+    assert_holds(model.proj.weight.val(), &tensors, "proj.weight", false);
+    assert_holds(
+        model.named_linear.weight.val(),
+        &tensors,
+        "named_linear.weight",
+        false,
+    );
+}
+
+#[test]
+fn a_custom_module_named_linear_is_not_taken_for_burns() {
+    // Its bias is [out] of a weight stored [out, in]: not Burn's Linear, whatever the name.
+    let options = LoadOptions::new()
+        .with_untransposed_pattern(r"^proj\.weight$")
+        .unwrap();
+    let (_, result) = load_custom(&options);
+    assert_unknown_layout(result, "named_linear.weight", "Linear");
+}
+
+#[test]
+fn contradictory_or_impossible_layout_statements_are_errors() {
+    let both = named_linear_as_is()
+        .with_transposed_pattern(r"^proj\.")
+        .unwrap()
+        .with_untransposed_pattern(r"proj\.weight$")
+        .unwrap();
+    assert_unknown_layout(load_custom(&both).1, "proj.weight", "both");
+
+    let one_d = named_linear_as_is()
+        .with_untransposed_pattern(r"^proj\.weight$")
+        .unwrap()
+        .with_transposed_pattern(r"^head\.bias$")
+        .unwrap();
+    assert_unknown_layout(load_custom(&one_d).1, "head.bias", "1-D");
+
+    assert!(matches!(
+        LoadOptions::new().with_transposed_pattern("[a-"),
+        Err(LoraError::InvalidPattern { .. })
+    ));
 }

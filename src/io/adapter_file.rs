@@ -42,8 +42,12 @@ const FACTOR_SUFFIXES: [(&str, usize); 4] = [
 /// `adapter_config.json`, in PEFT's names, orientation and config fields. `paths` maps Burn module
 /// paths to the PyTorch ones (use [`PathMap::identity`] when they are the same).
 ///
-/// Each file is written to a temporary file and renamed, so a failed save leaves any existing
-/// file intact.
+/// The two files are replaced as a pair: both are written in full to temporary files first, and
+/// if replacing the second fails, the first is put back, so a failed save (an error returned)
+/// leaves an existing adapter folder as it was. The pair is not replaced in one step, though: a
+/// reader looking while it is saved, or a crash between the two renames, can see the new weights
+/// beside the old config; if even putting the old weights back fails, the error says so and
+/// names the backup file holding them.
 ///
 /// ```
 /// use burn::backend::Flex as Inference;

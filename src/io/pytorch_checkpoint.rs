@@ -11,17 +11,20 @@ use regex::Regex;
 use crate::error::{LoraError, Result};
 use crate::io::path_map::{compile, PathMap};
 use crate::io::tensor_file::{float_tensor, parse_safetensors, read_bytes};
-use crate::io::torch_param::{torch_param, TorchParam};
+use crate::io::torch_param::{torch_param, Layout, TorchParam};
 use crate::layers::linear::replace_value;
 
-/// How strict [`load_pytorch_checkpoint`] is about keys. The default is strict: every parameter
-/// must find its key and every key must be used.
+/// How strict [`load_pytorch_checkpoint`] is about keys, and the layout of 2-D weights it
+/// cannot know. The default is strict: every parameter must find its key, every key must be
+/// used, and the 2-D `weight` of a module of your own is an error until its layout is stated.
 ///
 /// ```
 /// use burn_lora::LoadOptions;
 ///
 /// // Hugging Face files hold buffers a Burn model has no parameter for.
 /// let options = LoadOptions::new().with_unused_pattern(r"^embeddings\.position_ids$")?;
+/// // A module of your own whose `weight` is PyTorch's `nn.Linear` weight ([out, in]).
+/// let options = options.with_transposed_pattern(r"\.proj\.weight$")?;
 /// # Ok::<(), burn_lora::LoraError>(())
 /// ```
 #[derive(Debug, Clone, Default)]
@@ -30,6 +33,8 @@ pub struct LoadOptions {
     allow_unused: bool,
     missing_patterns: Vec<Regex>,
     unused_patterns: Vec<Regex>,
+    transposed_patterns: Vec<Regex>,
+    untransposed_patterns: Vec<Regex>,
 }
 
 impl LoadOptions {
@@ -73,6 +78,67 @@ impl LoadOptions {
         Ok(self)
     }
 
+    /// States that the 2-D tensors whose PyTorch keys the regular expression `pattern` matches
+    /// (anywhere in the key; anchor it with `^…$` for whole keys) are stored transposed, as
+    /// PyTorch's `nn.Linear` stores its weight (`[out, in]` for Burn's `[in, out]`): they are
+    /// transposed as they load. For the `weight` of a module of your own, whose layout
+    /// burn-lora cannot know; it also overrides the built-in rule for `Linear` / `Embedding`.
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidPattern`] when `pattern` does not compile. Loading fails with
+    /// [`LoraError::UnknownLayout`] when it matches a tensor that is not 2-D, or a key an
+    /// untransposed pattern matches too.
+    pub fn with_transposed_pattern(mut self, pattern: &str) -> Result<Self> {
+        self.transposed_patterns.push(compile(pattern)?);
+        Ok(self)
+    }
+
+    /// States that the tensors whose PyTorch keys the regular expression `pattern` matches are
+    /// stored in Burn's own layout (a module of your own whose PyTorch counterpart keeps the
+    /// same `[in, out]` or `[rows, cols]` order): they load as they are. Overrides the
+    /// built-in rule too (a module of your own that happens to be named `Linear`).
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidPattern`] when `pattern` does not compile.
+    pub fn with_untransposed_pattern(mut self, pattern: &str) -> Result<Self> {
+        self.untransposed_patterns.push(compile(pattern)?);
+        Ok(self)
+    }
+
+    /// Whether the tensor `key` of `file`, of `rank` dimensions and the built-in `layout`, is
+    /// to be transposed: what the options state, or else the built-in layout when it is known.
+    fn transposes(&self, file: &Path, key: &str, rank: usize, layout: Layout) -> Result<bool> {
+        let stated = |patterns: &[Regex]| patterns.iter().any(|p| p.is_match(key));
+        let error = |reason: String| LoraError::UnknownLayout {
+            path: file.display().to_string(),
+            key: key.to_string(),
+            reason,
+        };
+        match (
+            stated(&self.transposed_patterns),
+            stated(&self.untransposed_patterns),
+        ) {
+            (true, true) => Err(error(
+                "both a transposed and an untransposed pattern of the LoadOptions match it".into(),
+            )),
+            (true, false) if rank != 2 => Err(error(format!(
+                "a transposed pattern of the LoadOptions matches it, but it is {rank}-D: only \
+                 2-D tensors can be transposed"
+            ))),
+            (true, false) => Ok(true),
+            (false, true) => Ok(false),
+            (false, false) => match layout {
+                Layout::Same => Ok(false),
+                Layout::Transposed => Ok(true),
+                Layout::Unknown(reason) => Err(error(format!(
+                    "{reason}: PyTorch may store it as nn.Linear does ([out, in]) or as Burn \
+                     does; state which with LoadOptions::with_transposed_pattern or \
+                     with_untransposed_pattern"
+                ))),
+            },
+        }
+    }
+
     fn allows_missing(&self, key: &str) -> bool {
         self.allow_missing || self.missing_patterns.iter().any(|p| p.is_match(key))
     }
@@ -102,10 +168,21 @@ pub struct LoadReport {
 /// field name as PyTorch calls it. `gamma` / `beta` of `LayerNorm`, `BatchNorm`, `GroupNorm`,
 /// `InstanceNorm` and `RmsNorm` are `weight` / `bias`, `PRelu`'s `alpha` is `weight`, and the
 /// `weight` of `Linear` and [`LoraLinear`](crate::LoraLinear) is transposed (PyTorch stores
-/// `[out, in]`); `Embedding`, `Conv*` and every other tensor have the same layout in both.
-/// LoRA adapters are not part of a base checkpoint: they are left as they are. Int and bool
-/// parameters are not loaded. A BatchNorm's `num_batches_tracked` has no Burn counterpart and
-/// may stay unused.
+/// `[out, in]`); the `weight` of `Embedding` and [`LoraEmbedding`](crate::LoraEmbedding)
+/// (`[n, d]` in both), `Conv*` and every tensor that is not a 2-D `weight` have the same layout
+/// in both. LoRA adapters are not part of a base checkpoint: they are left as they are. Int and
+/// bool parameters are not loaded. A BatchNorm's `num_batches_tracked` has no Burn counterpart
+/// and may stay unused.
+///
+/// Burn tells a module's type only by its bare name, so `Linear`, `LoraLinear`, `Embedding` and
+/// `LoraEmbedding` are recognised by their name and their parameters (a `Linear` holds exactly
+/// `weight [in, out]` and maybe `bias [out]`; a `LoraLinear` also maybe `merged_weight`; an
+/// `Embedding` only `weight`; a `LoraEmbedding` also maybe `merged_weight`). The 2-D `weight` of
+/// any other module, a module of your own, could be stored either way: it is an error
+/// ([`LoraError::UnknownLayout`]) until [`LoadOptions::with_transposed_pattern`] or
+/// [`LoadOptions::with_untransposed_pattern`] states its layout. A module of your own that has a
+/// known name and the same parameters (a square `weight` in a struct named `Linear`) cannot be
+/// told apart: state its layout the same way.
 ///
 /// Keys are read lazily: only the used ones are converted (F32, F16, BF16 or F64, to f32), so
 /// an unused int buffer such as `embeddings.position_ids` is only a key to account for (see
@@ -157,6 +234,9 @@ pub struct LoadReport {
 /// Each naming the file and key:
 /// - [`LoraError::MissingKey`] for a parameter whose key is not in the file, and
 ///   [`LoraError::UnexpectedKey`] for a file key no parameter uses, unless `options` allow them;
+/// - [`LoraError::UnknownLayout`] for the 2-D `weight` of a module of unknown layout found in
+///   the file, and for options that state a key's layout twice or transpose a tensor that is not
+///   2-D;
 /// - [`LoraError::ShapeMismatch`] when a tensor's shape (in PyTorch's layout) does not fit its
 ///   parameter, [`LoraError::UnsupportedDtype`] when a used tensor is not a float,
 ///   [`LoraError::NonFinite`] when it holds NaN or infinite values;
@@ -195,14 +275,31 @@ pub fn load_pytorch_shards<B: Backend, M: Module<B>>(
     };
     let mut lister = ParamLister::default();
     model.visit(&mut lister);
+    // The float parameters each module holds directly, by module path: what tells a known
+    // module (Burn's `Linear`, ...) from one of the same name.
+    let mut fields: HashMap<String, Vec<(String, Vec<usize>)>> = HashMap::new();
+    for param in &lister.params {
+        if let Some(((name, _), modules)) = param.stack.split_last() {
+            fields
+                .entry(dotted(modules))
+                .or_default()
+                .push((name.clone(), param.shape.clone()));
+        }
+    }
     let mut targets = Vec::with_capacity(lister.params.len());
     for param in lister.params {
-        match torch_param(&param.stack, param.shape.len(), paths) {
+        let holding = param
+            .stack
+            .split_last()
+            .and_then(|(_, modules)| fields.get(&dotted(modules)))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        match torch_param(&param.stack, param.shape.len(), holding, paths) {
             TorchParam::Load {
                 key,
-                transpose,
+                layout,
                 pytorch_only,
-            } => targets.push((param, key, transpose, pytorch_only)),
+            } => targets.push((param, key, layout, pytorch_only)),
             TorchParam::Adapter => {}
             TorchParam::Merged(layer) => {
                 return Err(LoraError::Unsupported(format!(
@@ -245,7 +342,7 @@ pub fn load_pytorch_shards<B: Backend, M: Module<B>>(
     let mut missing: HashSet<String> = HashSet::new();
     let mut pytorch_only_keys: HashSet<String> = HashSet::new();
     let mut values: HashMap<String, TensorData> = HashMap::new();
-    for (param, key, transpose, pytorch_only) in targets {
+    for (param, key, layout, pytorch_only) in targets {
         pytorch_only_keys.extend(pytorch_only);
         let found = shard_of
             .get(&key)
@@ -259,6 +356,7 @@ pub fn load_pytorch_shards<B: Backend, M: Module<B>>(
             }
             continue;
         };
+        let transpose = options.transposes(file, &key, param.shape.len(), layout)?;
         let mut expected = param.shape;
         if transpose {
             expected.reverse();

@@ -3,9 +3,17 @@
 //! | holding module | Burn field | PyTorch name | layout |
 //! | --- | --- | --- | --- |
 //! | `Linear`, `LoraLinear` | `weight [in, out]` | `weight` | transposed: `[out, in]` |
+//! | `Embedding`, `LoraEmbedding` | `weight [n, d]` | `weight` | same |
+//! | any other module | 2-D `weight` | `weight` | unknown: the caller must say |
 //! | `LayerNorm`, `BatchNorm`, `GroupNorm`, `InstanceNorm`, `RmsNorm` | `gamma`, `beta` | `weight`, `bias` | same |
 //! | `PRelu` | `alpha` | `weight` | same |
-//! | anything else (`Embedding`, `Conv2d`, `LoraEmbedding`, `LoraConv2d`, `running_mean`, …) | `name` | `name` | same |
+//! | anything else (`Conv2d`, `LoraConv2d`, `running_mean`, …) | `name` | `name` | same |
+//!
+//! Burn's visitor names a module only by its type's bare name (`Struct:Linear`), so a known
+//! module is recognised by that name *and* by its float parameters: `Linear` holds exactly
+//! `weight [in, out]` and maybe `bias [out]`, `LoraLinear` the same and maybe `merged_weight`,
+//! `Embedding` only `weight`, `LoraEmbedding` `weight` and maybe `merged_weight`. A module of
+//! another name, or of a known name with other parameters, has a 2-D `weight` of unknown layout.
 //!
 //! LoRA adapters (every field of a `LoraAdapter`, or any other `Lora…Adapter` struct) and the
 //! `merged_weight` of LoRA layers are not part of a base checkpoint.
@@ -21,8 +29,20 @@ const NORMS: [&str; 5] = [
     "RmsNorm",
 ];
 
-/// Layers whose 2-D `weight` is `[in, out]` in Burn and `[out, in]` in PyTorch.
-const TRANSPOSED: [&str; 2] = ["Linear", "LoraLinear"];
+/// How a float parameter's values are laid out in the PyTorch file, relative to Burn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// The same shape and order in both.
+    Same,
+    /// A 2-D weight that PyTorch stores transposed (`[out, in]` for Burn's `[in, out]`).
+    Transposed,
+    /// A 2-D `weight` of a module burn-lora does not know: either layout is possible. The
+    /// reason, naming the module type.
+    Unknown(String),
+}
+
+/// The float parameters a module holds directly: `(field name, shape)`.
+pub(crate) type Fields = [(String, Vec<usize>)];
 
 /// What a PyTorch checkpoint holds for one float parameter of a Burn module.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +51,8 @@ pub(crate) enum TorchParam {
     Load {
         /// Its key in the state dict.
         key: String,
-        /// Whether the file holds the transpose of Burn's 2-D layout.
-        transpose: bool,
+        /// How the file lays it out.
+        layout: Layout,
         /// Buffers the holding PyTorch module has and Burn has not (BatchNorm's
         /// `num_batches_tracked`): the file may hold them, unused.
         pytorch_only: Vec<String>,
@@ -45,8 +65,14 @@ pub(crate) enum TorchParam {
 
 /// Where the parameter reached through `stack` (the `(name, container_type)` pairs of Burn's
 /// `enter_module` calls, the parameter's own field last) lives in a PyTorch state dict, its
-/// module path renamed by `paths`. `rank` is the parameter's number of dimensions.
-pub(crate) fn torch_param(stack: &[(String, String)], rank: usize, paths: &PathMap) -> TorchParam {
+/// module path renamed by `paths`. `rank` is the parameter's number of dimensions and `fields`
+/// the float parameters its holding module holds directly (itself included).
+pub(crate) fn torch_param(
+    stack: &[(String, String)],
+    rank: usize,
+    fields: &Fields,
+    paths: &PathMap,
+) -> TorchParam {
     if stack.iter().any(|(_, container)| is_adapter(container)) {
         return TorchParam::Adapter;
     }
@@ -54,7 +80,7 @@ pub(crate) fn torch_param(stack: &[(String, String)], rank: usize, paths: &PathM
         // Module::visit on a bare Param: no path at all.
         return TorchParam::Load {
             key: String::new(),
-            transpose: false,
+            layout: Layout::Same,
             pytorch_only: Vec::new(),
         };
     };
@@ -90,10 +116,64 @@ pub(crate) fn torch_param(stack: &[(String, String)], rank: usize, paths: &PathM
         "BatchNorm" => vec![in_module("num_batches_tracked")],
         _ => Vec::new(),
     };
+    let layout = if name == "weight" && rank == 2 {
+        weight_layout(holder, fields)
+    } else {
+        Layout::Same
+    };
     TorchParam::Load {
         key: in_module(torch_name),
-        transpose: name == "weight" && rank == 2 && TRANSPOSED.contains(&holder),
+        layout,
         pytorch_only,
+    }
+}
+
+/// The layout of the 2-D `weight` of a module of type `holder` holding `fields`.
+fn weight_layout(holder: &str, fields: &Fields) -> Layout {
+    let shape = |field: &str| {
+        fields
+            .iter()
+            .find(|(name, _)| name == field)
+            .map(|(_, shape)| shape.as_slice())
+    };
+    let only = |allowed: &[&str]| {
+        fields
+            .iter()
+            .all(|(name, _)| allowed.contains(&name.as_str()))
+    };
+    let weight = shape("weight").unwrap_or_default();
+    let same_as_weight = |field: &str| shape(field).is_none_or(|s| s == weight);
+    let linear_bias =
+        shape("bias").is_none_or(|bias| bias.len() == 1 && weight.get(1) == bias.first());
+    let known = match holder {
+        "Linear" => only(&["weight", "bias"]) && linear_bias,
+        "LoraLinear" => {
+            only(&["weight", "bias", "merged_weight"])
+                && linear_bias
+                && same_as_weight("merged_weight")
+        }
+        "Embedding" => only(&["weight"]),
+        "LoraEmbedding" => only(&["weight", "merged_weight"]) && same_as_weight("merged_weight"),
+        _ => false,
+    };
+    match (holder, known) {
+        ("Linear" | "LoraLinear", true) => Layout::Transposed,
+        ("Embedding" | "LoraEmbedding", true) => Layout::Same,
+        ("Linear" | "LoraLinear" | "Embedding" | "LoraEmbedding", false) => {
+            Layout::Unknown(format!(
+                "it is the 2-D weight of a module named {holder} whose parameters {:?} are not \
+                 those of burn-lora's or Burn's {holder}, so its layout is unknown",
+                fields
+                    .iter()
+                    .map(|(name, shape)| format!("{name} {shape:?}"))
+                    .collect::<Vec<_>>()
+            ))
+        }
+        _ => Layout::Unknown(format!(
+            "it is the 2-D weight of a module of type {holder}, which burn-lora does not know \
+             (only Linear and LoraLinear, stored transposed, and Embedding and LoraEmbedding, \
+             stored as in Burn)"
+        )),
     }
 }
 
@@ -124,43 +204,127 @@ mod tests {
             .collect()
     }
 
-    fn load(key: &str, transpose: bool) -> TorchParam {
+    fn load(key: &str, layout: Layout) -> TorchParam {
         TorchParam::Load {
             key: key.into(),
-            transpose,
+            layout,
             pytorch_only: Vec::new(),
         }
     }
 
+    fn fields(items: &[(&str, &[usize])]) -> Vec<(String, Vec<usize>)> {
+        items
+            .iter()
+            .map(|(name, shape)| (name.to_string(), shape.to_vec()))
+            .collect()
+    }
+
+    /// The parameter at `items`, its module holding it alone (shape `[3; rank]`).
     fn param(items: &[&str], rank: usize) -> TorchParam {
-        torch_param(&stack(items), rank, &PathMap::identity())
+        let (own, _) = items.last().unwrap().split_once(':').unwrap();
+        param_in(items, &[(own, &vec![3; rank])])
+    }
+
+    /// The parameter at `items` (the last of `holding`), its module holding `holding`.
+    fn param_in(items: &[&str], holding: &[(&str, &[usize])]) -> TorchParam {
+        let (own, _) = items.last().unwrap().split_once(':').unwrap();
+        let rank = holding
+            .iter()
+            .find(|(name, _)| *name == own)
+            .unwrap()
+            .1
+            .len();
+        torch_param(&stack(items), rank, &fields(holding), &PathMap::identity())
+    }
+
+    fn layout(param: TorchParam) -> Layout {
+        match param {
+            TorchParam::Load { layout, .. } => layout,
+            other => panic!("not loaded: {other:?}"),
+        }
     }
 
     #[test]
     fn linear_weights_are_transposed_and_keep_their_names() {
+        let linear: &[(&str, &[usize])] = &[("weight", &[4, 3]), ("bias", &[3])];
+        assert_eq!(
+            param_in(&["fc:Net", "weight:Linear"], linear),
+            load("fc.weight", Layout::Transposed)
+        );
+        assert_eq!(
+            param_in(&["fc:Net", "bias:Linear"], linear),
+            load("fc.bias", Layout::Same)
+        );
         assert_eq!(
             param(&["fc:Net", "weight:Linear"], 2),
-            load("fc.weight", true)
+            load("fc.weight", Layout::Transposed),
+            "a Linear without bias"
         );
-        assert_eq!(param(&["fc:Net", "bias:Linear"], 1), load("fc.bias", false));
+        let lora_linear: &[(&str, &[usize])] = &[
+            ("weight", &[4, 3]),
+            ("bias", &[3]),
+            ("merged_weight", &[4, 3]),
+        ];
         assert_eq!(
-            param(&["layers:Net", "0:Vec", "weight:LoraLinear"], 2),
-            load("layers.0.weight", true)
+            param_in(&["layers:Net", "0:Vec", "weight:LoraLinear"], lora_linear),
+            load("layers.0.weight", Layout::Transposed)
         );
     }
 
     #[test]
     fn embedding_and_conv_weights_keep_burns_layout() {
-        for holder in ["Embedding", "LoraEmbedding"] {
-            assert_eq!(
-                param(&["emb:Net", &format!("weight:{holder}")], 2),
-                load("emb.weight", false)
-            );
-        }
-        for holder in ["Conv2d", "LoraConv2d"] {
+        assert_eq!(
+            param(&["emb:Net", "weight:Embedding"], 2),
+            load("emb.weight", Layout::Same)
+        );
+        assert_eq!(
+            param_in(
+                &["emb:Net", "weight:LoraEmbedding"],
+                &[("weight", &[10, 4]), ("merged_weight", &[10, 4])]
+            ),
+            load("emb.weight", Layout::Same)
+        );
+        for holder in ["Conv2d", "LoraConv2d", "Mine"] {
             assert_eq!(
                 param(&["conv:Net", &format!("weight:{holder}")], 4),
-                load("conv.weight", false)
+                load("conv.weight", Layout::Same)
+            );
+        }
+    }
+
+    #[test]
+    fn a_2d_weight_of_an_unknown_module_has_an_unknown_layout() {
+        let Layout::Unknown(reason) = layout(param(&["proj:Net", "weight:MyProj"], 2)) else {
+            panic!("a custom module's 2-D weight must not get a layout");
+        };
+        assert!(reason.contains("MyProj"), "{reason}");
+        // Its other parameters, 2-D or not, and 1-D weights load as they are.
+        assert_eq!(
+            layout(param(&["proj:Net", "table:MyProj"], 2)),
+            Layout::Same
+        );
+        assert_eq!(
+            layout(param(&["proj:Net", "weight:MyProj"], 1)),
+            Layout::Same
+        );
+    }
+
+    #[test]
+    fn a_module_named_like_a_known_one_with_other_parameters_has_an_unknown_layout() {
+        // PyTorch's layout under the name Linear: bias [out] is weight's first side.
+        let torch_like: &[(&str, &[usize])] = &[("weight", &[3, 4]), ("bias", &[3])];
+        let extra: &[(&str, &[usize])] = &[("weight", &[4, 4]), ("scale", &[4])];
+        for (holder, holding) in [
+            ("Linear", torch_like),
+            ("Linear", extra),
+            ("LoraLinear", extra),
+            ("Embedding", extra),
+            ("LoraEmbedding", extra),
+        ] {
+            let found = layout(param_in(&["m:Net", &format!("weight:{holder}")], holding));
+            assert!(
+                matches!(&found, Layout::Unknown(reason) if reason.contains(holder)),
+                "{holder} {holding:?}: {found:?}"
             );
         }
     }
@@ -227,7 +391,7 @@ mod tests {
         // A user's own field called merged_weight is an ordinary parameter.
         assert_eq!(
             param(&["x:Net", "merged_weight:Mine"], 2),
-            load("x.merged_weight", false)
+            load("x.merged_weight", Layout::Same)
         );
     }
 
@@ -246,11 +410,12 @@ mod tests {
             "norm:Block",
             "gamma:LayerNorm",
         ]);
+        let gamma = fields(&[("gamma", &[4]), ("beta", &[4])]);
         assert_eq!(
-            torch_param(&stack, 1, &paths).key(),
+            torch_param(&stack, 1, &gamma, &paths).key(),
             "encoder.layer.3.output.LayerNorm.weight"
         );
-        assert_eq!(param(&["scale:Net"], 1), load("scale", false));
+        assert_eq!(param(&["scale:Net"], 1), load("scale", Layout::Same));
     }
 
     impl TorchParam {

@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::{embedding, linear};
 use burn::tensor::{Distribution, Int, Tensor};
 
-use crate::config::LoraConfig;
+use crate::config::{LoraConfig, LoraInit};
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter::{ensure_finite, LoraAdapter};
 use crate::layers::adapter_batch::{forward_grouped, AdapterBatch};
@@ -52,6 +52,13 @@ impl LoraEmbeddingConfig {
 /// `[n_embedding, r]` table whose rows are gathered like the base's (never a one-hot matmul),
 /// then projected to `d_model` by `B`. As in PEFT, embedding adapters apply no dropout (a
 /// configured dropout is ignored).
+///
+/// A fresh adapter is initialised as PEFT initialises embedding adapters, not as
+/// [`LoraConfig::init`] says for linear layers: `A = 0` and `B ~ N(0, 1)` (so the update still
+/// starts at zero). The config's `init` must therefore be the default
+/// ([`LoraInit::KaimingUniform`], PEFT's `init_lora_weights=True`); any other is refused with
+/// [`LoraError::Unsupported`] by [`add_adapter`](LoraLayer::add_adapter) and by
+/// [`LoraModel::attach`](crate::LoraModel::attach) on a model holding the embedding.
 ///
 /// A lookup is memory-bound: unmerged, each adapter adds a `[batch, seq, d_model]` matmul output
 /// and a pass adding it to the gathered rows, about three times the bare lookup's memory
@@ -252,9 +259,24 @@ impl<B: Backend> LoraLayer<B> for LoraEmbedding<B> {
         LayerKind::Embedding
     }
 
+    /// Refuses any `init` but the default: PEFT's embedding rule does not draw `A` at all.
+    fn check_fresh_init(&self, config: &LoraConfig) -> LoraResult<()> {
+        match &config.init {
+            LoraInit::KaimingUniform => Ok(()),
+            other => Err(LoraError::Unsupported(format!(
+                "LoRA init {other:?} on an embedding layer: embedding adapters are initialised \
+                 as PEFT does, A = 0 and B ~ N(0, 1), whatever the init; use the default init \
+                 (LoraInit::KaimingUniform) for embeddings, or leave them out of the targets"
+            ))),
+        }
+    }
+
     /// PEFT's initialisation of an embedding adapter: `A = 0`, `B ~ N(0, 1)` (the update still
     /// starts at zero; the large `B` lets `A`'s gathered rows learn at the linear layers' pace).
+    /// Only the default `config.init` is accepted (see
+    /// [`check_fresh_init`](LoraLayer::check_fresh_init)).
     fn fresh_adapter(&self, name: &str, config: &LoraConfig) -> LoraResult<LoraAdapter<B>> {
+        self.check_fresh_init(config)?;
         let device = self.weight.device();
         let lora_a = Tensor::zeros([self.n_embedding(), config.rank], &device);
         let lora_b = Tensor::random(

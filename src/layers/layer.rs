@@ -130,12 +130,24 @@ pub trait LoraLayer<B: Backend> {
         checked_name(name.to_string())?;
         self.check_can_add(name)?;
         let [d_input, d_output] = self.adapter_dims();
-        config.validate_for(d_input, d_output)
+        config.validate_for(d_input, d_output)?;
+        self.check_fresh_init(config)
     }
 
-    /// Adds a fresh adapter (`A` drawn by `config.init`, `B = 0`) and makes it the only active
+    /// Errors with [`LoraError::Unsupported`] if this kind of layer cannot initialise a fresh
+    /// adapter as `config.init` asks: an [`LoraEmbedding`](crate::LoraEmbedding) initialises its
+    /// adapters by PEFT's rule for embeddings (`A = 0`, `B ~ N(0, 1)`) and so accepts only the
+    /// default init. Layers whose fresh adapters follow `config.init` keep this default.
+    fn check_fresh_init(&self, config: &LoraConfig) -> Result<()> {
+        let _ = config;
+        Ok(())
+    }
+
+    /// Adds a fresh adapter (`A` drawn by `config.init`, `B = 0`; an embedding's as PEFT
+    /// initialises it, see [`LoraEmbedding`](crate::LoraEmbedding)) and makes it the only active
     /// one. Freezes the base. Fails, leaving the layer unchanged, on an invalid config, a rank
-    /// above `min(d_input, d_output)`, an empty or duplicate name, or while merged.
+    /// above `min(d_input, d_output)`, an init the layer cannot apply, an empty or duplicate
+    /// name, or while merged.
     fn add_adapter(&mut self, name: &str, config: &LoraConfig) -> Result<()> {
         self.check_new_adapter(name, config)?;
         let adapter = self.fresh_adapter(name, config)?;

@@ -49,7 +49,7 @@ use crate::model::targets::Targets;
 /// net.attach("default", &LoraConfig::new(4, 8.0), &Targets::names(["query", "value"]))?;
 /// assert_eq!(net.lora_layer_paths()?, ["blocks.0.query", "blocks.0.value", "blocks.1.query",
 ///     "blocks.1.value", "head"]);
-/// println!("{}", net.parameter_report());
+/// println!("{}", net.parameter_report()?);
 /// let plain = net.merge_and_unload()?; // no adapters left
 /// assert!(plain.adapter_names().is_empty());
 /// # Ok::<(), burn_lora::LoraError>(())
@@ -359,8 +359,15 @@ pub trait LoraModel<B: Backend>: Module<B> + VisitLoraLayers<B> {
         Ok(model)
     }
 
-    /// Per-layer shapes and the original / added / percentage parameter counts.
-    fn parameter_report(&self) -> ParameterReport
+    /// Per-layer shapes and the original / added / percentage parameter counts, each
+    /// parameter counted once.
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidModel`] when the layers' module paths are not known (see
+    /// [`lora_layer_paths`](Self::lora_layer_paths): a listed layer outside the module tree,
+    /// at two paths, or listed twice): the parameters of the layers could not be told from the
+    /// others.
+    fn parameter_report(&self) -> Result<ParameterReport>
     where
         Self: Sized,
     {

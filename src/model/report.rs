@@ -4,6 +4,7 @@ use std::fmt;
 
 use burn::tensor::backend::Backend;
 
+use crate::error::Result;
 use crate::model::paths::ParamCollector;
 use crate::model::LoraModel;
 
@@ -55,7 +56,7 @@ impl LayerReport {
 ///
 /// let mut model = LoraMlpConfig::new(784, vec![1000, 2000], 10).init::<Inference>(&Default::default())?;
 /// model.attach("default", &LoraConfig::new(1, 1.0), &Targets::all())?;
-/// let report = model.parameter_report();
+/// let report = model.parameter_report()?;
 /// assert_eq!(report.base_params(), 2_807_010);
 /// assert_eq!(report.lora_params(), 6_794);
 /// assert_eq!(format!("{:.3}", report.percent_added()), "0.242");
@@ -155,12 +156,14 @@ impl fmt::Display for ParameterReport {
 
 /// The report of `model`: one entry per LoRA layer, plus the count of every other parameter
 /// (adapter factors and merged weights excluded).
-pub(crate) fn parameter_report<B: Backend, M: LoraModel<B>>(model: &M) -> ParameterReport {
-    let paths = model.lora_layer_paths().unwrap_or_else(|_| {
-        (0..model.lora_layers().len())
-            .map(|i| format!("lora_layer_{i}"))
-            .collect()
-    });
+///
+/// The parameters outside the LoRA layers are those not under a layer's module path, so the
+/// paths must be known: without them every layer's parameters would count twice, once as the
+/// layer's and once as "other". Hence the errors of [`lora_layer_paths`].
+///
+/// [`lora_layer_paths`]: crate::lora_layer_paths
+pub(crate) fn parameter_report<B: Backend, M: LoraModel<B>>(model: &M) -> Result<ParameterReport> {
+    let paths = model.lora_layer_paths()?;
     let layers: Vec<LayerReport> = model
         .lora_layers()
         .into_iter()
@@ -198,10 +201,10 @@ pub(crate) fn parameter_report<B: Backend, M: LoraModel<B>>(model: &M) -> Parame
         })
         .map(|param| param.len)
         .sum();
-    ParameterReport {
+    Ok(ParameterReport {
         layers,
         other_params,
-    }
+    })
 }
 
 /// `2807010` → `"2,807,010"`.
