@@ -106,7 +106,8 @@ pub use svd::{numerical_rank, singular_values, truncated_svd, LowRankFactors};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::model::derive_support::{
-        Probe, ProbeMut, VisitLayers, VisitLayersMut, VisitNothing, VisitNothingMut,
+        NoLoraLayers, Probe, ProbeMut, VisitLayers, VisitLayersMut, VisitNothing, VisitNothingMut,
     };
     pub use burn::module::Module;
+    pub use burn::tensor::backend::Backend;
 }

@@ -21,8 +21,10 @@ use crate::model::targets::Targets;
 ///
 /// Derive it beside Burn's `Module` (`#[derive(Module, LoraModel)]`): the derive lists the LoRA
 /// layers among the struct's fields (direct, in `Vec`, `Option` or arrays, and inside nested
-/// structs that derive it too) in field order. Every operation is all-or-nothing: on error the
-/// model is exactly as it was.
+/// structs that derive it too) in field order. A field generic over the backend that is neither
+/// a LoRA model nor one of Burn's modules without LoRA layers (`Linear`, `LayerNorm`, a tensor,
+/// ...) is a compile error, so that no layer goes unlisted. Every operation is all-or-nothing:
+/// on error the model is exactly as it was.
 ///
 /// ```
 /// use burn::backend::Flex;

@@ -91,6 +91,8 @@ impl Dropout {
             return burn::nn::Dropout { prob: self.prob }.forward(input);
         }
         let seed = backend_seed::<B>(&device);
+        #[cfg(test)]
+        tests::HOST_MASK_SEED.set(Some(seed));
         let shape = input.shape();
         let mask = bernoulli_mask(shape.num_elements(), 1.0 - self.prob, seed);
         let mask =
@@ -159,7 +161,38 @@ impl ModuleDisplay for Dropout {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
+    use burn_lora_support::backend::Train;
+
     use super::*;
+
+    thread_local! {
+        /// The seed of the last mask [`Dropout::forward`] drew on the host, on this thread: what
+        /// the test below needs to know which mask to expect, with no lock on the backend's
+        /// generator, which other tests draw from at the same time.
+        pub(super) static HOST_MASK_SEED: Cell<Option<u64>> = const { Cell::new(None) };
+    }
+
+    /// On a CPU backend, in training, the output is the input times the host mask of the seed
+    /// drawn from the backend: Burn's dropout, which draws its own mask, would not give it.
+    #[test]
+    fn forward_on_a_cpu_backend_multiplies_by_the_host_mask() {
+        let device = Default::default();
+        let (rows, cols) = (37, 23);
+        let values: Vec<f32> = (0..rows * cols).map(|i| 0.5 + i as f32 / 64.0).collect();
+        let x =
+            Tensor::<Train, 2>::from_data(TensorData::new(values.clone(), [rows, cols]), &device);
+        HOST_MASK_SEED.set(None);
+        let y = Dropout { prob: 0.3 }.forward(x);
+        let seed = HOST_MASK_SEED
+            .get()
+            .expect("the mask was drawn on the host");
+        let mask = bernoulli_mask(rows * cols, 1.0 - 0.3, seed);
+        let expected: Vec<f32> = values.iter().zip(&mask).map(|(x, m)| x * m).collect();
+        assert!(mask.contains(&0.0) && mask.iter().any(|&m| m != 0.0));
+        assert_eq!(y.into_data().to_vec::<f32>().unwrap(), expected);
+    }
 
     #[test]
     fn mask_keeps_the_expected_share_scaled() {

@@ -21,8 +21,18 @@ use crate::kernel::AdamCoefficients;
 /// arithmetic is Burn's Adam, operation for operation; what differs is how it runs. On the NdArray
 /// and Flex backends every parameter is updated in one fused pass over its buffers, split across
 /// threads, instead of a dozen separate tensor operations, which makes the optimizer step
-/// several times faster (see the `train_step` bench). On other backends it falls back to tensor
-/// operations, which fusing backends (CUDA) combine themselves.
+/// several times faster (see the `train_step` bench). On other backends, and for tensors the
+/// fused pass cannot take (not contiguous `f32`), it falls back to the same update as tensor
+/// operations, which fusing backends (CUDA) combine themselves. [`UpdateCounts`] tells which
+/// path ran.
+///
+/// One difference from Burn's Adam, on both paths alike: gradients and first moments below
+/// `1e-16` in magnitude, and second moments below `1e-32`, are flushed to zero (the limits are
+/// lower in the first steps, and far lower for an epsilon so small that they would matter).
+/// Flushing changes an update by at most about `lr · 1e-8 / (1 - β₁)` (`lr · 1e-7` with the
+/// default `β₁`), below the resolution of an `f32` parameter of size 1; without it, a parameter
+/// whose gradient has died out drives its moments into subnormal floats, whose arithmetic slows
+/// the fused step several times over. The two paths agree to rounding.
 ///
 /// ```
 /// use burn::nn::{Linear, LinearConfig};
@@ -197,6 +207,7 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdam {
         let mut moment_1 = float_primitive(moment_1);
         let mut moment_2 = float_primitive(moment_2);
         let fused = fused_adam_in_place(&mut param, &mut grad, &mut moment_1, &mut moment_2, &c);
+        UpdateCounts::count(fused);
 
         let [param, grad, moment_1, moment_2] = [param, grad, moment_1, moment_2]
             .map(|p| Tensor::from_primitive(TensorPrimitive::Float(p)));
@@ -222,6 +233,75 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdam {
     }
 }
 
+/// How many parameter updates [`FusedAdam`] has made on the calling thread, by path: each
+/// parameter of each `Optimizer::step` is one update, made on the thread that calls `step`.
+/// Tells whether a training loop takes the fast path:
+///
+/// ```
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::optim::{GradientsParams, Optimizer};
+/// use burn_fused_adam::{FusedAdamConfig, UpdateCounts};
+/// use burn_lora_support::backend::Train;
+///
+/// let device = Default::default();
+/// let model: Linear<Train> = LinearConfig::new(8, 4).init(&device);
+/// let mut optim = FusedAdamConfig::new().init::<Train, Linear<Train>>()?;
+/// let x = burn::tensor::Tensor::<Train, 2>::ones([3, 8], &device);
+/// let grads = GradientsParams::from_grads(model.forward(x).sum().backward(), &model);
+///
+/// let before = UpdateCounts::on_this_thread();
+/// let model = optim.step(1e-3, model, grads);
+/// let made = UpdateCounts::on_this_thread().since(before);
+/// // The weight and the bias; on Flex or NdArray, both fused.
+/// assert_eq!(made.fused + made.tensor_ops, 2);
+/// # Ok::<(), burn_fused_adam::InvalidSetting>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpdateCounts {
+    /// Updates made by the fused pass over the tensors' host memory.
+    pub fused: u64,
+    /// Updates made by tensor operations: on a backend without the fused path, or for tensors
+    /// it cannot take.
+    pub tensor_ops: u64,
+}
+
+thread_local! {
+    static UPDATE_COUNTS: core::cell::Cell<UpdateCounts> = const {
+        core::cell::Cell::new(UpdateCounts {
+            fused: 0,
+            tensor_ops: 0,
+        })
+    };
+}
+
+impl UpdateCounts {
+    /// The updates made so far on the calling thread.
+    pub fn on_this_thread() -> Self {
+        UPDATE_COUNTS.with(|counts| counts.get())
+    }
+
+    /// The updates made between `earlier` (an earlier reading on the same thread) and `self`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            fused: self.fused.saturating_sub(earlier.fused),
+            tensor_ops: self.tensor_ops.saturating_sub(earlier.tensor_ops),
+        }
+    }
+
+    /// Counts one update on the calling thread.
+    fn count(fused: bool) {
+        UPDATE_COUNTS.with(|counts| {
+            let mut c = counts.get();
+            if fused {
+                c.fused += 1;
+            } else {
+                c.tensor_ops += 1;
+            }
+            counts.set(c);
+        });
+    }
+}
+
 /// The tensor's float primitive (a quantized tensor is dequantized).
 fn float_primitive<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> B::FloatTensorPrimitive {
     tensor.into_primitive().tensor()
@@ -240,12 +320,19 @@ fn tensor_update<B: Backend, const D: usize>(
     } else {
         grad
     };
-    let moment_1 = moment_1
-        .mul_scalar(c.beta_1)
-        .add(grad.clone().mul_scalar(1.0 - c.beta_1));
-    let moment_2 = moment_2
-        .mul_scalar(c.beta_2)
-        .add(grad.square().mul_scalar(1.0 - c.beta_2));
+    let grad = flush(grad, c.tiny);
+    let moment_1 = flush(
+        moment_1
+            .mul_scalar(c.beta_1)
+            .add(grad.clone().mul_scalar(1.0 - c.beta_1)),
+        c.tiny,
+    );
+    let moment_2 = flush(
+        moment_2
+            .mul_scalar(c.beta_2)
+            .add(grad.square().mul_scalar(1.0 - c.beta_2)),
+        c.tiny_square,
+    );
     let step = moment_1
         .clone()
         .mul_scalar(c.correction)
@@ -257,6 +344,13 @@ fn tensor_update<B: Backend, const D: usize>(
         param
     };
     (param.sub(step), moment_1, moment_2)
+}
+
+/// `x` with the elements smaller than `tiny` in magnitude set to zero (NaN stays NaN), as the
+/// fused kernel does.
+fn flush<B: Backend, const D: usize>(x: Tensor<B, D>, tiny: f32) -> Tensor<B, D> {
+    let small = x.clone().abs().lower_elem(tiny);
+    x.mask_fill(small, 0.0)
 }
 
 #[cfg(all(test, any(feature = "ndarray", feature = "flex")))]

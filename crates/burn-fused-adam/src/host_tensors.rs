@@ -222,6 +222,8 @@ mod tests {
         lr: 0.1,
         l2_penalty: 0.0,
         decay: 1.0,
+        tiny: crate::kernel::TINY,
+        tiny_square: crate::kernel::TINY * crate::kernel::TINY,
     };
 
     #[test]

@@ -12,12 +12,14 @@ use rayon::prelude::*;
 const CHUNK: usize = 1 << 16;
 
 /// Gradients and first moments smaller than this in magnitude are taken as zero, and second
-/// moments smaller than its square. Without this, a parameter whose gradient has died out
-/// (a saturated softmax, a dead unit) drives the moments into subnormal floats, whose arithmetic
-/// costs x86 cores about a hundred times as much: the step was seen to slow down 6×. With every
-/// stored value either 0 or at least this large, no product in the loop underflows for
-/// `β ≥ 1e-4`. The effect on an update is below `lr · 1e-8`.
-const TINY: f32 = 1e-16;
+/// moments smaller than its square, unless epsilon is so small that this would change an update
+/// (see [`AdamCoefficients::tiny`]). Without this, a parameter whose gradient has died out (a
+/// saturated softmax, a dead unit) drives the moments into subnormal floats, whose arithmetic
+/// costs x86 cores about a hundred times as much: the step was seen to slow down 6×.
+pub(crate) const TINY: f32 = 1e-16;
+
+/// The most a flush may change a parameter's update, relative to the learning rate.
+const FLUSH_EFFECT: f32 = 1e-8;
 
 /// The scalars of one Adam step at time `t`, precomputed once per step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,6 +38,11 @@ pub(crate) struct AdamCoefficients {
     pub l2_penalty: f32,
     /// Decoupled decay factor `1 - lr·λ` applied to the parameter (AdamW), 1 for none.
     pub decay: f32,
+    /// Gradients (after the L2 penalty) and first moments smaller than this in magnitude are
+    /// flushed to zero.
+    pub tiny: f32,
+    /// Second moments smaller than this are flushed to zero.
+    pub tiny_square: f32,
 }
 
 impl AdamCoefficients {
@@ -51,11 +58,13 @@ impl AdamCoefficients {
     ) -> Self {
         let time = i32::try_from(time).unwrap_or(i32::MAX);
         let correction_2 = (1.0 - beta_2.powi(time)).sqrt();
+        let correction_1 = 1.0 - beta_1.powi(time);
         let lr = lr as f32;
+        let (tiny, tiny_square) = Self::tiny(epsilon, correction_1, correction_2);
         Self {
             beta_1,
             beta_2,
-            correction: correction_2 / (1.0 - beta_1.powi(time)),
+            correction: correction_2 / correction_1,
             epsilon: epsilon * correction_2,
             lr,
             l2_penalty: if decoupled { 0.0 } else { weight_decay },
@@ -64,7 +73,29 @@ impl AdamCoefficients {
             } else {
                 1.0
             },
+            tiny,
+            tiny_square,
         }
+    }
+
+    /// The flush thresholds of a step: [`TINY`] and its square, lowered where epsilon is small
+    /// enough for them to matter. The update is `lr · m̂ / (√v̂ + ε)`, with `m̂ = m / (1 - β₁ᵗ)`
+    /// and `√v̂ = √v / √(1 - β₂ᵗ)`, so
+    ///
+    /// - a first moment below `1e-8 · ε · (1 - β₁ᵗ)` moves the update by less than `lr · 1e-8`,
+    ///   and by no more at any later step, where it would have decayed; a gradient enters the
+    ///   moment with weight `1 - β₁ < 1`, so the same threshold covers it;
+    /// - a second moment below `(ε · √(1 - β₂ᵗ) · 2⁻²⁵)²` has a root too small to change
+    ///   `√v + ε · √(1 - β₂ᵗ)` when rounded.
+    ///
+    /// With the default settings the thresholds are at least `1e-17` and `8e-35`: every stored
+    /// value is 0 or larger, and no product in the loop underflows. A much smaller `ε` asks for
+    /// the small values, and gets them (at the speed of subnormal arithmetic, if it comes to
+    /// that).
+    fn tiny(epsilon: f32, correction_1: f32, correction_2: f32) -> (f32, f32) {
+        let tiny = TINY.min(FLUSH_EFFECT * epsilon * correction_1);
+        let unseen = epsilon * correction_2 * f32::EPSILON / 4.0;
+        (tiny, (TINY * TINY).min(unseen * unseen))
     }
 }
 
@@ -189,9 +220,9 @@ fn update_element<const L2: bool>(
 ) {
     let (b1, b2) = (c.beta_1, c.beta_2);
     let (f1, f2) = (1.0 - b1, 1.0 - b2);
-    let g = flush(if L2 { *p * c.l2_penalty + g } else { g }, TINY);
-    *m = flush(*m * b1 + g * f1, TINY);
-    *v = flush(*v * b2 + g * g * f2, TINY * TINY);
+    let g = flush(if L2 { *p * c.l2_penalty + g } else { g }, c.tiny);
+    *m = flush(*m * b1 + g * f1, c.tiny);
+    *v = flush(*v * b2 + g * g * f2, c.tiny_square);
     let step = (*m * c.correction) / (v.sqrt() + c.epsilon) * c.lr;
     *p = *p * c.decay - step;
 }

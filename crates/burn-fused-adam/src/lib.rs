@@ -16,5 +16,5 @@ mod error;
 mod host_tensors;
 mod kernel;
 
-pub use adam::{FusedAdam, FusedAdamConfig, FusedAdamState};
+pub use adam::{FusedAdam, FusedAdamConfig, FusedAdamState, UpdateCounts};
 pub use error::{InvalidSetting, Result};

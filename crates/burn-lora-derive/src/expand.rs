@@ -2,12 +2,13 @@
 
 use proc_macro2::{Ident, TokenStream};
 use quote::{quote, quote_spanned};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{
     Data, DeriveInput, Field, GenericParam, Index, Member, Type, TypeParamBound, WherePredicate,
 };
 
-use crate::types::Params;
+use crate::types::{element_type, Params};
 
 /// The `impl ::burn_lora::VisitLoraLayers<B>` and `LoraModel<B>` for `input`, or the errors that prevent it.
 pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
@@ -71,9 +72,20 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         } else {
             // Autoref specialization: `Probe<T>` has `visit` when `T: VisitLoraLayers<B>`, else the
             // method is found on `&Probe<T>`, which visits nothing.
-            visits.push(quote_spanned! {span=>
-                ::burn_lora::__private::Probe::<#backend, #ty>::new(&self.#member).visit(layers);
-            });
+            if params.mentions_backend(ty) {
+                visits.push(checked_visit(field, &member, ty, backend));
+            } else {
+                // Not generic over the backend (`usize`, `Dropout`, a config): it cannot hold a
+                // `LoraLayer<B>`, whatever it is.
+                visits.push(quote_spanned! {span=>
+                    {
+                        use ::burn_lora::__private::{VisitLayers as _, VisitNothing as _};
+                        ::burn_lora::__private::Probe::<#backend, #ty, ()>::new(&self.#member)
+                            .visit(layers);
+                    }
+                });
+            }
+            // The same choice as in `visit_lora_layers`, so no second error.
             visits_mut.push(quote_spanned! {span=>
                 ::burn_lora::__private::ProbeMut::<#backend, #ty>::new(&mut self.#member)
                     .visit_mut(layers);
@@ -106,7 +118,6 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
                 &'__lora self,
                 layers: &mut ::std::vec::Vec<&'__lora dyn ::burn_lora::LoraLayer<#backend>>,
             ) {
-                use ::burn_lora::__private::{VisitLayers as _, VisitNothing as _};
                 #(#visits)*
             }
 
@@ -126,6 +137,69 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         {
         }
     })
+}
+
+/// The visit of a field generic over the backend: its layers when its type is a LoRA model
+/// (the by-value `Probe` method), nothing when it is one of Burn's modules known to hold none
+/// (`NoLoraLayers`), and otherwise a compile error on the field's type, naming the field. The error comes from a trait local to the field's block,
+/// whose `on_unimplemented` message names it; the second `visit` requires it of the type the
+/// field's `Vec`, `Option` or array holds, so the message is about that type (`Block<B>`, not
+/// `Vec<Block<B>>`).
+fn checked_visit(field: &Field, member: &Member, ty: &Type, backend: &Ident) -> TokenStream {
+    let name = match &field.ident {
+        Some(ident) => ident.unraw().to_string(),
+        None => match member {
+            Member::Unnamed(index) => index.index.to_string(),
+            Member::Named(ident) => ident.to_string(),
+        },
+    };
+    let message = format!(
+        "derive(LoraModel) cannot list the LoRA layers of field `{name}`: its type `{{Self}}` is \
+         generic over the backend but is not a LoRA model"
+    );
+    let label = "neither a LoRA model nor one of Burn's modules that hold no LoRA layer";
+    let note = "derive `LoraModel` on `{Self}` (a type without LoRA layers then lists none), \
+                or mark the field `#[lora(skip)]` if it holds no LoRA layer";
+    let element = element_type(ty);
+    // On the type the error is about: `Block` in `Vec<Block<B>>`.
+    let span = element.span();
+    quote_spanned! {span=>
+        {
+            use ::burn_lora::__private::VisitLayers as _;
+
+            #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
+            #[allow(dead_code)]
+            trait __LoraField<__B> {}
+
+            #[diagnostic::do_not_recommend]
+            impl<__B, __T> __LoraField<__B> for __T
+            where
+                __B: ::burn_lora::__private::Backend,
+                __T: ?::core::marker::Sized + ::burn_lora::__private::NoLoraLayers<__B>,
+            {
+            }
+
+            #[allow(dead_code)]
+            trait __VisitNothing<'__a, __B: ::burn_lora::__private::Backend, __E: ?::core::marker::Sized> {
+                fn visit(&self, _layers: &mut ::std::vec::Vec<&'__a dyn ::burn_lora::LoraLayer<__B>>)
+                where
+                    __E: __LoraField<__B>,
+                {
+                }
+            }
+
+            impl<'__a, __B, __T, __E> __VisitNothing<'__a, __B, __E>
+                for ::burn_lora::__private::Probe<'__a, __B, __T, __E>
+            where
+                __B: ::burn_lora::__private::Backend,
+                __T: ?::core::marker::Sized,
+                __E: ?::core::marker::Sized,
+            {
+            }
+
+            ::burn_lora::__private::Probe::<#backend, #ty, #element>::new(&self.#member).visit(layers);
+        }
+    }
 }
 
 fn not_a_struct(input: &DeriveInput, span: proc_macro2::Span, what: &str) -> syn::Error {
@@ -401,6 +475,33 @@ mod tests {
             "{errors}"
         );
         assert!(errors.contains("unknown `lora` attribute"), "{errors}");
+    }
+
+    #[test]
+    fn fields_generic_over_the_backend_must_be_lora_models_or_known_leaves() {
+        let code = expanded(
+            "struct S<B: Backend> {
+                block: Vec<Option<Block<B>>>,
+                width: usize,
+                device: B::Device,
+                r#type: [Block<B>; 2],
+            }",
+        )
+        .unwrap();
+        // The generic fields get the check, on the type their containers hold, in a message
+        // naming the field; the others do not.
+        let checked =
+            |field: &str| code.contains(&format!("cannotlisttheLoRAlayersoffield`{field}`"));
+        assert!(checked("block") && checked("type"), "{code}");
+        assert!(!checked("width") && !checked("device"), "{code}");
+        assert!(code.contains("Probe::<B,Vec<Option<Block<B>>>,Block<B>>::new(&self.block)"));
+        assert!(code.contains("Probe::<B,[Block<B>;2],Block<B>>::new(&self.r#type)"));
+        assert!(code.contains("Probe::<B,usize,()>::new(&self.width)"));
+        let code = expanded("struct P<B: Backend>(usize, Tensor<B, 2>);").unwrap();
+        assert!(
+            code.contains("field`1`") && !code.contains("field`0`"),
+            "{code}"
+        );
     }
 
     #[test]

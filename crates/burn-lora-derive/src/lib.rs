@@ -30,17 +30,32 @@ mod types;
 /// - a `Vec`, `Option` or array of LoRA models: its items in order (`None` contributes nothing);
 /// - a struct that derives (or implements) `LoraModel` too: its layers, in its own order.
 ///
-/// Any other field (Burn's `Linear`, `LayerNorm`, `Dropout`, a tensor, a `usize`) contributes
-/// nothing. Fields are visited in declaration order, named or tuple structs alike, so the
-/// layers come out in the order of their module paths: `blocks.0.query`, `blocks.0.value`,
+/// These fields contribute nothing, also with no attribute:
+///
+/// - Burn's modules that cannot hold a LoRA layer: those of `burn::nn` generic over the backend
+///   (`Linear`, `Embedding`, the convolutions, `LayerNorm`, `RmsNorm`, `BatchNorm`, `GroupNorm`,
+///   `InstanceNorm`, `PositionalEncoding`, `RotaryEncoding`, `PRelu`, `SwiGlu`, Burn's attention
+///   and transformer blocks, `Lstm`, `Gru`, `Rnn` and their bidirectional forms, the losses),
+///   tensors, `Param` and `RunningState`, and `Vec`s, `Option`s and arrays of these;
+/// - any type not generic over the backend: `Dropout`, `Relu`, `Gelu`, the pools, `usize`,
+///   `f64`, `bool`, `String`, a configuration, `PhantomData`. It cannot hold a `LoraLayer<B>`.
+///
+/// Any other field generic over the backend is a compile error on its type, naming the field:
+/// a nested `Block<B>` that derives `Module` but not `LoraModel` would hide its layers from
+/// `lora_layers`, `Targets::all()` and everything built on them. Derive `LoraModel` on it (a
+/// type without LoRA layers then lists none), or mark the field `#[lora(skip)]`.
+///
+/// Fields are visited in declaration order, named or tuple structs alike, so the layers come
+/// out in the order of their module paths: `blocks.0.query`, `blocks.0.value`,
 /// `blocks.1.query`, …, `head`. The immutable and the mutable list are generated from the same
 /// field list, so they always agree.
 ///
 /// The backend is the type parameter bounded by `Backend` (or `AutodiffBackend`), else the one
-/// named `B`. A field whose type names another type parameter (`inner: M`, `layers: Vec<M>`)
-/// adds the bound `M: LoraModel<B>` (or `Vec<M>: LoraModel<B>`) to the impl: its layers are
-/// listed, and a model whose `M` holds no LoRA layer needs `#[lora(skip)]` on that field.
-/// `PhantomData` fields are ignored.
+/// named `B`; a field is generic over it when its type takes it as a type argument
+/// (`Block<B>`, `Vec<Tensor<B, 2>>`, not `B::Device`). A field whose type names another type
+/// parameter (`inner: M`, `layers: Vec<M>`) adds the bound `M: LoraModel<B>` (or
+/// `Vec<M>: LoraModel<B>`) to the impl: its layers are listed, and a model whose `M` holds no
+/// LoRA layer needs `#[lora(skip)]` on that field. `PhantomData` fields are ignored.
 ///
 /// # Attributes
 ///
@@ -67,7 +82,10 @@ mod types;
 ///
 /// The check is syntactic: the same containers holding only plain data (`HashMap<String,
 /// usize>`, `(usize, usize)`) are accepted and contribute nothing. Enums and unions are a
-/// compile error: implement `LoraModel` by hand for them.
+/// compile error: implement `LoraModel` by hand for them. So is a field generic over the
+/// backend whose type is neither a LoRA model nor one of Burn's modules listed above (see
+/// "What it finds"). A type written as a macro call is not looked into: it contributes its
+/// layers if it is a LoRA model, and nothing otherwise.
 ///
 /// # Example
 ///

@@ -1,6 +1,6 @@
 //! What the derive reads from a field's type, syntactically: whether it names a generic
-//! parameter, and whether it puts something that could hold LoRA layers inside a container
-//! the layer list cannot go through.
+//! parameter or the backend, which type a `Vec`, `Option` or array holds, and whether it puts
+//! something that could hold LoRA layers inside a container the layer list cannot go through.
 
 use proc_macro2::Ident;
 use syn::{GenericArgument, PathArguments, ReturnType, Type, TypeParamBound};
@@ -22,6 +22,13 @@ impl Params<'_> {
         any_ident(ty, &mut |ident, first| {
             first && self.others.contains(&ident)
         })
+    }
+
+    /// Whether `ty` takes the backend itself as a type argument (`Block<B>`, `Vec<Tensor<B, 2>>`),
+    /// so that it is a Burn module generic over the backend. The backend's associated types
+    /// (`B::Device`, `<B as Backend>::FloatElem`) do not count.
+    pub fn mentions_backend(&self, ty: &Type) -> bool {
+        names_bare(ty, self.backend)
     }
 
     /// Whether `ty` could hold a LoRA layer: it names one, the backend or another type
@@ -110,6 +117,67 @@ impl Params<'_> {
         } else {
             self.unsupported(inner)
         }
+    }
+}
+
+/// The type a field's `Vec`, `Option` or array holds, through any depth of them
+/// (`Block<B>` for `Vec<Option<[Block<B>; 2]>>`); `ty` itself for any other type.
+pub(crate) fn element_type(ty: &Type) -> &Type {
+    match ty {
+        Type::Array(array) => element_type(&array.elem),
+        Type::Paren(inner) => element_type(&inner.elem),
+        Type::Group(inner) => element_type(&inner.elem),
+        Type::Path(path) if path.qself.is_none() => {
+            let Some(last) = path.path.segments.last() else {
+                return ty;
+            };
+            let PathArguments::AngleBracketed(args) = &last.arguments else {
+                return ty;
+            };
+            let mut args = args.args.iter();
+            match (args.next(), args.next()) {
+                (Some(GenericArgument::Type(inner)), None)
+                    if last.ident == "Vec" || last.ident == "Option" =>
+                {
+                    element_type(inner)
+                }
+                _ => ty,
+            }
+        }
+        _ => ty,
+    }
+}
+
+/// Whether the path made of `param` alone appears in `ty`, outside qualified-self position.
+fn names_bare(ty: &Type, param: &Ident) -> bool {
+    match ty {
+        Type::Path(path) => {
+            let segments = &path.path.segments;
+            if path.qself.is_none()
+                && path.path.leading_colon.is_none()
+                && segments.len() == 1
+                && segments[0].ident == *param
+                && segments[0].arguments.is_empty()
+            {
+                return true;
+            }
+            segments.iter().any(|segment| match &segment.arguments {
+                PathArguments::AngleBracketed(args) => args.args.iter().any(|arg| match arg {
+                    GenericArgument::Type(ty) => names_bare(ty, param),
+                    GenericArgument::AssocType(assoc) => names_bare(&assoc.ty, param),
+                    _ => false,
+                }),
+                _ => false,
+            })
+        }
+        Type::Reference(r) => names_bare(&r.elem, param),
+        Type::Ptr(p) => names_bare(&p.elem, param),
+        Type::Slice(s) => names_bare(&s.elem, param),
+        Type::Array(a) => names_bare(&a.elem, param),
+        Type::Paren(p) => names_bare(&p.elem, param),
+        Type::Group(g) => names_bare(&g.elem, param),
+        Type::Tuple(t) => t.elems.iter().any(|ty| names_bare(ty, param)),
+        _ => false,
     }
 }
 
