@@ -31,7 +31,9 @@
 //!   Mistral causal LMs from Hugging Face folders with generation and many adapters per batch
 //!   ([`AdapterBatch`]).
 //! - [`truncated_svd`]: low-rank factorisation of a weight.
-//! - [`LoraError`]: every bad input is an error naming what is wrong, never a panic.
+//! - [`LoraError`]: every bad input is an error naming what is wrong, never a panic, except
+//!   where a Burn signature cannot return one (unchecked `forward`, `Module::load_record`; the
+//!   README lists them).
 //!
 //! ```
 //! use burn::backend::{Autodiff, Flex};
