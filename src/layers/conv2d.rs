@@ -273,6 +273,7 @@ impl<B: Backend> LoraConv2d<B> {
             .iter()
             .map(|a| a.delta_weight())
             .reduce(|sum, update| sum + update)
+            // Its one caller, `forward`, returns before when no adapter is active.
             .expect("at least one adapter");
         delta.transpose().reshape(self.weight.shape().dims::<4>())
     }

@@ -348,9 +348,12 @@ fn tensor_update<B: Backend, const D: usize>(
 
 /// `x` with the elements smaller than `tiny` in magnitude set to zero (NaN stays NaN), as the
 /// fused kernel does.
+///
+/// A product with a 0/1 mask rather than `mask_fill`: NdArray's `mask_fill` misplaces the mask of
+/// a tensor that is not in standard layout (a transposed gradient), and flushed everything.
 fn flush<B: Backend, const D: usize>(x: Tensor<B, D>, tiny: f32) -> Tensor<B, D> {
-    let small = x.clone().abs().lower_elem(tiny);
-    x.mask_fill(small, 0.0)
+    let kept = x.clone().abs().greater_equal_elem(tiny).float();
+    x.mul(kept)
 }
 
 #[cfg(all(test, any(feature = "ndarray", feature = "flex")))]
