@@ -65,6 +65,44 @@ fn a_dropout_outside_zero_one_in_config_json_is_an_error() {
 }
 
 #[test]
+fn sizes_whose_parameter_count_overflows_are_errors() {
+    // Sizes whose parameter count overflows are refused before Burn allocates anything.
+    for config in [
+        BertConfig::new(usize::MAX / 2, 16, 1, 2, 32, 8),
+        BertConfig::new(50, 1 << 32, 1 << 30, 1 << 16, 32, 8),
+    ] {
+        let result = config.init::<B>(&Default::default());
+        assert!(
+            matches!(result, Err(LoraError::InvalidModel(_))),
+            "{:?}",
+            result.err()
+        );
+    }
+}
+
+#[test]
+fn a_config_of_another_model_type_is_refused_and_one_without_is_read() {
+    // A Llama config with its activation removed has every field a BERT needs.
+    let llama = common::existing_peft_fixture("llama_tiny").join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(llama).unwrap()).unwrap();
+    json.as_object_mut().unwrap().remove("hidden_act");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let err = read(&path).unwrap_err();
+    assert!(
+        matches!(&err, LoraError::Unsupported(m) if m.contains("\"llama\"")),
+        "{err:?}"
+    );
+
+    let (_dir, path) = edited_config(|c| {
+        c.remove("model_type");
+    });
+    assert_eq!(read(&path).unwrap().hidden_size, 32);
+}
+
+#[test]
 fn missing_dropouts_take_hugging_faces_default_and_both_are_read() {
     let (_dir, path) = edited_config(|c| {
         c.remove("hidden_dropout_prob");

@@ -105,6 +105,12 @@ fn configs_that_cannot_build_a_model_are_errors() {
         ("attention_dropout", json!(1.5)),
         ("head_dim", json!(15)),
         ("vocab_size", json!(0)),
+        // Sizes whose parameter count overflows, refused before anything of their size is
+        // allocated (a head_dim of 2^62 aborted the process building its rotary table).
+        ("head_dim", json!(1u64 << 62)),
+        ("vocab_size", json!(u64::MAX)),
+        ("num_hidden_layers", json!(1u64 << 62)),
+        ("intermediate_size", json!(1u64 << 61)),
     ];
     for (field, value) in cases {
         let (_temp, dir) = copy_fixture("llama_tiny");

@@ -17,6 +17,7 @@ use crate::io::tensor_file::read_bytes;
 use crate::layers::embedding::LoraEmbedding;
 use crate::nn::dropout::check_probability;
 use crate::nn::ids::{check_ids, host_mask};
+use crate::nn::sizes::check_parameter_count;
 use crate::nn::transformer::{
     TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
 };
@@ -57,6 +58,7 @@ pub struct BertConfig {
 /// The fields of Hugging Face's `config.json` that shape a BERT.
 #[derive(Deserialize)]
 struct HfBertConfig {
+    model_type: Option<String>,
     vocab_size: usize,
     hidden_size: usize,
     num_hidden_layers: usize,
@@ -99,8 +101,8 @@ impl BertConfig {
     /// # Errors
     /// [`LoraError::InvalidFile`] for unreadable JSON or missing fields,
     /// [`LoraError::InvalidModel`] for a dropout outside `[0, 1]`, and
-    /// [`LoraError::Unsupported`] for an activation other than exact GELU or relative position
-    /// embeddings. Missing dropouts take Hugging Face's default, 0.1.
+    /// [`LoraError::Unsupported`] for a `model_type` other than `bert` (a config without one is
+    /// read), an activation other than exact GELU or relative position embeddings. Missing dropouts take Hugging Face's default, 0.1.
     pub fn from_hf_json(path: &Path) -> LoraResult<Self> {
         let bytes = read_bytes(path)?;
         let hf: HfBertConfig =
@@ -109,6 +111,11 @@ impl BertConfig {
                 format: "config.json".into(),
                 reason: e.to_string(),
             })?;
+        if let Some(other) = hf.model_type.as_deref().filter(|t| *t != "bert") {
+            return Err(LoraError::Unsupported(format!(
+                "model_type \"{other}\" (this reads a \"bert\" config.json)"
+            )));
+        }
         if hf.hidden_act != "gelu" {
             return Err(LoraError::Unsupported(format!(
                 "hidden_act \"{}\" (only exact \"gelu\")",
@@ -148,7 +155,8 @@ impl BertConfig {
     ///
     /// # Errors
     /// [`LoraError::InvalidModel`] when a width is zero, `hidden_size` is not a multiple of
-    /// `num_attention_heads`, or a dropout is not in `[0, 1]`.
+    /// `num_attention_heads`, the sizes' parameter count overflows, or a dropout is not in
+    /// `[0, 1]`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> LoraResult<Bert<B>> {
         let widths = [
             self.vocab_size,
@@ -164,6 +172,18 @@ impl BertConfig {
                 "BERT needs non-zero sizes and hidden_size divisible by num_attention_heads, got {self:?}"
             )));
         }
+        let (h, inter) = (self.hidden_size, self.intermediate_size);
+        let per_layer =
+            check_parameter_count("BERT", &[&[4, h, h], &[2, h, inter], &[9, h], &[inter]])?;
+        check_parameter_count(
+            "BERT",
+            &[
+                &[per_layer, self.num_hidden_layers],
+                &[self.vocab_size, h],
+                &[self.max_position_embeddings, h],
+                &[self.type_vocab_size, h],
+            ],
+        )?;
         let embeddings = BertEmbeddings {
             word_embeddings: LoraEmbedding::from_embedding(
                 EmbeddingConfig::new(self.vocab_size, self.hidden_size).init(device),

@@ -24,6 +24,7 @@ mod dropout;
 mod ids;
 pub mod llama;
 mod lora_layers;
+mod sizes;
 pub mod transformer;
 
 pub use dropout::Dropout;

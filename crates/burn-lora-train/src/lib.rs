@@ -26,5 +26,5 @@ pub use causal_lm::{
 };
 pub use error::{Result, TrainError};
 pub use loader::{EpochDataLoader, EpochDataLoaderBuilder};
-pub use record::{TrainableParamRecord, TrainableRecord};
+pub use record::{LayerAdapters, TrainableParamRecord, TrainableRecord};
 pub use trainable_only::TrainableOnly;

@@ -13,11 +13,15 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
+use burn_lora::LoraModel;
+
 use crate::error::{Result, TrainError};
-use crate::record::{TrainableParamRecord, TrainableRecord};
+use crate::record::{LayerAdapters, TrainableParamRecord, TrainableRecord};
 
 /// Wraps a model so that its [`Module::Record`] is a [`TrainableRecord`]: the parameters that
-/// require a gradient, by module path, and nothing else.
+/// require a gradient, by module path, and the identities (name, configuration, active flag)
+/// of each LoRA layer's adapters, which loading checks: an adapter's parameters are keyed by
+/// its position, so a record of other adapters would otherwise load with the wrong scales.
 ///
 /// Everything else passes through: parameters, devices, `forward` (through [`inner`](Self::inner)),
 /// and burn-train's [`TrainStep`] and [`InferenceStep`] when the model implements them. Give it
@@ -96,10 +100,10 @@ impl<M> TrainableOnly<M> {
 
 impl<M> TrainableOnly<M> {
     /// The trainable parameters with their paths, shapes, ids and values, in the model's
-    /// visiting order.
+    /// visiting order, and the identities of every LoRA layer's adapters.
     pub fn trainable_record<B: Backend>(&self) -> TrainableRecord<B>
     where
-        M: Module<B>,
+        M: LoraModel<B>,
     {
         let mut collector = Collector {
             stack: Vec::new(),
@@ -109,6 +113,7 @@ impl<M> TrainableOnly<M> {
         self.inner.visit(&mut collector);
         TrainableRecord {
             params: collector.params,
+            adapters: layer_adapters(&self.inner),
         }
     }
 
@@ -116,12 +121,15 @@ impl<M> TrainableOnly<M> {
     /// id of the record's entry at its path (the id keeps the optimizer's state attached).
     ///
     /// # Errors
-    /// [`TrainError::RecordMismatch`] when a trainable parameter has no entry, an entry has no
-    /// trainable parameter at its path, or the shapes differ; the model is then unchanged.
+    /// [`TrainError::RecordMismatch`] when the model's LoRA layers hold other adapters than the
+    /// record's (names, configurations, active flags, order), a trainable parameter has no
+    /// entry, an entry has no trainable parameter at its path, or the shapes differ; the model
+    /// is then unchanged.
     pub fn load_trainable<B: Backend>(&mut self, record: TrainableRecord<B>) -> Result<()>
     where
-        M: Module<B>,
+        M: LoraModel<B>,
     {
+        check_adapters(&record.adapters, &layer_adapters(&self.inner))?;
         let mut loader = Loader {
             stack: Vec::new(),
             trainable: &self.trainable,
@@ -156,6 +164,73 @@ impl<M> TrainableOnly<M> {
     }
 }
 
+/// The adapters of every LoRA layer of `model`, labelled by the layer's path.
+fn layer_adapters<B: Backend, M: LoraModel<B>>(model: &M) -> Vec<LayerAdapters> {
+    // The paths only label the layers (they are compared in order): a model whose layers have
+    // no single path each (a shared layer) labels them by index.
+    let paths = model.lora_layer_paths().unwrap_or_default();
+    model
+        .lora_layers()
+        .iter()
+        .enumerate()
+        .map(|(index, layer)| LayerAdapters {
+            layer: paths
+                .get(index)
+                .cloned()
+                .unwrap_or_else(|| format!("LoRA layer {index}")),
+            adapters: layer
+                .adapters()
+                .iter()
+                .map(|a| a.identity().clone())
+                .collect(),
+        })
+        .collect()
+}
+
+/// `Ok` when the record's adapters are the model's, layer by layer; the first difference
+/// otherwise.
+fn check_adapters(record: &[LayerAdapters], model: &[LayerAdapters]) -> Result<()> {
+    if record.len() != model.len() {
+        return Err(TrainError::RecordMismatch(format!(
+            "the record is of a model with {}, this model has {}",
+            plural(record.len(), "LoRA layer"),
+            model.len()
+        )));
+    }
+    let describe = |layer: &LayerAdapters| {
+        let adapters: Vec<String> = layer
+            .adapters
+            .iter()
+            .map(|a| {
+                let c = a.config();
+                format!(
+                    "{} (rank {}, alpha {}{}{})",
+                    a.name(),
+                    c.rank,
+                    c.alpha,
+                    if c.use_rslora { ", rsLoRA" } else { "" },
+                    if a.is_active() { ", active" } else { "" }
+                )
+            })
+            .collect();
+        format!("[{}]", adapters.join(", "))
+    };
+    match record
+        .iter()
+        .zip(model)
+        .find(|(r, m)| r.adapters != m.adapters)
+    {
+        None => Ok(()),
+        Some((r, m)) => Err(TrainError::RecordMismatch(format!(
+            "{}: the record's adapters are {}, the model's are {} (attach the same adapters, \
+             with the same configurations, in the same order)",
+            m.layer,
+            describe(r),
+            describe(m)
+        ))),
+    }
+}
+
 fn plural(count: usize, noun: &str) -> String {
     if count == 1 {
         format!("1 {noun}")
@@ -164,7 +239,7 @@ fn plural(count: usize, noun: &str) -> String {
     }
 }
 
-impl<B: Backend, M: Module<B>> Module<B> for TrainableOnly<M> {
+impl<B: Backend, M: LoraModel<B>> Module<B> for TrainableOnly<M> {
     type Record = TrainableRecord<B>;
 
     fn collect_devices(&self, devices: Devices<B>) -> Devices<B> {
@@ -217,7 +292,11 @@ impl<B: Backend, M: Module<B>> Module<B> for TrainableOnly<M> {
     }
 }
 
-impl<B: AutodiffBackend, M: AutodiffModule<B>> AutodiffModule<B> for TrainableOnly<M> {
+impl<B: AutodiffBackend, M> AutodiffModule<B> for TrainableOnly<M>
+where
+    M: AutodiffModule<B> + LoraModel<B>,
+    M::InnerModule: LoraModel<B::InnerBackend>,
+{
     type InnerModule = TrainableOnly<M::InnerModule>;
 
     fn valid(&self) -> Self::InnerModule {
@@ -236,7 +315,11 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> AutodiffModule<B> for TrainableOn
     }
 }
 
-impl<B: AutodiffBackend, M: HasAutodiffModule<B>> HasAutodiffModule<B> for TrainableOnly<M> {
+impl<B: AutodiffBackend, M> HasAutodiffModule<B> for TrainableOnly<M>
+where
+    M: HasAutodiffModule<B> + LoraModel<B::InnerBackend>,
+    M::TrainModule: LoraModel<B>,
+{
     type TrainModule = TrainableOnly<M::TrainModule>;
 }
 

@@ -141,6 +141,11 @@ fn valid_loader() -> Arc<dyn DataLoader<Inference, Batch<Inference>>> {
 /// The same pretrained base every time (seeded), a fresh rank-4 adapter on `hidden` (its
 /// initial values depend on the seed) and the head trainable.
 fn lora_net(adapter_seed: u64) -> TrainableOnly<Net<Train>> {
+    lora_net_with(adapter_seed, &[("default", LoraConfig::new(4, 8.0))])
+}
+
+/// [`lora_net`] with these adapters on `hidden`, attached in this order (the last active).
+fn lora_net_with(adapter_seed: u64, adapters: &[(&str, LoraConfig)]) -> TrainableOnly<Net<Train>> {
     // The backend's generator is global: tests running in parallel must not reseed it while
     // this one draws.
     static RNG: Mutex<()> = Mutex::new(());
@@ -155,12 +160,10 @@ fn lora_net(adapter_seed: u64) -> TrainableOnly<Net<Train>> {
         net.head.bias.as_ref().map(|b| b.val()),
     );
     Train::seed(&device, adapter_seed);
-    net.attach(
-        "default",
-        &LoraConfig::new(4, 8.0),
-        &Targets::names(["hidden"]),
-    )
-    .unwrap();
+    for (name, config) in adapters {
+        net.attach(name, config, &Targets::names(["hidden"]))
+            .unwrap();
+    }
     net.freeze_base();
     net.mark_trainable(&["head"]).unwrap();
     TrainableOnly::new(net)
@@ -192,7 +195,7 @@ fn fit(
 }
 
 /// Every trainable parameter's values, by path.
-fn values<B: Backend, M: Module<B>>(model: &TrainableOnly<M>) -> Vec<(String, Vec<f32>)> {
+fn values<B: Backend, M: LoraModel<B>>(model: &TrainableOnly<M>) -> Vec<(String, Vec<f32>)> {
     model
         .trainable_record::<B>()
         .params
@@ -287,7 +290,10 @@ fn a_record_that_does_not_fit_is_an_error_and_changes_nothing() {
     let mut short = record.params.clone();
     short.pop();
     let error = other
-        .load_trainable(TrainableRecord { params: short })
+        .load_trainable(TrainableRecord {
+            params: short,
+            adapters: record.adapters.clone(),
+        })
         .unwrap_err();
     assert!(
         matches!(error, TrainError::RecordMismatch(ref m) if m.contains("not in the record")),
@@ -300,7 +306,10 @@ fn a_record_that_does_not_fit_is_an_error_and_changes_nothing() {
     base.path = "hidden.weight".into();
     extra.push(base);
     let error = other
-        .load_trainable(TrainableRecord { params: extra })
+        .load_trainable(TrainableRecord {
+            params: extra,
+            adapters: record.adapters.clone(),
+        })
         .unwrap_err();
     assert!(error.to_string().contains("hidden.weight"), "{error}");
 
@@ -308,13 +317,58 @@ fn a_record_that_does_not_fit_is_an_error_and_changes_nothing() {
     let mut wrong = record.params.clone();
     wrong[0].shape = vec![1, wrong[0].shape.iter().product()];
     let error = other
-        .load_trainable(TrainableRecord { params: wrong })
+        .load_trainable(TrainableRecord {
+            params: wrong,
+            adapters: record.adapters.clone(),
+        })
         .unwrap_err();
     assert!(error.to_string().contains("shape"), "{error}");
 
     assert_eq!(values(&other), before, "a failed load changed the model");
     other.load_trainable(record).unwrap();
     assert_eq!(values(&other), values(&model));
+}
+
+#[test]
+fn a_record_of_other_adapters_is_an_error_and_changes_nothing() {
+    let (a, b) = (LoraConfig::new(4, 8.0), LoraConfig::new(4, 2.0));
+    let source = lora_net_with(5, &[("a", a.clone()), ("b", b.clone())]);
+    let record = source.trainable_record::<Train>();
+    assert_eq!(record.adapters.len(), 1);
+    assert_eq!(record.adapters[0].layer, "hidden");
+
+    // The same parameters by position, but the adapters attached in the other order, under
+    // other names, or with another alpha: loaded by position, each would run with the wrong
+    // scale or name.
+    let others = [
+        vec![("b", b.clone()), ("a", a.clone())],
+        vec![("a", a.clone()), ("c", b.clone())],
+        vec![("a", a.clone()), ("b", LoraConfig::new(4, 3.0))],
+        vec![("a", a.clone()), ("b", b.clone().with_use_rslora(true))],
+    ];
+    for adapters in others {
+        let mut other = lora_net_with(6, &adapters);
+        let before = values(&other);
+        let error = other.load_trainable(record.clone()).unwrap_err();
+        assert!(
+            matches!(&error, TrainError::RecordMismatch(m) if m.contains("hidden: the record's adapters")),
+            "{adapters:?}: {error}"
+        );
+        assert_eq!(values(&other), before, "a failed load changed the model");
+    }
+
+    // Another active adapter is another model too.
+    let mut net = lora_net_with(6, &[("a", a.clone()), ("b", b.clone())]).into_inner();
+    let active = net.lora_layers()[0].active_adapters().join(",");
+    let inactive = if active == "a" { "b" } else { "a" };
+    net.set_active_adapter(inactive).unwrap();
+    let mut other = TrainableOnly::new(net);
+    let error = other.load_trainable(record.clone()).unwrap_err();
+    assert!(error.to_string().contains("active"), "{error}");
+
+    let mut same = lora_net_with(6, &[("a", a), ("b", b)]);
+    same.load_trainable(record).unwrap();
+    assert_eq!(values(&same), values(&source));
 }
 
 #[test]

@@ -65,7 +65,8 @@ impl DecoderMask {
             for i in 0..self.seq {
                 let query = self.past + i;
                 for (key, &token) in row.iter().enumerate() {
-                    let outside_window = window.is_some_and(|w| query >= key + w);
+                    // `query - key ≥ w`, written so that no window (up to `usize::MAX`) overflows.
+                    let outside_window = window.is_some_and(|w| query.saturating_sub(key) >= w);
                     masked.push(key > query || token == 0 || outside_window);
                 }
             }
@@ -121,5 +122,12 @@ mod tests {
             .unwrap();
         assert!(windowed[3 * 4 + 1], "key 1 is two positions before query 3");
         assert!(!windowed[3 * 4 + 2]);
+        // A window wider than any sequence masks nothing more (it overflowed `key + w`).
+        let widest: Vec<bool> = mask
+            .attention_mask::<Flex>(Some(usize::MAX), &Default::default())
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert_eq!(widest, expected);
     }
 }

@@ -45,12 +45,12 @@ pub struct RotaryEmbeddingConfig {
 }
 
 impl RotaryEmbeddingConfig {
-    /// Computes the frequencies.
+    /// Checks the configuration without computing anything (a `config.json` is checked before
+    /// any table of its sizes is allocated).
     ///
     /// # Errors
-    /// [`LoraError::InvalidModel`] for an odd or zero head width, a non-positive theta or a
-    /// scaling factor that is not positive and finite.
-    pub fn init(&self) -> LoraResult<RotaryEmbedding> {
+    /// As [`init`](Self::init).
+    pub fn validate(&self) -> LoraResult<()> {
         let invalid = |what: String| Err(LoraError::InvalidModel(what));
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return invalid(format!(
@@ -70,19 +70,9 @@ impl RotaryEmbeddingConfig {
                 )))
             }
         };
-        // inv_freq_i = 1 / θ^(2i / d), in f32 as Hugging Face computes it.
-        let dim = self.head_dim as f32;
-        let mut inv_freq: Vec<f32> = (0..self.head_dim / 2)
-            .map(|i| 1.0 / (self.theta as f32).powf((2 * i) as f32 / dim))
-            .collect();
         match &self.scaling {
-            RopeScaling::Default => {}
-            RopeScaling::Linear { factor } => {
-                positive("factor", *factor)?;
-                for f in &mut inv_freq {
-                    *f /= *factor as f32;
-                }
-            }
+            RopeScaling::Default => Ok(()),
+            RopeScaling::Linear { factor } => positive("factor", *factor),
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -99,6 +89,36 @@ impl RotaryEmbeddingConfig {
                         self.scaling
                     ));
                 }
+                Ok(())
+            }
+        }
+    }
+
+    /// Computes the frequencies.
+    ///
+    /// # Errors
+    /// [`LoraError::InvalidModel`] for an odd or zero head width, a non-positive theta or a
+    /// scaling factor that is not positive and finite.
+    pub fn init(&self) -> LoraResult<RotaryEmbedding> {
+        self.validate()?;
+        // inv_freq_i = 1 / θ^(2i / d), in f32 as Hugging Face computes it.
+        let dim = self.head_dim as f32;
+        let mut inv_freq: Vec<f32> = (0..self.head_dim / 2)
+            .map(|i| 1.0 / (self.theta as f32).powf((2 * i) as f32 / dim))
+            .collect();
+        match &self.scaling {
+            RopeScaling::Default => {}
+            RopeScaling::Linear { factor } => {
+                for f in &mut inv_freq {
+                    *f /= *factor as f32;
+                }
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
                 let old = *original_max_position_embeddings as f64;
                 let low_wavelen = old / low_freq_factor;
                 let high_wavelen = old / high_freq_factor;

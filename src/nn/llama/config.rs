@@ -16,6 +16,7 @@ use crate::nn::decoder::{
     check_epsilon, check_probability, DecoderLayerConfig, GroupedQueryAttentionConfig, RopeScaling,
     RotaryEmbeddingConfig, SwiGluMlpConfig,
 };
+use crate::nn::sizes::check_parameter_count;
 use crate::LoraLinear;
 
 /// The architectures [`CausalLmConfig::from_hf_json`] reads (Hugging Face's `model_type`).
@@ -247,7 +248,9 @@ impl CausalLmConfig {
     /// # Errors
     /// [`LoraError::InvalidModel`] for a zero size, `num_attention_heads` not a multiple of
     /// `num_key_value_heads`, an odd `head_dim`, a non-positive epsilon or theta, a dropout
-    /// outside `[0, 1]` or a zero sliding window.
+    /// outside `[0, 1]`, a zero sliding window, or sizes whose parameter count overflows (they
+    /// are checked before anything is allocated; a model that can be counted but not held in
+    /// memory fails at [`init`](Self::init) as any allocation does).
     pub fn validate(&self) -> LoraResult<()> {
         let sizes = [
             self.vocab_size,
@@ -274,7 +277,30 @@ impl CausalLmConfig {
         }
         check_epsilon(self.rms_norm_eps)?;
         check_probability("attention_dropout", self.attention_dropout)?;
-        self.rope().init()?;
+        self.rope().validate()?;
+        let (h, hd, heads, kv) = (
+            self.hidden_size,
+            self.head_dim,
+            self.num_attention_heads,
+            self.num_key_value_heads,
+        );
+        let layer: &[&[usize]] = &[
+            &[2, h, heads, hd],
+            &[2, h, kv, hd],
+            &[3, h, self.intermediate_size],
+            &[2, heads, hd],
+            &[2, kv, hd],
+            &[2, h],
+        ];
+        let per_layer = check_parameter_count("causal LM", layer)?;
+        check_parameter_count(
+            "causal LM",
+            &[
+                &[per_layer, self.num_hidden_layers],
+                &[2, self.vocab_size, h],
+                &[h],
+            ],
+        )?;
         Ok(())
     }
 
