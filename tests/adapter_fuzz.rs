@@ -12,10 +12,10 @@ mod common;
 use std::path::Path;
 
 use burn_lora::{
-    load_adapter, LoraConfig, LoraError, LoraLayer, LoraMlp, LoraMlpConfig, LoraModel, PathMap,
+    load_adapter, LoraConfig, LoraLayer, LoraMlp, LoraMlpConfig, LoraModel, PathMap,
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
 };
-use burn_lora_support::fuzz::{Format, Fuzz};
+use burn_lora_support::fuzz::{variant_name, Format, Fuzz, SAFETENSORS_WORDS};
 use common::snapshot::Snapshot;
 use common::{existing_peft_fixture, insert_trained, load_pytorch_base, B};
 
@@ -73,16 +73,9 @@ fn check_load(target: &LoraMlp<B>, before: &Snapshot, dir: &Path) -> Result<Stri
                     "the model changed although loading failed with: {e}"
                 ));
             }
-            Ok(variant(&e))
+            Ok(variant_name(&e))
         }
     }
-}
-
-/// The error's variant name (`InvalidFile`, `ShapeMismatch`, ...), to tally outcomes.
-fn variant(e: &LoraError) -> String {
-    let debug = format!("{e:?}");
-    let end = debug.find([' ', '(', '{']).unwrap_or(debug.len());
-    debug[..end].to_string()
 }
 
 /// Fuzzes one of the two files, the other staying PEFT's.
@@ -112,25 +105,13 @@ fn fuzz_file(target_name: &str, file: &str, format: Format, words: &[&str], case
 
 #[test]
 fn mutated_adapter_weights_never_panic_and_failed_loads_change_nothing() {
-    let words = [
+    let mut words = vec![
         "base_model.model.layers.0.lora_A.weight",
         "base_model.model.layers.1.lora_B.weight",
         "base_model.model.layers.0.lora_magnitude_vector",
         "lora_embedding_A",
-        "dtype",
-        "shape",
-        "data_offsets",
-        "__metadata__",
-        "F32",
-        "F16",
-        "BF16",
-        "F64",
-        "I32",
-        "U8",
-        "BOOL",
-        "F8_E4M3",
-        "F4",
     ];
+    words.extend_from_slice(SAFETENSORS_WORDS);
     fuzz_file(
         "adapter_model",
         ADAPTER_WEIGHTS_FILE,

@@ -13,17 +13,11 @@ use std::path::Path;
 use burn::tensor::{Int, Tensor};
 use burn_lora::nn::bert::BertConfig;
 use burn_lora::nn::llama::{CausalLmConfig, CausalLmInput};
-use burn_lora::LoraError;
-use burn_lora_support::fuzz::{Format, Fuzz};
+use burn_lora_support::fuzz::{variant_name, Format, Fuzz};
 use common::{existing_peft_fixture, B};
 
 /// Models of more parameters than this are read but not built.
 const BUILD_LIMIT: usize = 1 << 20;
-
-fn variant(e: &LoraError) -> String {
-    let debug = format!("{e:?}");
-    debug[..debug.find([' ', '(', '{']).unwrap_or(debug.len())].to_string()
-}
 
 /// `a * b + c`, `None` on overflow.
 fn mul_add(a: usize, b: usize, c: usize) -> Option<usize> {
@@ -38,7 +32,7 @@ fn two_tokens(vocab: usize) -> Tensor<B, 2, Int> {
 fn check_bert(file: &Path) -> Result<String, String> {
     let config = match BertConfig::from_hf_json(file) {
         Ok(config) => config,
-        Err(e) => return Ok(format!("bert:{}", variant(&e))),
+        Err(e) => return Ok(format!("bert:{}", variant_name(&e))),
     };
     let h = config.hidden_size;
     let size = (|| {
@@ -59,7 +53,7 @@ fn check_bert(file: &Path) -> Result<String, String> {
     }
     let model = match config.init::<B>(&Default::default()) {
         Ok(model) => model,
-        Err(e) => return Ok(format!("bert:init {}", variant(&e))),
+        Err(e) => return Ok(format!("bert:init {}", variant_name(&e))),
     };
     let ids = two_tokens(config.vocab_size);
     let mask = Tensor::ones([1, 2], &Default::default());
@@ -69,14 +63,14 @@ fn check_bert(file: &Path) -> Result<String, String> {
             "hidden state of shape {:?}, hidden_size {h}",
             hidden.dims()
         )),
-        Err(e) => Ok(format!("bert:forward {}", variant(&e))),
+        Err(e) => Ok(format!("bert:forward {}", variant_name(&e))),
     }
 }
 
 fn check_causal_lm(file: &Path) -> Result<String, String> {
     let config = match CausalLmConfig::from_hf_json(file) {
         Ok(config) => config,
-        Err(e) => return Ok(format!("causal:{}", variant(&e))),
+        Err(e) => return Ok(format!("causal:{}", variant_name(&e))),
     };
     let h = config.hidden_size;
     let size = (|| {
@@ -93,7 +87,7 @@ fn check_causal_lm(file: &Path) -> Result<String, String> {
     }
     let model = match config.init::<B>(&Default::default()) {
         Ok(model) => model,
-        Err(e) => return Ok(format!("causal:init {}", variant(&e))),
+        Err(e) => return Ok(format!("causal:init {}", variant_name(&e))),
     };
     let input = CausalLmInput::new(two_tokens(config.vocab_size));
     match model.forward(input) {
@@ -103,7 +97,7 @@ fn check_causal_lm(file: &Path) -> Result<String, String> {
             logits.dims(),
             config.vocab_size
         )),
-        Err(e) => Ok(format!("causal:forward {}", variant(&e))),
+        Err(e) => Ok(format!("causal:forward {}", variant_name(&e))),
     }
 }
 

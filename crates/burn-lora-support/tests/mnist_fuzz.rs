@@ -4,14 +4,9 @@
 //!
 //! The seeds are the small IDX files under `tests/fixtures/fuzz/mnist_idx/corpus/`.
 
-use burn_lora_support::fuzz::{target_dir, Format, Fuzz};
+use burn_lora_support::fuzz::{target_dir, variant_name, Format, Fuzz};
 use burn_lora_support::mnist::{MnistLoader, MnistSplit, FILE_NAMES, PIXELS};
 use burn_lora_support::DataError;
-
-fn variant(e: &DataError) -> String {
-    let debug = format!("{e:?}");
-    debug[..debug.find([' ', '(', '{']).unwrap_or(debug.len())].to_string()
-}
 
 /// The split's own consistency: `Ok` or the broken property.
 fn consistent(split: &MnistSplit, expected: Option<usize>) -> Result<(), String> {
@@ -43,7 +38,7 @@ fn outcome(
             Ok(format!("{role}:Ok"))
         }
         Err(e) if e.to_string().is_empty() => Err(format!("as {role}: an error with no message")),
-        Err(e) => Ok(format!("{role}:{}", variant(&e))),
+        Err(e) => Ok(format!("{role}:{}", variant_name(&e))),
     }
 }
 
@@ -84,7 +79,7 @@ impl Folder {
                 consistent(&mnist.test, None).map_err(|b| format!("folder, test: {b}"))?;
                 Ok(format!("folder {role}:Ok"))
             }
-            Err(e) => Ok(format!("folder {role}:{}", variant(&e))),
+            Err(e) => Ok(format!("folder {role}:{}", variant_name(&e))),
         }
     }
 }

@@ -24,6 +24,34 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 
+/// The words of the safetensors format, for a target's dictionary: the header's fields and the
+/// dtype names (valid, unsupported and unknown).
+pub const SAFETENSORS_WORDS: &[&str] = &[
+    "dtype",
+    "shape",
+    "data_offsets",
+    "__metadata__",
+    "format",
+    "pt",
+    "F32",
+    "F16",
+    "BF16",
+    "F64",
+    "I64",
+    "I32",
+    "U8",
+    "BOOL",
+    "F8_E4M3",
+    "F4",
+];
+
+/// The name of an error's variant (`InvalidFile` for `InvalidFile { .. }`), to tally outcomes.
+pub fn variant_name(error: &impl std::fmt::Debug) -> String {
+    let debug = format!("{error:?}");
+    let end = debug.find([' ', '(', '{']).unwrap_or(debug.len());
+    debug[..end].to_string()
+}
+
 /// The folder of fuzz target `target`: `tests/fixtures/fuzz/<target>`.
 pub fn target_dir(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
