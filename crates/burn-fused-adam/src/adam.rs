@@ -349,11 +349,15 @@ fn tensor_update<B: Backend, const D: usize>(
 /// `x` with the elements smaller than `tiny` in magnitude set to zero (NaN stays NaN), as the
 /// fused kernel does.
 ///
-/// A product with a 0/1 mask rather than `mask_fill`: NdArray's `mask_fill` misplaces the mask of
-/// a tensor that is not in standard layout (a transposed gradient), and flushed everything.
+/// Two comparisons rather than `abs`: NdArray 0.21's `abs` of a shared tensor that is not in
+/// standard layout (a transposed gradient) writes its values in memory order into a row-major
+/// output, so the mask would land on the wrong elements.
 fn flush<B: Backend, const D: usize>(x: Tensor<B, D>, tiny: f32) -> Tensor<B, D> {
-    let kept = x.clone().abs().greater_equal_elem(tiny).float();
-    x.mul(kept)
+    let small = x
+        .clone()
+        .lower_elem(tiny)
+        .bool_and(x.clone().greater_elem(-tiny));
+    x.mask_fill(small, 0.0)
 }
 
 #[cfg(all(test, any(feature = "ndarray", feature = "flex")))]
@@ -386,6 +390,45 @@ mod tests {
         let state = state.unwrap();
         assert_eq!(state.time, 1);
         assert_eq!(state.moment_1.dims(), [3, 4]);
+    }
+
+    /// The flush finds the small values of a transposed tensor that another holder shares (a
+    /// gradient Burn keeps), where they are, and keeps NaN and infinities.
+    #[test]
+    fn flush_finds_small_values_of_a_shared_transposed_tensor() {
+        let device = Default::default();
+        let values = [
+            1e-20,
+            2.0,
+            -5e-17,
+            f32::NAN,
+            3e-16,
+            f32::NEG_INFINITY,
+            0.0,
+            -4.0,
+        ];
+        let expected = [0.0, 2.0, 0.0, f32::NAN, 3e-16, f32::NEG_INFINITY, 0.0, -4.0];
+        let row_major = Tensor::<Inference, 1>::from_floats(values, &device).reshape([2, 4]);
+        let transposed = row_major.clone().transpose();
+        let shared = transposed.clone();
+        for (x, rows) in [(row_major, [2, 4]), (transposed, [4, 2])] {
+            let flushed = host(&flush(x.clone(), 1e-16));
+            let want: Vec<f32> = (0..8)
+                .map(|i| {
+                    let (r, c) = (i / rows[1], i % rows[1]);
+                    // The transposed tensor's element (r, c) is the original's (c, r).
+                    let original = if rows == [2, 4] { r * 4 + c } else { c * 4 + r };
+                    expected[original]
+                })
+                .collect();
+            for (got, want) in flushed.iter().zip(&want) {
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{flushed:?} vs {want:?}"
+                );
+            }
+        }
+        drop(shared);
     }
 
     /// The tensor-operation fallback and the fused kernel compute the same update.
