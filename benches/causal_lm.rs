@@ -21,6 +21,18 @@
 //! A decoding step's cache is prefilled once and cloned for every iteration, outside the timing.
 //!
 //! `cargo bench --bench causal_lm` (shorter: append `-- --warm-up-time 1 --measurement-time 3`).
+//!
+//! Wall-clock time on a shared 2-core machine cannot resolve the merged model against the plain
+//! one (a 2 % target, a ±20 % spread). For an instruction count, `CAUSAL_LM_DECODE_STEPS=<model>:
+//! <steps>` (`<model>` one of `a0_unmerged`, `a0_merged`, `plain`) skips criterion and runs that
+//! many decoding steps at position 16 after the setup; run it under
+//! `valgrind --tool=cachegrind` with two step counts, and the difference of the totals divided by
+//! the difference of the counts is the instructions of one step, the setup cancelling out:
+//!
+//! ```sh
+//! RAYON_NUM_THREADS=1 CAUSAL_LM_DECODE_STEPS=a0_merged:2 valgrind --tool=cachegrind \
+//!   --cache-sim=no target/release/deps/causal_lm-<hash>
+//! ```
 
 mod bench_util;
 
@@ -34,7 +46,7 @@ use burn_lora::{AdapterBatch, LoraConfig, LoraModel, Targets};
 use burn_lora_support::backend::{self, Inference};
 use criterion::measurement::WallTime;
 use criterion::{
-    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode,
+    criterion_group, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode,
     Throughput,
 };
 
@@ -179,12 +191,22 @@ fn mixed_batch_decode_step(c: &mut Criterion) {
     group.finish();
 }
 
-fn decode_position(c: &mut Criterion) {
+/// The three models of `decode_position`: the adapter `a0` unmerged, merged, and disabled.
+fn decode_models() -> [(&'static str, CausalLm<B>); 3] {
     let unmerged = model();
     let mut merged = unmerged.clone();
     merged.merge().expect("a0 merges");
     let mut plain = unmerged.clone();
     plain.set_enabled(false);
+    [
+        ("a0_unmerged", unmerged),
+        ("a0_merged", merged),
+        ("plain", plain),
+    ]
+}
+
+fn decode_position(c: &mut Criterion) {
+    let [(_, unmerged), (_, merged), (_, plain)] = decode_models();
     let cases: [(&str, &CausalLm<B>, &[usize]); 3] = [
         ("a0_unmerged", &unmerged, &[16, 128, 512]),
         ("a0_merged", &merged, &[16, 512]),
@@ -253,4 +275,36 @@ criterion_group! {
         .measurement_time(Duration::from_secs(5));
     targets = mixed_batch_forward, mixed_batch_decode_step, decode_position, generate_tokens
 }
-criterion_main!(benches);
+/// `CAUSAL_LM_DECODE_STEPS=<model>:<steps>`: that many decoding steps of one model at position
+/// 16, each on a fresh clone of the prefilled cache, for an instruction count (see the top).
+fn decode_steps_only(spec: &str) {
+    let (name, steps) = spec
+        .split_once(':')
+        .and_then(|(name, steps)| Some((name, steps.parse::<usize>().ok()?)))
+        .expect("CAUSAL_LM_DECODE_STEPS=<model>:<steps>");
+    let (_, lm) = decode_models()
+        .into_iter()
+        .find(|(model, _)| *model == name)
+        .expect("a model of decode_position: a0_unmerged, a0_merged or plain");
+    let device = backend::device();
+    let cache = prefilled(&lm, 1, 16, None);
+    let input = CausalLmInput::new(ids(1, 1)).last_position_only();
+    // The first step of a clone copies the shared cache once (see `bench_step`), so it runs
+    // before the counted steps, which continue the same clone.
+    let mut cache = cache.clone();
+    lm.forward_cache(input.clone(), &mut cache).expect("step");
+    for _ in 0..steps {
+        lm.forward_cache(input.clone(), &mut cache).expect("step");
+    }
+    bench_util::sync::<B>(&device);
+    println!("{name}: {steps} decoding steps after position 16");
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("CAUSAL_LM_DECODE_STEPS") {
+        decode_steps_only(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

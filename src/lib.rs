@@ -68,6 +68,11 @@
 //! # Ok::<(), burn_lora::LoraError>(())
 //! ```
 
+// Indexing in library code: a fixed-size array (the `dims()` of a `Tensor<B, D>`, a kernel's
+// `[usize; 2]`) indexed by a constant is checked by rustc at compile time; every other index or
+// slice that input could reach carries a comment saying why it is in bounds. `unwrap` and
+// `expect` appear only in tests, and once in `LoraConv2d`, on a condition its caller checked.
+
 // The derive's expansion names `::burn_lora`, which must resolve inside this crate too (LoraMlp).
 extern crate self as burn_lora;
 

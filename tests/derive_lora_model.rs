@@ -2,10 +2,20 @@
 //! arrays, in field order; other fields and `#[lora(skip)]` fields ignored; the whole model-wide
 //! API working on the result.
 
-use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use std::marker::PhantomData;
+
+use burn::module::{Module, Param};
+use burn::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Embedding, EmbeddingConfig, Gelu,
+    GroupNorm, GroupNormConfig, Gru, GruConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+    Lstm, LstmConfig, PositionalEncoding, PositionalEncodingConfig, Relu, RmsNorm, RmsNormConfig,
+};
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, Tensor};
 use burn_lora::{
     load_adapter, save_adapter, LoraAdapter, LoraConfig, LoraError, LoraLayer, LoraLinear,
     LoraLinearConfig, LoraModel, PathMap, Targets,
@@ -335,4 +345,114 @@ fn generic_fields() {
         .attach("default", &LoraConfig::new(2, 2.0), &Targets::all())
         .unwrap();
     assert_eq!(plain.lora_layers_mut().len(), 1);
+}
+
+/// Burn's modules that cannot hold a LoRA layer, tensors, parameters and plain data need no
+/// attribute; a nested struct that does not derive `LoraModel` needs `#[lora(skip)]`.
+#[derive(Module, Debug, LoraModel)]
+struct Leaves<B: Backend> {
+    head: LoraLinear<B>,
+    #[lora(skip)]
+    plain: Unadapted<B>,
+    #[lora(skip)]
+    plains: Vec<Unadapted<B>>,
+    linear: Linear<B>,
+    embedding: Embedding<B>,
+    conv: Conv2d<B>,
+    layer_norm: LayerNorm<B>,
+    rms_norm: RmsNorm<B>,
+    batch_norm: BatchNorm<B>,
+    group_norm: GroupNorm<B>,
+    positions: PositionalEncoding<B>,
+    attention: MultiHeadAttention<B>,
+    encoder: Option<TransformerEncoder<B>>,
+    lstm: Lstm<B>,
+    grus: Vec<Gru<B>>,
+    weight: Param<Tensor<B, 2>>,
+    mask: Tensor<B, 2, Bool>,
+    norms: [LayerNorm<B>; 2],
+    dropout: Dropout,
+    gelu: Gelu,
+    relu: Relu,
+    pool: MaxPool2d,
+    width: usize,
+    scale: f64,
+    causal: bool,
+    name: String,
+    _marker: PhantomData<B>,
+}
+
+/// A user's module that does not derive `LoraModel`.
+#[derive(Module, Debug)]
+struct Unadapted<B: Backend> {
+    linear: Linear<B>,
+}
+
+/// Every kind of field in one model, and const-generic arrays of optional blocks.
+#[derive(Module, Debug, LoraModel)]
+struct Stacked<B: Backend, M: Module<B>, const N: usize> {
+    blocks: Vec<Block<B>>,
+    stack: [Option<Block<B>>; N],
+    inner: M,
+    _marker: PhantomData<B>,
+}
+
+#[test]
+fn burn_leaves_need_no_attribute_and_skipped_structs_are_not_searched() {
+    let device = Default::default();
+    let d = WIDTH;
+    let unadapted = || Unadapted {
+        linear: LinearConfig::new(d, d).init::<B>(&device),
+    };
+    let mut leaves = Leaves::<B> {
+        head: lora_linear(d, &device),
+        plain: unadapted(),
+        plains: vec![unadapted(), unadapted()],
+        linear: LinearConfig::new(d, d).init(&device),
+        embedding: EmbeddingConfig::new(10, d).init(&device),
+        conv: Conv2dConfig::new([2, 2], [1, 1]).init(&device),
+        layer_norm: LayerNormConfig::new(d).init(&device),
+        rms_norm: RmsNormConfig::new(d).init(&device),
+        batch_norm: BatchNormConfig::new(d).init(&device),
+        group_norm: GroupNormConfig::new(2, d).init(&device),
+        positions: PositionalEncodingConfig::new(d).init(&device),
+        attention: MultiHeadAttentionConfig::new(d, 2).init(&device),
+        encoder: Some(TransformerEncoderConfig::new(d, 2 * d, 2, 1).init(&device)),
+        lstm: LstmConfig::new(d, d, true).init(&device),
+        grus: vec![GruConfig::new(d, d, true).init(&device)],
+        weight: Param::from_tensor(Tensor::zeros([d, d], &device)),
+        mask: Tensor::<B, 2>::zeros([2, 2], &device).equal_elem(0.0),
+        norms: [
+            LayerNormConfig::new(d).init(&device),
+            LayerNormConfig::new(d).init(&device),
+        ],
+        dropout: DropoutConfig::new(0.0).init(),
+        gelu: Gelu::new(),
+        relu: Relu::new(),
+        pool: MaxPool2dConfig::new([2, 2]).init(),
+        width: d,
+        scale: 1.0,
+        causal: true,
+        name: "leaves".into(),
+        _marker: PhantomData,
+    };
+    assert_eq!(paths_of(&leaves), ["head"]);
+    assert_eq!(leaves.lora_layers_mut().len(), 1);
+    leaves
+        .attach("default", &LoraConfig::new(2, 2.0), &Targets::all())
+        .unwrap();
+    assert_eq!(leaves.adapter_names(), ["default"]);
+
+    let stacked = Stacked::<B, Block<B>, 3> {
+        blocks: vec![block(true, &device)],
+        stack: [Some(block(false, &device)), None, Some(block(true, &device))],
+        inner: block(false, &device),
+        _marker: PhantomData,
+    };
+    let paths = paths_of(&stacked);
+    assert_eq!(paths.len(), 5 + 4 + 5 + 4);
+    for expected in ["blocks.0.gate", "stack.0.query", "stack.2.gate", "inner.heads.1"] {
+        assert!(paths.iter().any(|p| p == expected), "{expected} in {paths:?}");
+    }
+    assert!(!paths.iter().any(|p| p.starts_with("stack.1")), "{paths:?}");
 }

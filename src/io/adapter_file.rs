@@ -174,6 +174,7 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
                     .into(),
             });
         };
+        // `slot` is 0 or 1 (`FACTOR_SUFFIXES`) into a pair.
         let entry = &mut by_module.entry(module.to_string()).or_default()[slot];
         if let Some((other, _)) = entry {
             // The same factor with and without PEFT's prefix: which one wins would be arbitrary.

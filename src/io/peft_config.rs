@@ -97,7 +97,7 @@ impl PeftConfig {
             if config.use_rslora != first.use_rslora || config.dropout != first.dropout {
                 return Err(LoraError::Unsupported(format!(
                     "layer {path} differs from {} in use_rslora or dropout, which PEFT cannot express per layer",
-                    targets[0].0
+                    targets[0].0 // not empty: `first` exists
                 )));
             }
             if config.rank != first.rank {

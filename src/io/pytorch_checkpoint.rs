@@ -319,7 +319,8 @@ pub fn load_pytorch_shards<B: Backend, M: Module<B>>(
         .zip(&bytes)
         .map(|(file, bytes)| parse_safetensors(file, bytes))
         .collect::<Result<Vec<_>>>()?;
-    // Which shard holds each key.
+    // Which shard holds each key. Every index below enumerates `shards`, which has one entry per
+    // file of `files`.
     let mut shard_of: HashMap<String, usize> = HashMap::new();
     for (index, shard) in shards.iter().enumerate() {
         for key in shard.names() {

@@ -27,6 +27,9 @@ impl FloatTensor {
             [rows, cols] => (*rows, *cols),
             _ => return self.clone(),
         };
+        // `values` holds `rows * cols` values (safetensors checks a tensor's byte length against
+        // its shape, and `reshaped` keeps the count), so `col * rows + row` is in bounds; with
+        // `cols = 0` there is no value and no division.
         let mut values = vec![0.0; self.values.len()];
         for (index, value) in self.values.iter().enumerate() {
             let (row, col) = (index / cols, index % cols);
@@ -106,6 +109,7 @@ pub(crate) fn float_tensor(path: &Path, key: &str, view: &TensorView<'_>) -> Res
 
 fn to_f32(path: &Path, key: &str, view: &TensorView<'_>) -> Result<FloatTensor> {
     let data = view.data();
+    // `chunks_exact(n)` yields slices of exactly `n` bytes.
     let values: Vec<f32> = match view.dtype() {
         Dtype::F32 => data
             .chunks_exact(4)

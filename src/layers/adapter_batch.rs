@@ -70,6 +70,7 @@ impl AdapterBatch {
                     groups.len() - 1
                 }
             };
+            // `group` was found in `groups` or just pushed onto it.
             groups[group].1.push(row);
             rows.push(Some(group));
         }
@@ -97,6 +98,7 @@ impl AdapterBatch {
     /// The adapter of row `row`, `None` for the base (or a row past the end).
     pub fn row_adapter(&self, row: usize) -> Option<&str> {
         let group = (*self.rows.get(row)?)?;
+        // `new` only stores indices of `groups` in `rows`.
         Some(self.groups[group].0.as_str())
     }
 

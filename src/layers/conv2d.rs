@@ -259,10 +259,13 @@ impl<B: Backend> LoraConv2d<B> {
         }
         let [batch, _, height, width] = input.dims();
         let padding_end = options.padding_end.unwrap_or(options.options.padding);
+        // `axis` is 0 or 1 into `[usize; 2]` arrays. The arithmetic saturates: a `Conv2d` built
+        // by hand (its fields are public) may hold a zero kernel size or stride, which Burn's
+        // convolution itself then rejects.
         let out_size = |axis: usize, size: usize| {
             let padded = size + options.options.padding[axis] + padding_end[axis];
-            let span = self.dilation[axis] * (self.kernel_size[axis] - 1) + 1;
-            padded.saturating_sub(span) / self.stride[axis] + 1
+            let span = self.dilation[axis] * self.kernel_size[axis].saturating_sub(1) + 1;
+            padded.saturating_sub(span) / self.stride[axis].max(1) + 1
         };
         batch * out_size(0, height) * out_size(1, width) >= self.channels_out()
     }
@@ -475,6 +478,8 @@ fn padding_pairs(
     stride: [usize; 2],
 ) -> ((usize, usize), (usize, usize)) {
     fn same(kernel: usize, stride: usize, size: usize) -> (usize, usize) {
+        // A zero stride (a hand-built `Conv2d`) is left to Burn's convolution to reject.
+        let stride = stride.max(1);
         let size_out = size.div_ceil(stride);
         let total = if size_out > 0 {
             ((size_out - 1) * stride + kernel).saturating_sub(size)

@@ -148,6 +148,8 @@ pub trait LoraModel<B: Backend>: Module<B> + VisitLoraLayers<B> {
         }
         let had_adapters = has_adapters(self);
         let mut layers = checked_layers_mut(self)?;
+        // Each index enumerates `lora_layers()`, which `checked_layers_mut` proved lists the same
+        // layers as `layers`; `done < selected.len()`.
         for (index, config) in &selected {
             layers[*index].check_new_adapter(name, config)?;
         }
@@ -318,6 +320,7 @@ pub trait LoraModel<B: Backend>: Module<B> + VisitLoraLayers<B> {
     fn merge(&mut self) -> Result<()> {
         check_unmerged(self.lora_layers())?;
         let mut layers = self.lora_layers_mut();
+        // `index < layers.len()`, so both `layers[index]` and `layers[..index]` are in bounds.
         for index in 0..layers.len() {
             if let Err(error) = layers[index].merge() {
                 for layer in layers[..index].iter_mut().filter(|l| l.is_merged()) {

@@ -47,6 +47,7 @@ impl LoraMlpConfig {
                 "MLP widths must be non-zero, got {widths:?} (position {zero})"
             )));
         }
+        // `windows(2)` yields slices of exactly two widths.
         let layers = widths
             .windows(2)
             .map(|pair| LoraLinearConfig::new(pair[0], pair[1]).init(device))
@@ -118,6 +119,7 @@ impl<B: Backend> LoraMlp<B> {
                 "an MLP needs at least one layer".into(),
             ));
         }
+        // `windows(2)` yields slices of exactly two layers.
         for (index, pair) in layers.windows(2).enumerate() {
             if pair[0].d_output() != pair[1].d_input() {
                 return Err(LoraError::ShapeMismatch {

@@ -102,6 +102,7 @@ pub(crate) fn module_paths<B: Backend, M: Module<B>>(model: &M) -> Vec<String> {
         .chain(&visitor.others)
     {
         let parts: Vec<&str> = path.split('.').collect();
+        // `end < parts.len()`: the slice is in bounds.
         for end in 1..parts.len() {
             let module = parts[..end].join(".");
             if !paths.contains(&module) {

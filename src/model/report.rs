@@ -43,6 +43,7 @@ impl LayerReport {
     pub fn lora_params(&self) -> usize {
         self.adapters
             .iter()
+            // Fixed-size `[usize; 2]` shapes: the indices are checked at compile time.
             .map(|a| a.lora_a[0] * a.lora_a[1] + a.lora_b[0] * a.lora_b[1])
             .sum()
     }

@@ -158,6 +158,8 @@ mod flex {
         let (Some(p), Some(g), Some(m), Some(v)) = ranges else {
             return false;
         };
+        // Each range is the tensor's own contiguous span of its storage (`contiguous_offsets`),
+        // so the slices below are in bounds, and all four have the gradient's shape.
         if !param.is_unique() {
             // Another holder keeps the old values (burn-train's Learner holds its copy of the
             // model during the step). Rather than copying them (`storage_mut`'s copy-on-write)

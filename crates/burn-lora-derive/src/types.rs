@@ -155,7 +155,7 @@ fn names_bare(ty: &Type, param: &Ident) -> bool {
             let segments = &path.path.segments;
             if path.qself.is_none()
                 && path.path.leading_colon.is_none()
-                && segments.len() == 1
+                && segments.len() == 1 // so `segments[0]` exists
                 && segments[0].ident == *param
                 && segments[0].arguments.is_empty()
             {

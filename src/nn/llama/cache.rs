@@ -105,6 +105,7 @@ impl<B: Backend> CausalLmCache<B> {
         for layer in &mut self.layers {
             layer.select_rows(indices.clone());
         }
+        // Every `r < self.batch` (checked above) and the mask holds `batch * len` values.
         self.mask = rows
             .iter()
             .flat_map(|&r| self.mask[r * self.len..(r + 1) * self.len].iter().copied())

@@ -129,6 +129,8 @@ impl<B: Backend> CausalLm<B> {
                 .map_err(|e| LoraError::InvalidInput(format!("reading the logits: {e:?}")))?;
             let mut next = Vec::with_capacity(running.len());
             let mut still_running = Vec::with_capacity(running.len());
+            // The logits are `[running.len(), vocab]` (one position per running row), and every
+            // `row` is one of the `rows` original prompts that `generation` holds.
             for (position, &row) in running.iter().enumerate() {
                 let row_logits = &values[position * vocab..(position + 1) * vocab];
                 let token = config.sampling.pick(row_logits, &mut rng);
@@ -152,6 +154,7 @@ impl<B: Backend> CausalLm<B> {
             }
             if still_running.len() < running.len() {
                 cache.select_rows(&still_running)?;
+                // `still_running` holds positions into `running`.
                 running = still_running.iter().map(|&p| running[p]).collect();
                 running_adapters = running_adapters
                     .map(|batch| batch.select_rows(&still_running))

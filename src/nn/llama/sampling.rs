@@ -71,6 +71,7 @@ impl Sampling {
 /// The index of the largest value, the first one on a tie (NaN never wins).
 fn argmax(values: &[f32]) -> u32 {
     let mut best = 0;
+    // The loop runs only on a non-empty slice, and `best` is always an index already visited.
     for (index, value) in values.iter().enumerate() {
         if *value > values[best] || values[best].is_nan() {
             best = index;
@@ -86,7 +87,10 @@ fn sample(
     top_p: Option<f64>,
     rng: &mut SmallRng,
 ) -> u32 {
-    // Tokens by decreasing logit (ties by id), then each cut keeps a prefix.
+    // Tokens by decreasing logit (ties by id), then each cut keeps a prefix. Indexing: `order`
+    // holds indices of `logits`, is not empty past the early return, and every cut keeps at least
+    // one token (`top_k` at least 1, `top_p` at least the first), so `weights` is never empty and
+    // is no longer than `order`.
     let mut order: Vec<usize> = (0..logits.len()).filter(|&i| !logits[i].is_nan()).collect();
     if order.is_empty() {
         return 0;
