@@ -46,8 +46,7 @@ use burn_lora::{AdapterBatch, LoraConfig, LoraModel, Targets};
 use burn_lora_support::backend::{self, Inference};
 use criterion::measurement::WallTime;
 use criterion::{
-    criterion_group, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode,
-    Throughput,
+    criterion_group, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 
 type B = Inference;

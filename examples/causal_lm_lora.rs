@@ -98,7 +98,7 @@ fn main() {
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let model_dir = match &args.model_dir {
         Some(dir) => dir.clone(),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft/llama_tiny"),
+        None => burn_lora_support::fixtures::peft_fixture("llama_tiny"),
     };
     let data_dir = folder(args.data_dir.clone(), "FORTUNES_DIR", "--data-dir")?;
     let device = backend::device();

@@ -445,14 +445,26 @@ fn burn_leaves_need_no_attribute_and_skipped_structs_are_not_searched() {
 
     let stacked = Stacked::<B, Block<B>, 3> {
         blocks: vec![block(true, &device)],
-        stack: [Some(block(false, &device)), None, Some(block(true, &device))],
+        stack: [
+            Some(block(false, &device)),
+            None,
+            Some(block(true, &device)),
+        ],
         inner: block(false, &device),
         _marker: PhantomData,
     };
     let paths = paths_of(&stacked);
     assert_eq!(paths.len(), 5 + 4 + 5 + 4);
-    for expected in ["blocks.0.gate", "stack.0.query", "stack.2.gate", "inner.heads.1"] {
-        assert!(paths.iter().any(|p| p == expected), "{expected} in {paths:?}");
+    for expected in [
+        "blocks.0.gate",
+        "stack.0.query",
+        "stack.2.gate",
+        "inner.heads.1",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == expected),
+            "{expected} in {paths:?}"
+        );
     }
     assert!(!paths.iter().any(|p| p.starts_with("stack.1")), "{paths:?}");
 }

@@ -2,14 +2,31 @@
 //! data sets that tests use only when an environment variable points at them.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The repository's root folder, the one that holds `tests/fixtures`.
+///
+/// Found from `CARGO_MANIFEST_DIR` as cargo sets it when it runs a test or an example, so that
+/// the checkout the command runs in is the one read. A path compiled in is not enough: two
+/// checkouts that share a target folder share its builds (cargo hashes a workspace's crates by
+/// their path inside the workspace), and a build made in the other checkout names that one,
+/// which may be gone. The folder this crate was compiled in is the fallback, for a binary run
+/// without cargo.
+pub fn repository_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .and_then(|dir| {
+            Path::new(&dir)
+                .ancestors()
+                .find(|folder| folder.join("tests/fixtures/peft").is_dir())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
 
 /// The folder of one PEFT fixture shipped with the repository (`tests/fixtures/peft/<name>`):
 /// `mlp_r4`, `bert_tiny_qv`, `bert_tiny_emb`, `cnn_conv`. See its `README.md`.
 pub fn peft_fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/peft")
-        .join(name)
+    repository_root().join("tests/fixtures/peft").join(name)
 }
 
 /// The folder named by the environment variable `var` (`MNIST_DIR`, `MINILM_DIR`), for tests

@@ -54,8 +54,8 @@ pub fn variant_name(error: &impl std::fmt::Debug) -> String {
 
 /// The folder of fuzz target `target`: `tests/fixtures/fuzz/<target>`.
 pub fn target_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/fuzz")
+    crate::fixtures::repository_root()
+        .join("tests/fixtures/fuzz")
         .join(target)
 }
 
