@@ -410,15 +410,15 @@ mod tests {
         let expected = [0.0, 2.0, 0.0, f32::NAN, 3e-16, f32::NEG_INFINITY, 0.0, -4.0];
         let row_major = Tensor::<Inference, 1>::from_floats(values, &device).reshape([2, 4]);
         let transposed = row_major.clone().transpose();
-        let shared = transposed.clone();
-        for (x, rows) in [(row_major, [2, 4]), (transposed, [4, 2])] {
+        for (x, transpose) in [(row_major, false), (transposed, true)] {
+            // `x.clone()`: the flushed tensor is shared, as a gradient Burn keeps is.
             let flushed = host(&flush(x.clone(), 1e-16));
+            let cols = if transpose { 2 } else { 4 };
             let want: Vec<f32> = (0..8)
                 .map(|i| {
-                    let (r, c) = (i / rows[1], i % rows[1]);
+                    let (r, c) = (i / cols, i % cols);
                     // The transposed tensor's element (r, c) is the original's (c, r).
-                    let original = if rows == [2, 4] { r * 4 + c } else { c * 4 + r };
-                    expected[original]
+                    expected[if transpose { c * 4 + r } else { r * 4 + c }]
                 })
                 .collect();
             for (got, want) in flushed.iter().zip(&want) {
@@ -428,7 +428,6 @@ mod tests {
                 );
             }
         }
-        drop(shared);
     }
 
     /// The tensor-operation fallback and the fused kernel compute the same update.
