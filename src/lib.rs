@@ -85,6 +85,36 @@ pub mod nn;
 mod svd;
 
 /// `#[derive(LoraModel)]`: the derive macro beside the trait of the same name.
+///
+/// # Example
+///
+/// ```
+/// use burn::nn::{Dropout, LayerNorm, Linear};
+/// use burn::prelude::*;
+/// use burn_lora::{LoraLinear, LoraModel};
+///
+/// #[derive(Module, Debug, LoraModel)]
+/// struct Block<B: Backend> {
+///     query: LoraLinear<B>,         // listed
+///     value: Option<LoraLinear<B>>, // listed when `Some`
+///     norm: LayerNorm<B>,           // not a LoRA layer: nothing
+///     #[lora(skip)]
+///     gate: LoraLinear<B>,          // never listed
+/// }
+///
+/// #[derive(Module, Debug, LoraModel)]
+/// struct Model<B: Backend> {
+///     blocks: Vec<Block<B>>,        // block by block
+///     heads: [LoraLinear<B>; 2],    // heads.0, heads.1
+///     projection: Linear<B>,        // nothing
+///     dropout: Dropout,             // nothing
+/// }
+///
+/// /// `["blocks.0.query", "blocks.0.value", "blocks.1.query", …, "heads.0", "heads.1"]`.
+/// fn lora_paths<B: Backend>(model: &Model<B>) -> burn_lora::Result<Vec<String>> {
+///     model.lora_layer_paths()
+/// }
+/// ```
 pub use burn_lora_derive::LoraModel;
 pub use config::{LoraConfig, LoraInit};
 pub use error::{LoraError, Result};

@@ -99,10 +99,11 @@ pub fn load_pytorch_base<Bk: burn::tensor::backend::Backend, M: burn::module::Mo
     burn_lora::load_pytorch_checkpoint(model, file, paths, &burn_lora::LoadOptions::new())
 }
 
-/// Holds the test binary's one lock on the backend's random generator. NdArray keeps a single
-/// global generator, so a test that seeds it (`B::seed`) and checks what it draws next would see
-/// another thread's draws (a module initialised by a test running beside it) in between: every
-/// test of a binary that does so takes this lock first.
+/// Holds the test binary's one lock on the backend's random generator. Flex and NdArray keep a
+/// single global generator, so a test that seeds it (`B::seed`) and checks what it draws next
+/// would see another thread's draws (a module initialised by a test running beside it) in
+/// between: every test of a binary that holds such a test takes this lock first. Only the
+/// `training` binary does (see its `main.rs`).
 pub fn backend_rng_guard() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock()

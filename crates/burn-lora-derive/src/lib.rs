@@ -89,33 +89,9 @@ mod types;
 ///
 /// # Example
 ///
-/// ```
-/// use burn::nn::{Dropout, LayerNorm, Linear};
-/// use burn::prelude::*;
-/// use burn_lora::{LoraLinear, LoraModel};
-///
-/// #[derive(Module, Debug, LoraModel)]
-/// struct Block<B: Backend> {
-///     query: LoraLinear<B>,         // listed
-///     value: Option<LoraLinear<B>>, // listed when `Some`
-///     norm: LayerNorm<B>,           // not a LoRA layer: nothing
-///     #[lora(skip)]
-///     gate: LoraLinear<B>,          // never listed
-/// }
-///
-/// #[derive(Module, Debug, LoraModel)]
-/// struct Model<B: Backend> {
-///     blocks: Vec<Block<B>>,        // block by block
-///     heads: [LoraLinear<B>; 2],    // heads.0, heads.1
-///     projection: Linear<B>,        // nothing
-///     dropout: Dropout,             // nothing
-/// }
-///
-/// /// `["blocks.0.query", "blocks.0.value", "blocks.1.query", …, "heads.0", "heads.1"]`.
-/// fn lora_paths<B: Backend>(model: &Model<B>) -> burn_lora::Result<Vec<String>> {
-///     model.lora_layer_paths()
-/// }
-/// ```
+/// On burn-lora's re-export, `burn_lora::LoraModel` (the derive), where it is compiled and run as
+/// one of burn-lora's doctests. This crate has no dev-dependency on Burn: as a proc-macro crate,
+/// its tests would build their dependencies for the host, a second copy of all of Burn.
 #[proc_macro_derive(LoraModel, attributes(lora))]
 pub fn derive_lora_model(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
