@@ -183,6 +183,17 @@ impl<B: Backend> LoraEmbedding<B> {
         self.weight.val()
     }
 
+    /// The table as a matrix, as a tied output head reads it (`h Eᵀ`): the merged table
+    /// `W + Σ s·A B` while adapters are merged into it and the layer is enabled, else the base
+    /// `W`, `[n_embedding, d_model]`. Unmerged adapters change the lookups only: PEFT's tied
+    /// head shares the embedding's weight tensor, which a merge rewrites and nothing else does.
+    pub fn tied_weight(&self) -> Tensor<B, 2> {
+        match self.merged_weight.tensor() {
+            Some(merged) if self.enabled => merged,
+            _ => self.weight(),
+        }
+    }
+
     /// The number of embedding vectors.
     pub fn n_embedding(&self) -> usize {
         self.weight.shape().dims::<2>()[0]

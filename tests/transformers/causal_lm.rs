@@ -467,3 +467,88 @@ fn the_loss_counts_only_labelled_next_tokens() {
         causal_lm_loss(logits, ids(&[&[IGNORE_INDEX; 4], &[IGNORE_INDEX; 4]])).into_scalar();
     assert_eq!(none, 0.0);
 }
+
+/// With tied embeddings (Qwen2) and an adapter on `embed_tokens`, merging changes the head with
+/// the embeddings, as PEFT's tied head shares the merged weight tensor: the merged model gives
+/// the logits of the merged-and-unloaded one. Unmerged, the adapter changes the lookups only, and
+/// unmerging gives back the unmerged logits.
+#[test]
+fn a_tied_head_follows_a_merged_embedding_adapter() {
+    use burn_lora::LoraLayer;
+
+    let mut lm =
+        CausalLm::<B>::from_pretrained(&existing_peft_fixture("qwen2_tiny"), &Default::default())
+            .unwrap();
+    assert!(lm.lm_head.is_none(), "qwen2_tiny ties its embeddings");
+    let embed = &mut lm.model.embed_tokens;
+    let (n, d, rank) = (embed.n_embedding(), embed.d_model(), 4);
+    let config = burn_lora::LoraConfig::new(rank, 8.0);
+    let adapter = burn_lora::LoraAdapter::from_factors(
+        "tok",
+        &config,
+        crate::common::randn([n, rank], 30),
+        crate::common::randn::<B, 2>([rank, d], 31).mul_scalar(0.1),
+    )
+    .unwrap();
+    embed.insert_adapter(adapter).unwrap();
+    let base_table = embed.weight();
+
+    let unmerged = logits(&lm);
+    // Unmerged, the head reads the base table.
+    assert_bit_identical(lm.model.embed_tokens.tied_weight(), base_table.clone());
+
+    let unloaded = lm.merge_and_unload().unwrap();
+    lm.merge().unwrap();
+    let merged = logits(&lm);
+    let diff = crate::common::max_abs_diff(merged.clone(), logits(&unloaded));
+    assert!(diff < 1e-4, "merged against merged-and-unloaded: {diff}");
+    // The head changed with the table: a head left on the base table differs by far more.
+    assert!(crate::common::max_abs_diff(merged, unmerged.clone()) > 1e-2);
+
+    lm.unmerge().unwrap();
+    assert_bit_identical(lm.model.embed_tokens.tied_weight(), base_table);
+    let diff = crate::common::max_abs_diff(logits(&lm), unmerged);
+    assert!(diff < 1e-5, "unmerged again: {diff}");
+}
+
+/// `last_position_only` gives each row the logits of its own last token: the end of a
+/// left-padded or unpadded row, the position before the padding of a right-padded one (once,
+/// silently the padding's). A row of padding alone is an error.
+#[test]
+fn last_position_only_takes_each_rows_last_token() {
+    let lm = llama();
+    let input_ids = ids(&[&[5, 17, 42, 0, 0], &[5, 17, 42, 99, 3], &[0, 0, 7, 8, 9]]);
+    let mask = ids(&[&[1, 1, 1, 0, 0], &[1, 1, 1, 1, 1], &[0, 0, 1, 1, 1]]);
+    let full = lm
+        .forward(CausalLmInput::new(input_ids.clone()).attention_mask(mask.clone()))
+        .unwrap();
+    let last = lm
+        .forward(
+            CausalLmInput::new(input_ids.clone())
+                .attention_mask(mask)
+                .last_position_only(),
+        )
+        .unwrap();
+    let [_, _, vocab] = full.dims();
+    assert_eq!(last.dims(), [3, 1, vocab]);
+    for (row, position) in [(0, 2), (1, 4), (2, 4)] {
+        let expected = full
+            .clone()
+            .slice([row..row + 1, position..position + 1, 0..vocab]);
+        let found = last.clone().slice([row..row + 1, 0..1, 0..vocab]);
+        // The head runs on one position here and on all of them there: the products may sum
+        // in another order on some backends. A padding position's logits differ by far more.
+        let diff = crate::common::max_abs_diff(found, expected);
+        assert!(diff < 1e-4, "row {row}: {diff}");
+    }
+
+    let padding_only = lm.forward(
+        CausalLmInput::new(input_ids)
+            .attention_mask(ids(&[&[1, 1, 1, 0, 0], &[0, 0, 0, 0, 0], &[1, 1, 1, 1, 1]]))
+            .last_position_only(),
+    );
+    match padding_only {
+        Err(LoraError::InvalidInput(message)) => assert!(message.contains("row 1"), "{message}"),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+}

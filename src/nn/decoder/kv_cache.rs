@@ -70,6 +70,17 @@ impl<B: Backend> KvCache<B> {
                 found: values.dims().to_vec(),
             });
         }
+        // Checked before the buffers are taken: on an error the cache stays as it was.
+        if let Some(cached) = &self.keys {
+            let [cached_batch, cached_heads, _, cached_dim] = cached.dims();
+            if [cached_batch, cached_heads, cached_dim] != [batch, heads, head_dim] {
+                return Err(LoraError::ShapeMismatch {
+                    what: "keys given to a KV cache".into(),
+                    expected: vec![cached_batch, cached_heads, new, cached_dim],
+                    found: keys.dims().to_vec(),
+                });
+            }
+        }
         let total = self.len + new;
         let (Some(buffer_k), Some(buffer_v)) = (self.keys.take(), self.values.take()) else {
             // Room for the generated tokens beyond the prompt, so the first steps do not grow.
@@ -83,14 +94,7 @@ impl<B: Backend> KvCache<B> {
                 total,
             ));
         };
-        let [cached_batch, cached_heads, capacity, cached_dim] = buffer_k.dims();
-        if [cached_batch, cached_heads, cached_dim] != [batch, heads, head_dim] {
-            return Err(LoraError::ShapeMismatch {
-                what: "keys given to a KV cache".into(),
-                expected: vec![cached_batch, cached_heads, new, cached_dim],
-                found: keys.dims().to_vec(),
-            });
-        }
+        let capacity = buffer_k.dims()[2];
         let grow = |buffer: Tensor<B, 4>| {
             if total <= capacity {
                 return buffer;
@@ -140,5 +144,50 @@ impl<B: Backend> KvCache<B> {
         self.values = Some(values);
         self.len = len;
         held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Distribution, Tensor};
+    use burn_lora_support::backend::Inference as B;
+
+    use super::*;
+
+    fn random(shape: [usize; 4]) -> Tensor<B, 4> {
+        Tensor::random(shape, Distribution::Default, &Default::default())
+    }
+
+    /// A refused append leaves the cache as it was: the same length, and the next append
+    /// returns the positions cached before it (once, the buffers were taken before the check,
+    /// so the cache kept its length but lost its contents).
+    #[test]
+    fn a_refused_append_changes_nothing() {
+        let mut cache = KvCache::<B>::new();
+        let (keys, values) = (random([2, 3, 4, 5]), random([2, 3, 4, 5]));
+        cache.append(keys.clone(), values.clone()).unwrap();
+
+        for wrong in [[2, 2, 1, 5], [2, 3, 1, 6], [1, 3, 1, 5]] {
+            let err = cache.append(random(wrong), random(wrong)).unwrap_err();
+            assert!(matches!(err, LoraError::ShapeMismatch { .. }), "{err}");
+            assert_eq!(cache.len(), 4);
+        }
+        let mismatched = cache.append(random([2, 3, 1, 5]), random([2, 3, 2, 5]));
+        assert!(matches!(mismatched, Err(LoraError::ShapeMismatch { .. })));
+        assert_eq!(cache.len(), 4);
+
+        let (step_keys, step_values) = (random([2, 3, 1, 5]), random([2, 3, 1, 5]));
+        let (all_keys, all_values) = cache
+            .append(step_keys.clone(), step_values.clone())
+            .unwrap();
+        assert_eq!(cache.len(), 5);
+        let expected_keys = Tensor::cat(vec![keys, step_keys], 2);
+        let expected_values = Tensor::cat(vec![values, step_values], 2);
+        all_keys
+            .into_data()
+            .assert_eq(&expected_keys.into_data(), true);
+        all_values
+            .into_data()
+            .assert_eq(&expected_values.into_data(), true);
     }
 }

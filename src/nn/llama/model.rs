@@ -36,7 +36,8 @@ pub struct CausalLmModel<B: Backend> {
 /// Module paths are Hugging Face's (`model.layers.0.self_attn.q_proj`, `lm_head`), so its
 /// checkpoints load by their names and PEFT adapter files load and save with
 /// [`PathMap::identity`](crate::PathMap::identity). With tied embeddings there is no `lm_head`:
-/// the logits are `h Eᵀ` with `E` the (base) embedding matrix.
+/// the logits are `h Eᵀ` with `E` the embedding matrix ([`LoraEmbedding::tied_weight`]): the
+/// base one, or the merged one while adapters are merged into the embeddings, as in PEFT.
 ///
 /// `logits = head(norm(layers(embed(ids))))`
 ///
@@ -151,7 +152,9 @@ impl<B: Backend> CausalLmInput<B> {
     }
 
     /// Computes the logits of the last position only (what generation needs): the head, whose
-    /// cost grows with the vocabulary, runs on one position per row.
+    /// cost grows with the vocabulary, runs on one position per row. A row's last position is
+    /// its last token by the attention mask: the end of a left-padded row, the position before
+    /// the padding of a right-padded one. A row of padding alone is an error.
     pub fn last_position_only(mut self) -> Self {
         self.last_only = true;
         self
@@ -233,6 +236,11 @@ impl<B: Backend> CausalLm<B> {
             Some(mask) => host_mask(mask, [batch, seq])?,
             None => vec![1; batch * seq],
         };
+        let last_positions = if input.last_only {
+            Some(last_real_positions(&mask, [batch, seq])?)
+        } else {
+            None
+        };
         let past = match cache.as_deref() {
             Some(cache) => {
                 cache.check(batch, self.model.layers.len())?;
@@ -281,17 +289,15 @@ impl<B: Backend> CausalLm<B> {
             cache.commit(keys, past + seq);
         }
         let hidden = self.model.norm.forward(hidden);
-        let hidden = if input.last_only {
-            let [batch, seq, width] = hidden.dims();
-            hidden.slice([0..batch, seq - 1..seq, 0..width])
-        } else {
-            hidden
+        let hidden = match last_positions {
+            Some(last) => select_positions(hidden, &last),
+            None => hidden,
         };
         match &self.lm_head {
             Some(head) => project(head, hidden, adapters),
             None => Ok(linear(
                 hidden,
-                self.model.embed_tokens.weight().transpose(),
+                self.model.embed_tokens.tied_weight().transpose(),
                 None,
             )),
         }
@@ -311,6 +317,44 @@ impl<B: Backend> CausalLm<B> {
             None => Ok(()),
         }
     }
+}
+
+/// The index of each row's last token (the last position whose mask is 1), for
+/// [`CausalLmInput::last_position_only`]: `seq - 1` in a left-padded batch, earlier in a
+/// right-padded row. A row of padding alone has none, and is an error.
+fn last_real_positions(mask: &[i64], [batch, seq]: [usize; 2]) -> Result<Vec<usize>> {
+    (0..batch)
+        .map(|row| {
+            mask[row * seq..(row + 1) * seq]
+                .iter()
+                .rposition(|&m| m == 1)
+                .ok_or_else(|| {
+                    LoraError::InvalidInput(format!(
+                        "row {row} of the attention mask is all padding: it has no last \
+                         position for last_position_only"
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Each row's hidden state at its own position `last[row]`.
+///
+/// # Shapes
+/// - hidden: `[batch, seq, width]`
+/// - output: `[batch, 1, width]`
+fn select_positions<B: Backend>(hidden: Tensor<B, 3>, last: &[usize]) -> Tensor<B, 3> {
+    let [batch, seq, width] = hidden.dims();
+    if last.iter().all(|&position| position == seq - 1) {
+        // Every row ends with a token (no padding, or left padding): one slice, no gather.
+        return hidden.slice([0..batch, seq - 1..seq, 0..width]);
+    }
+    let device = hidden.device();
+    let index: Vec<i64> = last.iter().map(|&position| position as i64).collect();
+    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [batch]), &device)
+        .reshape([batch, 1, 1])
+        .repeat_dim(2, width);
+    hidden.gather(1, index)
 }
 
 /// Position ids of `shape`, none negative.
