@@ -1,9 +1,12 @@
 //! One training step (forward, backward, AdamW) of all-MiniLM-L6-v2 with a classification head
 //! (8 classes), batch 16, sequence 64, dropout as in the model's config: full fine-tuning
 //! against LoRA r = 8, alpha 16 on every layer's query and value (the encoder frozen, the head
-//! trained). The model has MiniLM's shape with random weights (speed does not depend on them),
-//! so it needs no data. The two variants alternate over three rounds in one group, so drift on a
-//! busy machine hits both alike.
+//! trained), and the same LoRA with DoRA (`use_dora`). The model has MiniLM's shape with random
+//! weights (speed does not depend on them), so it needs no data. The variants alternate over
+//! three rounds in one group, so drift on a busy machine hits them alike.
+//!
+//! A second group times the unmerged inference forward of the LoRA and the DoRA model (the
+//! DoRA norms kept between forwards, as at inference), alternating the same way.
 //!
 //! A second group times only the matrix products of the LoRA step's frozen encoder
 //! ([`FROZEN_ENCODER_MATMULS`]) on the inference backend, the floor that Burn's matmul sets under
@@ -21,6 +24,7 @@ mod text_classifier;
 #[path = "../examples/common/timing.rs"]
 mod timing;
 
+use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_fused_adam::FusedAdamConfig;
@@ -52,6 +56,14 @@ fn minilm_train_step(c: &mut Criterion) {
         &Targets::names(["query", "value"]),
     )
     .expect("query and value take rank 8");
+    let mut dora = full.clone();
+    dora.prepare(
+        Mode::Lora,
+        "default",
+        &LoraConfig::new(8, 16.0).with_use_dora(true),
+        &Targets::names(["query", "value"]),
+    )
+    .expect("query and value take rank 8 with DoRA");
 
     let ids = Tensor::<Train, 2>::random(
         [BATCH, SEQ],
@@ -74,12 +86,37 @@ fn minilm_train_step(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("minilm_train_step_b16_s64/{}", backend::NAME));
     group.sample_size(10);
     for round in 0..ROUNDS {
-        for (name, model) in [("full", &full), ("lora_r8_qv", &lora)] {
+        for (name, model) in [
+            ("full", &full),
+            ("lora_r8_qv", &lora),
+            ("dora_r8_qv", &dora),
+        ] {
             let optim = FusedAdamConfig::adamw(0.01)
                 .init::<Train, SentenceClassifier<Train>>()
                 .expect("AdamW");
             let id = BenchmarkId::new(name, round);
             bench_util::bench_training(&mut group, id, model.clone(), optim, &device, loss);
+        }
+    }
+    group.finish();
+
+    // Unmerged inference of the two adapted models, on the inference backend.
+    let batch = TextBatch {
+        input_ids: batch.input_ids.inner(),
+        attention_mask: batch.attention_mask.inner(),
+        labels: batch.labels.inner(),
+    };
+    let (lora, dora) = (lora.valid(), dora.valid());
+    let mut group = c.benchmark_group(format!("minilm_inference_b16_s64/{}", backend::NAME));
+    group.sample_size(10);
+    for round in 0..ROUNDS {
+        for (name, model) in [("lora_r8_qv", &lora), ("dora_r8_qv", &dora)] {
+            group.bench_function(BenchmarkId::new(name, round), |b| {
+                b.iter(|| {
+                    std::hint::black_box(model.embed(&batch));
+                    bench_util::sync::<Inference>(&device);
+                })
+            });
         }
     }
     group.finish();

@@ -41,7 +41,8 @@ impl LoraInit {
 }
 
 /// Configuration of one LoRA adapter: `ΔW = s · A B` with `A: [d_input, rank]`,
-/// `B: [rank, d_output]` and `s = alpha / rank` (`alpha / √rank` with rsLoRA).
+/// `B: [rank, d_output]` and `s = alpha / rank` (`alpha / √rank` with rsLoRA); with
+/// [`use_dora`](Self::use_dora), a DoRA adapter that also learns the columns' magnitudes.
 ///
 /// A fresh adapter starts with `ΔW = 0`. On linear and convolution layers `A` is drawn by
 /// [`init`](Self::init) and `B = 0`; on embeddings, as in PEFT, `A = 0` and `B ~ N(0, 1)`, so an
@@ -73,6 +74,12 @@ pub struct LoraConfig {
     /// this default.
     #[config(default = "LoraInit::KaimingUniform")]
     pub init: LoraInit,
+    /// Weight-decomposed LoRA (DoRA, Liu et al. 2024; PEFT's `use_dora`): the adapter also learns
+    /// a magnitude `m`, one value per output feature, and the layer computes
+    /// `m ⊙ (W + s·A B) / ‖W + s·A B‖` with the column norm (over `d_input`) detached, as PEFT
+    /// does. `m` starts at `‖W‖`, so a fresh adapter still leaves the output unchanged.
+    #[config(default = false)]
+    pub use_dora: bool,
 }
 
 impl LoraConfig {

@@ -128,6 +128,7 @@ pub use io::pytorch_checkpoint::{
 pub use layers::adapter::LoraAdapter;
 pub use layers::adapter_batch::{AdapterBatch, BASE_ADAPTER};
 pub use layers::conv2d::{LoraConv2d, LoraConv2dConfig};
+pub use layers::dora::DoraNorms;
 pub use layers::embedding::{LoraEmbedding, LoraEmbeddingConfig};
 pub use layers::layer::{LayerKind, LoraLayer};
 pub use layers::linear::{LoraLinear, LoraLinearConfig};

@@ -2,8 +2,9 @@
 //!
 //! PEFT names tensors `base_model.model.<module path>.lora_A.weight` with shape `[r, in]` and
 //! `...lora_B.weight` with shape `[out, r]`: the transposes of burn-lora's `A [in, r]` and
-//! `B [r, out]`. Saving transposes and names; loading checks every tensor against the model
-//! before anything changes.
+//! `B [r, out]`. A DoRA adapter adds its magnitude as `...<module path>.lora_magnitude_vector`
+//! (`[out]`; `[1, out, 1, 1]` for a convolution). Saving transposes and names; loading checks
+//! every tensor against the model before anything changes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -30,13 +31,17 @@ pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 /// The prefix PEFT puts before module paths.
 const PEFT_PREFIX: &str = "base_model.model.";
-/// The names PEFT gives `A` (slot 0) and `B` (slot 1) after a module path, for every layer kind.
-const FACTOR_SUFFIXES: [(&str, usize); 4] = [
+/// The names PEFT gives `A` (slot 0), `B` (slot 1) and DoRA's magnitude (slot 2) after a module
+/// path, for every layer kind.
+const FACTOR_SUFFIXES: [(&str, usize); 5] = [
     (".lora_A.weight", 0),
     (".lora_B.weight", 1),
     (".lora_embedding_A", 0),
     (".lora_embedding_B", 1),
+    (MAGNITUDE_SUFFIX, 2),
 ];
+/// PEFT's name for DoRA's magnitude after a module path (no `.weight`).
+const MAGNITUDE_SUFFIX: &str = ".lora_magnitude_vector";
 
 /// Saves adapter `name` of `model` to `dir` as `adapter_model.safetensors` and
 /// `adapter_config.json`, in PEFT's names, orientation and config fields. `paths` maps Burn module
@@ -95,6 +100,13 @@ pub fn save_adapter<B: Backend, M: LoraModel<B>>(
             shape_b,
             tensor_values(adapter.lora_b().transpose())?,
         ));
+        if let Some(magnitude) = adapter.magnitude() {
+            tensors.push((
+                format!("{PEFT_PREFIX}{torch_path}{MAGNITUDE_SUFFIX}"),
+                layer.peft_magnitude_shape(),
+                tensor_values(magnitude)?,
+            ));
+        }
         targets.push((torch_path, adapter.config().clone()));
     }
     if targets.is_empty() {
@@ -158,8 +170,8 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
     let tensors = read_float_tensors(&weights_path, &read_bytes(&weights_path)?)?;
     let file = weights_path.display().to_string();
 
-    // Group the file's tensors by module path: path -> (A, B).
-    let mut by_module: BTreeMap<String, [Option<(String, FloatTensor)>; 2]> = BTreeMap::new();
+    // Group the file's tensors by module path: path -> (A, B, DoRA's magnitude).
+    let mut by_module: BTreeMap<String, [Option<(String, FloatTensor)>; 3]> = BTreeMap::new();
     for (key, tensor) in tensors {
         let bare = key.strip_prefix(PEFT_PREFIX).unwrap_or(&key);
         let Some((module, slot)) = FACTOR_SUFFIXES
@@ -169,12 +181,12 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
             return Err(LoraError::UnexpectedKey {
                 path: file,
                 key,
-                reason: "not a LoRA factor (lora_A.weight, lora_B.weight, lora_embedding_A, \
-                         lora_embedding_B)"
+                reason: "not a LoRA tensor (lora_A.weight, lora_B.weight, lora_embedding_A, \
+                         lora_embedding_B, lora_magnitude_vector)"
                     .into(),
             });
         };
-        // `slot` is 0 or 1 (`FACTOR_SUFFIXES`) into a pair.
+        // `slot` is 0, 1 or 2 (`FACTOR_SUFFIXES`) into a triple.
         let entry = &mut by_module.entry(module.to_string()).or_default()[slot];
         if let Some((other, _)) = entry {
             // The same factor with and without PEFT's prefix: which one wins would be arbitrary.
@@ -226,7 +238,7 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
             adapters.push(None);
             continue;
         }
-        let [a, b] = factors.unwrap_or_default();
+        let [a, b, magnitude] = factors.unwrap_or_default();
         let [key_a, key_b] = layer.peft_factor_keys();
         let missing = |factor: &str| LoraError::MissingKey {
             path: file.clone(),
@@ -259,6 +271,28 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
                 });
             }
         }
+        let magnitude = match (magnitude, lora_config.use_dora) {
+            (Some((key, tensor)), true) => {
+                let expected = layer.peft_magnitude_shape();
+                if tensor.shape != expected {
+                    return Err(LoraError::ShapeMismatch {
+                        what: format!("{file}: adapter key \"{key}\""),
+                        expected,
+                        found: tensor.shape,
+                    });
+                }
+                Some(tensor.reshaped(vec![d_output]))
+            }
+            (None, true) => return Err(missing(&MAGNITUDE_SUFFIX[1..])),
+            (Some((key, _)), false) => {
+                return Err(LoraError::UnexpectedKey {
+                    path: file,
+                    key,
+                    reason: "a DoRA magnitude, but the config's use_dora is false".into(),
+                })
+            }
+            (None, false) => None,
+        };
         let device = layer.device();
         let a = a
             .reshaped(vec![rank, d_input])
@@ -268,7 +302,14 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
             .reshaped(vec![d_output, rank])
             .transposed()
             .into_burn::<B, 2>(&device);
-        adapters.push(Some(LoraAdapter::from_factors(name, &lora_config, a, b)?));
+        let adapter = match magnitude {
+            Some(m) => {
+                let m = m.into_burn::<B, 1>(&device);
+                LoraAdapter::from_dora_factors(name, &lora_config, a, b, m)?
+            }
+            None => LoraAdapter::from_factors(name, &lora_config, a, b)?,
+        };
+        adapters.push(Some(adapter));
         any = true;
     }
     if !any {

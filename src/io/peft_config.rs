@@ -56,7 +56,7 @@ pub struct PeftConfig {
     /// Weights stored as `[in, out]` (GPT-2 style `Conv1D`); not supported.
     #[serde(default)]
     pub fan_in_fan_out: bool,
-    /// Weight-decomposed LoRA; not supported.
+    /// Weight-decomposed LoRA (DoRA): each layer also has a trained magnitude vector.
     #[serde(default)]
     pub use_dora: bool,
     /// A trained bias on `lora_B`; not supported.
@@ -94,9 +94,12 @@ impl PeftConfig {
         let mut rank_pattern = IndexMap::new();
         let mut alpha_pattern = IndexMap::new();
         for (path, config) in targets {
-            if config.use_rslora != first.use_rslora || config.dropout != first.dropout {
+            if config.use_rslora != first.use_rslora
+                || config.dropout != first.dropout
+                || config.use_dora != first.use_dora
+            {
                 return Err(LoraError::Unsupported(format!(
-                    "layer {path} differs from {} in use_rslora or dropout, which PEFT cannot express per layer",
+                    "layer {path} differs from {} in use_rslora, use_dora or dropout, which PEFT cannot express per layer",
                     targets[0].0 // not empty: `first` exists
                 )));
             }
@@ -156,7 +159,7 @@ impl PeftConfig {
             rank_pattern,
             alpha_pattern,
             fan_in_fan_out: false,
-            use_dora: false,
+            use_dora: first.use_dora,
             lora_bias: false,
             other,
         })
@@ -177,9 +180,6 @@ impl PeftConfig {
         };
         if config.peft_type != "LORA" {
             return unsupported(&format!("peft_type {:?} (only \"LORA\")", config.peft_type));
-        }
-        if config.use_dora {
-            return unsupported("use_dora = true (DoRA)");
         }
         if config.fan_in_fan_out {
             return unsupported("fan_in_fan_out = true");
@@ -247,7 +247,8 @@ impl PeftConfig {
         let alpha = pattern_value(&self.alpha_pattern, module_path).unwrap_or(self.lora_alpha);
         let config = LoraConfig::new(rank, alpha)
             .with_dropout(self.lora_dropout)
-            .with_use_rslora(self.use_rslora);
+            .with_use_rslora(self.use_rslora)
+            .with_use_dora(self.use_dora);
         config.validate()?;
         Ok(config)
     }
@@ -478,9 +479,8 @@ mod tests {
     }
 
     #[test]
-    fn dora_fan_in_fan_out_and_trained_biases_are_unsupported_naming_the_field() {
+    fn fan_in_fan_out_and_trained_biases_are_unsupported_naming_the_field() {
         let cases = [
-            ("use_dora", json!(true), "use_dora"),
             ("fan_in_fan_out", json!(true), "fan_in_fan_out"),
             ("bias", json!("all"), "bias = \"all\""),
             ("bias", json!("lora_only"), "bias = \"lora_only\""),

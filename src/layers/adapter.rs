@@ -1,6 +1,6 @@
 //! [`LoraAdapter`]: one named pair of low-rank factors and the way it changes a layer's output.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
 use burn::tensor::{ElementConversion, Tensor};
@@ -16,6 +16,10 @@ use crate::nn::Dropout;
 /// their transposes). Its contribution to a layer's output is `s · ((dropout(x) A) B)`: two
 /// skinny matmuls, never the dense `A B`.
 ///
+/// A DoRA adapter ([`LoraConfig::use_dora`]) also holds a magnitude `m`, `[d_output]` (PEFT's
+/// `lora_magnitude_vector`): its layer then computes `m ⊙ (W + s·A B) / ‖W + s·A B‖`, the norm
+/// taken over `d_input` for each output feature and detached.
+///
 /// Its record holds its name, configuration and active flag beside the factors, and loading
 /// one restores them (see [`AdapterIdentity`]).
 #[derive(Module, Debug)]
@@ -24,6 +28,8 @@ pub struct LoraAdapter<B: Backend> {
     lora_a: Param<Tensor<B, 2>>,
     /// Up-projection `B`, shape `[rank, d_output]`.
     lora_b: Param<Tensor<B, 2>>,
+    /// DoRA's magnitude `m`, shape `[d_output]`; `None` for a plain LoRA adapter.
+    magnitude: Option<Param<Tensor<B, 1>>>,
     /// The adapter's name (unique within its layer), the configuration it was created from
     /// (rank, alpha, rsLoRA, dropout, ...) and whether it takes part in `forward`; the layer's
     /// record ([`AdapterList`](crate::AdapterList)) keeps it beside the factors.
@@ -62,7 +68,7 @@ impl<B: Backend> LoraAdapter<B> {
     /// The shapes must agree with `config.rank` and with each other, and every value must be
     /// finite. The factors become trainable parameters. The rank may exceed
     /// `min(d_input, d_output)`: PEFT accepts such adapters, and exact combinations
-    /// ([`LoraLinear::combined_adapter`](crate::LoraLinear::combined_adapter)) produce them.
+    /// ([`LoraLayer::combined_adapter`](crate::LoraLayer::combined_adapter)) produce them.
     pub fn from_factors(
         name: impl Into<String>,
         config: &LoraConfig,
@@ -70,6 +76,56 @@ impl<B: Backend> LoraAdapter<B> {
         lora_b: Tensor<B, 2>,
     ) -> Result<Self> {
         let name = checked_name(name.into())?;
+        if config.use_dora {
+            return Err(LoraError::Unsupported(format!(
+                "adapter \"{name}\": a DoRA config needs the magnitude as well \
+                 (LoraAdapter::from_dora_factors)"
+            )));
+        }
+        Self::checked_factors(name, config, lora_a, lora_b)
+    }
+
+    /// A DoRA adapter from given factors `A [d_input, rank]`, `B [rank, d_output]` and
+    /// magnitude `m [d_output]` (PEFT's `lora_magnitude_vector`); `config.use_dora` must be set.
+    ///
+    /// Checked as [`from_factors`](Self::from_factors) is, plus the magnitude's length and
+    /// values. The three become trainable parameters.
+    pub fn from_dora_factors(
+        name: impl Into<String>,
+        config: &LoraConfig,
+        lora_a: Tensor<B, 2>,
+        lora_b: Tensor<B, 2>,
+        magnitude: Tensor<B, 1>,
+    ) -> Result<Self> {
+        let name = checked_name(name.into())?;
+        if !config.use_dora {
+            return Err(LoraError::Unsupported(format!(
+                "adapter \"{name}\": a magnitude vector needs a DoRA config (use_dora = true)"
+            )));
+        }
+        let d_output = lora_b.dims()[1];
+        if magnitude.dims() != [d_output] {
+            return Err(LoraError::ShapeMismatch {
+                what: format!("adapter \"{name}\" lora_magnitude_vector"),
+                expected: vec![d_output],
+                found: magnitude.dims().to_vec(),
+            });
+        }
+        ensure_finite(&magnitude, || {
+            format!("adapter \"{name}\" lora_magnitude_vector")
+        })?;
+        let adapter = Self::checked_factors(name, config, lora_a, lora_b)?;
+        Ok(adapter.with_magnitude(magnitude))
+    }
+
+    /// [`from_factors`](Self::from_factors) without the DoRA check: for a fresh DoRA adapter,
+    /// whose layer attaches the magnitude ([`with_magnitude`](Self::with_magnitude)) next.
+    pub(crate) fn checked_factors(
+        name: String,
+        config: &LoraConfig,
+        lora_a: Tensor<B, 2>,
+        lora_b: Tensor<B, 2>,
+    ) -> Result<Self> {
         let [d_input, rank_a] = lora_a.dims();
         let [rank_b, d_output] = lora_b.dims();
         config.validate()?;
@@ -103,8 +159,16 @@ impl<B: Backend> LoraAdapter<B> {
         Ok(Self {
             lora_a,
             lora_b,
+            magnitude: None,
             identity: AdapterIdentity::new(name, config.clone(), true)?,
         })
+    }
+
+    /// The adapter with DoRA's magnitude `m [d_output]` set (trainable), for a fresh DoRA
+    /// adapter whose layer computed `m = ‖W + s·A B‖`.
+    pub(crate) fn with_magnitude(mut self, magnitude: Tensor<B, 1>) -> Self {
+        self.magnitude = Some(Param::from_tensor(magnitude.detach().require_grad()));
+        self
     }
 
     /// An adapter rebuilt from its record alone (a record holding more adapters than the layer
@@ -117,9 +181,14 @@ impl<B: Backend> LoraAdapter<B> {
             let (id, tensor, _) = param.consume();
             Param::initialized(id, tensor.detach().require_grad())
         };
+        let magnitude = record.magnitude.map(|param| {
+            let (id, tensor, _) = param.consume();
+            Param::initialized(id, tensor.detach().require_grad())
+        });
         Self {
             lora_a: trainable(record.lora_a),
             lora_b: trainable(record.lora_b),
+            magnitude,
             identity,
         }
     }
@@ -148,7 +217,13 @@ impl<B: Backend> LoraAdapter<B> {
     /// - input: `[..., d_input]`
     /// - output: `[..., d_output]`
     pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
-        let hidden = linear(self.dropout().forward(input), self.lora_a.val(), None);
+        self.forward_factors(self.dropout().forward(input))
+    }
+
+    /// `s · ((x A) B)` without dropout: for a DoRA layer, which applies the adapter's dropout
+    /// itself so that its base term sees the same dropped input.
+    pub(crate) fn forward_factors<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        let hidden = linear(input, self.lora_a.val(), None);
         let scale = self.scale();
         // Scale the rank-wide hidden tensor, not the output: r values per row instead of d_output.
         let hidden = if scale == 1.0 {
@@ -176,14 +251,49 @@ impl<B: Backend> LoraAdapter<B> {
             .mul_scalar(self.scale())
     }
 
-    /// Errors with [`LoraError::NonFinite`] if `A` or `B` holds NaN or infinity.
+    /// Whether dropout changes the adapter's input in this forward: a non-zero probability on
+    /// an autodiff backend (training).
+    pub(crate) fn dropout_is_active(&self) -> bool {
+        self.identity.config().dropout > 0.0 && B::ad_enabled(&self.lora_a.device())
+    }
+
+    /// Errors with [`LoraError::NonFinite`] if `A`, `B` or DoRA's magnitude holds NaN or
+    /// infinity.
     pub fn ensure_finite(&self) -> Result<()> {
         ensure_finite(&self.lora_a.val(), || {
             format!("adapter \"{}\" lora_A", self.name())
         })?;
         ensure_finite(&self.lora_b.val(), || {
             format!("adapter \"{}\" lora_B", self.name())
-        })
+        })?;
+        match &self.magnitude {
+            Some(magnitude) => ensure_finite(&magnitude.val(), || {
+                format!("adapter \"{}\" lora_magnitude_vector", self.name())
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this is a DoRA adapter (it holds a magnitude).
+    pub fn is_dora(&self) -> bool {
+        self.magnitude.is_some()
+    }
+
+    /// DoRA's magnitude `m`, `[d_output]`; `None` for a plain LoRA adapter.
+    pub fn magnitude(&self) -> Option<Tensor<B, 1>> {
+        self.magnitude.as_ref().map(Param::val)
+    }
+
+    /// The parameter holding DoRA's magnitude, if any.
+    pub fn magnitude_param(&self) -> Option<&Param<Tensor<B, 1>>> {
+        self.magnitude.as_ref()
+    }
+
+    /// Ids of the adapter's trainable parameters: `A`, `B` and DoRA's magnitude.
+    pub fn param_ids(&self) -> Vec<ParamId> {
+        let mut ids = vec![self.lora_a.id, self.lora_b.id];
+        ids.extend(self.magnitude.as_ref().map(|m| m.id));
+        ids
     }
 
     /// The adapter's name.
@@ -231,10 +341,11 @@ impl<B: Backend> LoraAdapter<B> {
         (self.lora_a.shape().dims(), self.lora_b.shape().dims())
     }
 
-    /// Number of trainable values, `rank · (d_input + d_output)`.
+    /// Number of trainable values, `rank · (d_input + d_output)`, plus `d_output` for DoRA's
+    /// magnitude.
     pub fn num_params(&self) -> usize {
         let ([d_input, rank], [_, d_output]) = self.shapes();
-        rank * (d_input + d_output)
+        rank * (d_input + d_output) + if self.is_dora() { d_output } else { 0 }
     }
 
     /// Whether this adapter takes part in its layer's `forward`.

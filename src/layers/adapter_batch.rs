@@ -144,9 +144,10 @@ impl AdapterBatch {
 
 /// A layer's forward on `input` (`rows` rows) in which each row runs the adapter `batch` names
 /// for it: `base(input)` once, then, for each adapter of `batch` that `layer` holds,
-/// `update(adapter, rows of input)` added into those rows (dimension 0; `select` gathers them).
-/// Rows of adapters the layer lacks, and base rows, keep the base. A disabled layer runs the
-/// base alone.
+/// `update(adapter, rows of input, base)` added into those rows (dimension 0; `select` gathers
+/// them), `base` being the base output of those rows for a DoRA adapter (which rescales it) and
+/// `None` for others. Rows of adapters the layer lacks, and base rows, keep the base. A
+/// disabled layer runs the base alone.
 ///
 /// # Errors
 /// [`LoraError::InvalidInput`] unless `rows` is the batch's, [`LoraError::Merged`] while merged.
@@ -157,7 +158,7 @@ pub(crate) fn forward_grouped<B, L, I, const D: usize>(
     input: I,
     base: impl FnOnce(I) -> Tensor<B, D>,
     select: impl Fn(I, Tensor<B, 1, Int>) -> I,
-    update: impl Fn(&LoraAdapter<B>, I) -> Tensor<B, D>,
+    update: impl Fn(&LoraAdapter<B>, I, Option<Tensor<B, D>>) -> Tensor<B, D>,
 ) -> Result<Tensor<B, D>>
 where
     B: Backend,
@@ -182,13 +183,17 @@ where
             continue;
         };
         if group.len() == rows {
-            return Ok(output + update(adapter, input));
+            let base = adapter.is_dora().then(|| output.clone());
+            return Ok(output + update(adapter, input, base));
         }
         let indices: Vec<i64> = group.iter().map(|&row| row as i64).collect();
         rows_updated.extend(&indices);
         let indices =
             Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [group.len()]), &device);
-        deltas.push(update(adapter, select(input.clone(), indices)));
+        let base = adapter
+            .is_dora()
+            .then(|| output.clone().select(0, indices.clone()));
+        deltas.push(update(adapter, select(input.clone(), indices), base));
     }
     if !deltas.is_empty() {
         let count = rows_updated.len();

@@ -10,8 +10,9 @@ use burn::tensor::ops::{ConvOptions, PaddedConvOptions};
 use burn::tensor::Tensor;
 
 use crate::error::{LoraError, Result as LoraResult};
-use crate::layers::adapter::{ensure_finite, LoraAdapter};
+use crate::layers::adapter::LoraAdapter;
 use crate::layers::adapter_batch::{forward_grouped, AdapterBatch};
+use crate::layers::dora;
 use crate::layers::layer::{shared_layer_methods, LayerKind, LoraLayer};
 use crate::layers::linear::replace_value;
 
@@ -156,6 +157,8 @@ pub struct LoraConv2d<B: Backend> {
     /// unmerged. Kept beside `W` (never written into it) so that unmerging is exact; a record
     /// keeps it with the merged adapters' names, and loading takes the record's merged state.
     merged_weight: crate::MergedWeight<B, 4>,
+    /// DoRA adapters' norms `‖W + s·A B‖`, kept at inference (never in a record).
+    dora_norms: crate::DoraNorms<B>,
     /// When false, `forward` is exactly the base layer.
     #[module(skip)]
     enabled: bool,
@@ -174,6 +177,7 @@ impl<B: Backend> LoraConv2d<B> {
             padding: conv.padding,
             adapters: crate::AdapterList::empty(),
             merged_weight: crate::MergedWeight::none(),
+            dora_norms: Default::default(),
             enabled: true,
         }
     }
@@ -203,7 +207,7 @@ impl<B: Backend> LoraConv2d<B> {
         if self.folding_pays(&input, &options) {
             // Inference: one convolution with the kernel merging would install (by linearity
             // the same output up to f32 rounding), cheaper than the adapter's convolutions.
-            let kernel = self.weight.val() + self.delta_kernel(&active);
+            let kernel = self.matrix_to_kernel(self.adapted_matrix(&active));
             return conv2d(input, kernel, self.bias(), options);
         }
         let base = conv2d(
@@ -213,8 +217,42 @@ impl<B: Backend> LoraConv2d<B> {
             options.clone(),
         );
         active.into_iter().fold(base, |output, adapter| {
-            output + self.adapter_output(adapter, input.clone(), &options)
+            let base = adapter.is_dora().then(|| output.clone());
+            output + self.adapter_update(adapter, input.clone(), &options, base)
         })
+    }
+
+    /// One adapter's update to the output: `s · conv₁ₓ₁(conv(dropout(x), Aᵀ), Bᵀ)`, or for a
+    /// DoRA adapter `(k - 1) ⊙ conv(x, W) + k ⊙ (that update)` with `k = m / ‖W + s·A B‖`, one
+    /// value per output channel. `base` is the base output of the same images, which DoRA
+    /// reuses (less the bias) unless dropout changes its input.
+    fn adapter_update(
+        &self,
+        adapter: &LoraAdapter<B>,
+        input: Tensor<B, 4>,
+        options: &PaddedConvOptions<2>,
+        base: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 4> {
+        let input = adapter.dropout_input(input);
+        let Some(scale) = self.dora_scale(adapter) else {
+            return self.factors_output(adapter, input, options);
+        };
+        let lora = self.factors_output(adapter, input.clone(), options);
+        let channels = [1, self.channels_out(), 1, 1];
+        let base = match (base, self.bias()) {
+            (Some(base), bias) if !adapter.dropout_is_active() => match bias {
+                Some(bias) => base - bias.reshape(channels),
+                None => base,
+            },
+            _ => conv2d(input, self.weight.val(), None, options.clone()),
+        };
+        dora::update(base, lora, scale.reshape(channels))
+    }
+
+    /// A weight in the adapters' matrix view `[in · kh · kw, out]` as a kernel
+    /// `[out, in, kh, kw]`.
+    fn matrix_to_kernel(&self, matrix: Tensor<B, 2>) -> Tensor<B, 4> {
+        matrix.transpose().reshape(self.weight.shape().dims::<4>())
     }
 
     /// A forward in which each image of the batch runs the adapter `batch` names for it, or the
@@ -242,7 +280,7 @@ impl<B: Backend> LoraConv2d<B> {
             input,
             |x| self.forward_base(x),
             |x, rows| x.select(0, rows),
-            |adapter, x| self.adapter_output(adapter, x, &options),
+            |adapter, x, base| self.adapter_update(adapter, x, &options, base),
         )
     }
 
@@ -270,17 +308,6 @@ impl<B: Backend> LoraConv2d<B> {
         batch * out_size(0, height) * out_size(1, width) >= self.channels_out()
     }
 
-    /// `Σ s · (A B)ᵀ` over `adapters`, reshaped to the kernel `[out, in, kh, kw]` (detached).
-    fn delta_kernel(&self, adapters: &[&LoraAdapter<B>]) -> Tensor<B, 4> {
-        let delta = adapters
-            .iter()
-            .map(|a| a.delta_weight())
-            .reduce(|sum, update| sum + update)
-            // Its one caller, `forward`, returns before when no adapter is active.
-            .expect("at least one adapter");
-        delta.transpose().reshape(self.weight.shape().dims::<4>())
-    }
-
     /// [`forward`](Self::forward) after checking the input has `channels_in` channels: a wrong
     /// count is [`LoraError::ShapeMismatch`] instead of a panic inside the convolution.
     pub fn try_forward(&self, input: Tensor<B, 4>) -> LoraResult<Tensor<B, 4>> {
@@ -304,8 +331,8 @@ impl<B: Backend> LoraConv2d<B> {
         conv2d(input, self.weight.val(), self.bias(), options)
     }
 
-    /// `s · conv₁ₓ₁(conv(dropout(x), Aᵀ), Bᵀ)`: one adapter's contribution.
-    fn adapter_output(
+    /// `s · conv₁ₓ₁(conv(x, Aᵀ), Bᵀ)`: the adapter's factors on its (dropped-out) input.
+    fn factors_output(
         &self,
         adapter: &LoraAdapter<B>,
         input: Tensor<B, 4>,
@@ -317,12 +344,7 @@ impl<B: Backend> LoraConv2d<B> {
             .lora_a()
             .transpose()
             .reshape([rank, self.channels_in(), kh, kw]);
-        let hidden = conv2d(
-            adapter.dropout_input(input),
-            kernel_a,
-            None,
-            options.clone(),
-        );
+        let hidden = conv2d(input, kernel_a, None, options.clone());
         let scale = adapter.scale();
         // Scale the rank-wide hidden tensor, not the output: r channels instead of out.
         let hidden = if scale == 1.0 {
@@ -456,15 +478,11 @@ impl<B: Backend> LoraConv2d<B> {
     /// `W + Σ_active s · (A B)ᵀ` reshaped to the kernel, with the adapters' names; `None` when
     /// no adapter is active or the layer is disabled.
     fn merged_base(&self) -> LoraResult<Option<(Tensor<B, 4>, Vec<String>)>> {
-        let Some((delta, names)) = self.active_delta()? else {
-            return Ok(None);
-        };
-        let shape = self.weight.shape().dims::<4>();
-        // The same sum, in the same order, as `delta_kernel`: a merged layer computes what the
-        // folded `forward` computes, bit for bit.
-        let merged = self.weight().detach() + delta.transpose().reshape(shape);
-        ensure_finite(&merged, || "merged kernel W + s·(AB)ᵀ".to_string())?;
-        Ok(Some((merged, names)))
+        // The kernel the folded `forward` computes (`adapted_matrix`), so a merged layer computes
+        // what it computes, bit for bit.
+        Ok(self
+            .merged_matrix()?
+            .map(|(matrix, names)| (self.matrix_to_kernel(matrix), names)))
     }
 }
 
@@ -518,6 +536,19 @@ impl<B: Backend> LoraLayer<B> for LoraConv2d<B> {
         self.bias.as_ref().map(|_| self.channels_out())
     }
 
+    fn base_matrix(&self) -> Tensor<B, 2> {
+        let [out, in_per_group, kh, kw] = self.weight.shape().dims::<4>();
+        self.weight
+            .val()
+            .detach()
+            .reshape([out, in_per_group * kh * kw])
+            .transpose()
+    }
+
+    fn peft_magnitude_shape(&self) -> Vec<usize> {
+        vec![1, self.channels_out(), 1, 1]
+    }
+
     fn peft_factor_keys(&self) -> [&'static str; 2] {
         ["lora_A.weight", "lora_B.weight"]
     }
@@ -545,6 +576,7 @@ impl<B: Backend> LoraLayer<B> for LoraConv2d<B> {
 
     fn merge_and_unload(&mut self) -> LoraResult<()> {
         let weight = self.effective_weight()?;
+        self.dora_norms.clear();
         self.weight = replace_value(self.weight.clone(), weight);
         self.merged_weight = crate::MergedWeight::none();
         self.adapters = crate::AdapterList::empty();

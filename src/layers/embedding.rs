@@ -9,8 +9,9 @@ use burn::tensor::{Distribution, Int, Tensor};
 
 use crate::config::{LoraConfig, LoraInit};
 use crate::error::{LoraError, Result as LoraResult};
-use crate::layers::adapter::{ensure_finite, LoraAdapter};
+use crate::layers::adapter::LoraAdapter;
 use crate::layers::adapter_batch::{forward_grouped, AdapterBatch};
+use crate::layers::dora;
 use crate::layers::layer::{shared_layer_methods, LayerKind, LoraLayer};
 use crate::layers::linear::replace_value;
 
@@ -104,6 +105,8 @@ pub struct LoraEmbedding<B: Backend> {
     /// unmerged. Kept beside `W` (never written into it) so that unmerging is exact; a record
     /// keeps it with the merged adapters' names, and loading takes the record's merged state.
     merged_weight: crate::MergedWeight<B, 2>,
+    /// DoRA adapters' norms `‖W + s·A B‖`, kept at inference (never in a record).
+    dora_norms: crate::DoraNorms<B>,
     /// When false, `forward` is exactly the base layer.
     #[module(skip)]
     enabled: bool,
@@ -116,6 +119,7 @@ impl<B: Backend> LoraEmbedding<B> {
             weight: embedding.weight,
             adapters: crate::AdapterList::empty(),
             merged_weight: crate::MergedWeight::none(),
+            dora_norms: Default::default(),
             enabled: true,
         }
     }
@@ -141,8 +145,25 @@ impl<B: Backend> LoraEmbedding<B> {
         }
         let base = self.forward_base(ids.clone());
         active.fold(base, |output, adapter| {
-            output + adapter_rows(adapter, ids.clone())
+            let base = adapter.is_dora().then(|| output.clone());
+            output + self.adapter_update(adapter, ids.clone(), base)
         })
+    }
+
+    /// One adapter's update to the looked-up rows: `s · A[ids] B`, or for a DoRA adapter
+    /// `(k - 1) ⊙ W[ids] + k ⊙ s · A[ids] B` with `k = m / ‖W + s·A B‖` (PEFT's
+    /// `k ⊙ (W[ids] + s · A[ids] B)`); `base` is `W[ids]` when the caller has it.
+    fn adapter_update(
+        &self,
+        adapter: &LoraAdapter<B>,
+        ids: Tensor<B, 2, Int>,
+        base: Option<Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
+        let Some(scale) = self.dora_scale(adapter) else {
+            return adapter_rows(adapter, ids);
+        };
+        let base = base.unwrap_or_else(|| self.forward_base(ids.clone()));
+        dora::update(base, adapter_rows(adapter, ids), scale.unsqueeze())
     }
 
     /// A forward in which each row of `ids` runs the adapter `batch` names for it, or the base
@@ -169,7 +190,7 @@ impl<B: Backend> LoraEmbedding<B> {
             ids,
             |ids| self.forward_base(ids),
             |ids, rows| ids.select(0, rows),
-            adapter_rows,
+            |adapter, ids, base| self.adapter_update(adapter, ids, base),
         )
     }
 
@@ -242,12 +263,7 @@ impl<B: Backend> LoraEmbedding<B> {
     /// `W + Σ_active s · A B` with the adapters' names; `None` when no adapter is active or the
     /// layer is disabled.
     fn merged_base(&self) -> LoraResult<Option<(Tensor<B, 2>, Vec<String>)>> {
-        let Some((delta, names)) = self.active_delta()? else {
-            return Ok(None);
-        };
-        let merged = self.weight().detach() + delta;
-        ensure_finite(&merged, || "merged embedding table W + s·AB".to_string())?;
-        Ok(Some((merged, names)))
+        self.merged_matrix()
     }
 }
 
@@ -295,7 +311,7 @@ impl<B: Backend> LoraLayer<B> for LoraEmbedding<B> {
             Distribution::Normal(0.0, 1.0),
             &device,
         );
-        LoraAdapter::from_factors(name, config, lora_a, lora_b)
+        LoraAdapter::checked_factors(name.to_string(), config, lora_a, lora_b)
     }
 
     fn adapter_dims(&self) -> [usize; 2] {
@@ -308,6 +324,10 @@ impl<B: Backend> LoraLayer<B> for LoraEmbedding<B> {
 
     fn base_bias_len(&self) -> Option<usize> {
         None
+    }
+
+    fn base_matrix(&self) -> Tensor<B, 2> {
+        self.weight.val().detach()
     }
 
     fn peft_factor_keys(&self) -> [&'static str; 2] {
@@ -324,6 +344,7 @@ impl<B: Backend> LoraLayer<B> for LoraEmbedding<B> {
 
     fn merge_and_unload(&mut self) -> LoraResult<()> {
         let weight = self.effective_weight()?;
+        self.dora_norms.clear();
         self.weight = replace_value(self.weight.clone(), weight);
         self.merged_weight = crate::MergedWeight::none();
         self.adapters = crate::AdapterList::empty();

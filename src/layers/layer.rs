@@ -8,6 +8,7 @@ use burn::tensor::Tensor;
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};
 use crate::layers::adapter::{checked_name, ensure_finite, LoraAdapter};
+use crate::layers::dora::{self, DoraNorms};
 
 /// The kind of base layer a [`LoraLayer`] adapts (PEFT's `"all-linear"` selects
 /// [`Linear`](Self::Linear) ones).
@@ -54,6 +55,56 @@ pub trait LoraLayer<B: Backend> {
 
     /// Length of the base bias, if the layer has one.
     fn base_bias_len(&self) -> Option<usize>;
+
+    /// The base weight in the adapters' matrix view `[d_input, d_output]` (see
+    /// [`adapter_dims`](Self::adapter_dims)), detached: `W` for linear and embedding layers,
+    /// the kernel `W [out, in, kh, kw]` flattened to `[out, in · kh · kw]` and transposed for a
+    /// convolution.
+    fn base_matrix(&self) -> Tensor<B, 2>;
+
+    /// The layer's cache of DoRA norms (see [`DoraNorms`]).
+    fn dora_norms(&self) -> &DoraNorms<B>;
+
+    /// PEFT's shape of a DoRA adapter's `lora_magnitude_vector` for this layer: `[d_output]`
+    /// for linear and embedding layers, `[1, out, 1, 1]` for a convolution.
+    fn peft_magnitude_shape(&self) -> Vec<usize> {
+        vec![self.adapter_dims()[1]]
+    }
+
+    /// DoRA's scale `k = m / ‖W + s·A B‖` of `adapter`, `[d_output]` (the norms detached, kept
+    /// by [`DoraNorms`] at inference); `None` for a plain LoRA adapter.
+    #[doc(hidden)]
+    fn dora_scale(&self, adapter: &LoraAdapter<B>) -> Option<Tensor<B, 1>> {
+        let magnitude = adapter.magnitude()?;
+        let norms = self
+            .dora_norms()
+            .get_or_compute(adapter.name(), &self.device(), || {
+                dora::weight_norms(self.base_matrix(), adapter)
+            });
+        Some(dora::magnitude_scale(magnitude, norms))
+    }
+
+    /// The weight `adapters` give the layer, in the matrix view and detached:
+    /// `W + Σ s · A B`, or `k ⊙ (W + s · A B)` for one DoRA adapter (`k` scaling each column).
+    /// Callers make sure a DoRA adapter comes alone ([`merged_matrix`](Self::merged_matrix)).
+    #[doc(hidden)]
+    fn adapted_matrix(&self, adapters: &[&LoraAdapter<B>]) -> Tensor<B, 2> {
+        let delta = adapters
+            .iter()
+            .map(|a| a.delta_weight())
+            .reduce(|sum, update| sum + update);
+        let weight = match delta {
+            Some(delta) => self.base_matrix() + delta,
+            None => self.base_matrix(),
+        };
+        match adapters {
+            [adapter] => match self.dora_scale(adapter) {
+                Some(scale) => weight * scale.detach().unsqueeze::<2>(),
+                None => weight,
+            },
+            _ => weight,
+        }
+    }
 
     /// Id of the base weight parameter (how the layer is found in the module tree).
     fn base_weight_id(&self) -> ParamId;
@@ -148,24 +199,44 @@ pub trait LoraLayer<B: Backend> {
     /// one. Freezes the base. Fails, leaving the layer unchanged, on an invalid config, a rank
     /// above `min(d_input, d_output)`, an init the layer cannot apply, an empty or duplicate
     /// name, or while merged.
+    ///
+    /// A DoRA config ([`LoraConfig::use_dora`]) also gives the adapter its magnitude,
+    /// `m = ‖W + s·A B‖` over `d_input` for each output feature, as PEFT initialises it.
     fn add_adapter(&mut self, name: &str, config: &LoraConfig) -> Result<()> {
         self.check_new_adapter(name, config)?;
-        let adapter = self.fresh_adapter(name, config)?;
+        let mut adapter = self.fresh_adapter(name, config)?;
+        if config.use_dora && !adapter.is_dora() {
+            let magnitude = dora::weight_norms(self.base_matrix(), &adapter);
+            ensure_finite(&magnitude, || {
+                format!("adapter \"{name}\" DoRA magnitude ‖W + s·AB‖")
+            })?;
+            adapter = adapter.with_magnitude(magnitude);
+        }
         push_adapter(self, adapter);
         Ok(())
     }
 
     /// A fresh, untrained adapter for this layer, initialised as PEFT initialises this kind:
-    /// `A` drawn by `config.init` and `B = 0` (linear and convolution layers).
+    /// `A` drawn by `config.init` and `B = 0` (linear and convolution layers). For a DoRA
+    /// config, [`add_adapter`](Self::add_adapter) attaches the magnitude afterwards.
     fn fresh_adapter(&self, name: &str, config: &LoraConfig) -> Result<LoraAdapter<B>> {
         let [d_input, d_output] = self.adapter_dims();
         LoraAdapter::init(name.to_string(), config, d_input, d_output, &self.device())
     }
 
-    /// Inserts a ready-made adapter (see [`LoraAdapter::from_factors`]) and makes it the only
-    /// active one. Its factors must fit [`adapter_dims`](Self::adapter_dims).
+    /// Inserts a ready-made adapter (see [`LoraAdapter::from_factors`] and
+    /// [`LoraAdapter::from_dora_factors`]) and makes it the only active one. Its factors must fit
+    /// [`adapter_dims`](Self::adapter_dims).
     fn insert_adapter(&mut self, adapter: LoraAdapter<B>) -> Result<()> {
         self.check_can_add(adapter.name())?;
+        if adapter.config().use_dora != adapter.is_dora() {
+            return Err(LoraError::InvalidModel(format!(
+                "adapter \"{}\": use_dora = {} but the adapter {} a magnitude",
+                adapter.name(),
+                adapter.config().use_dora,
+                if adapter.is_dora() { "has" } else { "lacks" }
+            )));
+        }
         let ([d_input, _], [_, d_output]) = adapter.shapes();
         if [d_input, d_output] != self.adapter_dims() {
             return Err(LoraError::ShapeMismatch {
@@ -221,7 +292,9 @@ pub trait LoraLayer<B: Backend> {
     }
 
     /// Makes exactly the named adapters active (all others inactive). An empty list
-    /// deactivates all. Unknown names are an error and change nothing.
+    /// deactivates all. Unknown names are an error and change nothing, and so is a DoRA
+    /// adapter among several: its scale `m / ‖W + s·A B‖` is defined against the base alone
+    /// (PEFT applies it to whatever the adapters before it added, which depends on their order).
     fn set_active_adapters(&mut self, names: &[&str]) -> Result<()> {
         if self.is_merged() {
             return Err(LoraError::Merged(self.merged_adapters().to_vec()));
@@ -229,6 +302,7 @@ pub trait LoraLayer<B: Backend> {
         if let Some(unknown) = names.iter().find(|n| self.adapter(n).is_none()) {
             return Err(LoraError::UnknownAdapter(unknown.to_string()));
         }
+        check_dora_alone(self, names)?;
         for adapter in self.adapter_slot().iter_mut().flatten() {
             let active = names.contains(&adapter.name());
             adapter.set_active(active);
@@ -239,7 +313,8 @@ pub trait LoraLayer<B: Backend> {
     /// The adapter whose update is `Σ wᵢ · sᵢ · Aᵢ Bᵢ` over the named `(adapter, weight)` pairs
     /// this layer holds, built exactly by concatenating factors: `A = [w₁s₁A₁ | w₂s₂A₂ | …]`,
     /// `B = [B₁; B₂; …]`, scale 1 (rank and alpha `Σrᵢ`). No SVD, no approximation. `None` when
-    /// the layer holds none of the adapters.
+    /// the layer holds none of the adapters. DoRA adapters do not combine
+    /// ([`LoraError::Unsupported`]).
     fn combined_adapter(
         &self,
         name: &str,
@@ -257,6 +332,12 @@ pub trait LoraLayer<B: Backend> {
             let Some(adapter) = self.adapter(source) else {
                 continue;
             };
+            if adapter.is_dora() {
+                return Err(LoraError::Unsupported(format!(
+                    "combining DoRA adapter \"{source}\": its magnitude rescales W + s·AB as a \
+                     whole, so it has no exact low-rank sum with other adapters"
+                )));
+            }
             adapter.ensure_finite()?;
             lora_a.push(
                 adapter
@@ -277,30 +358,49 @@ pub trait LoraLayer<B: Backend> {
         LoraAdapter::from_factors(name, &config, a, b).map(Some)
     }
 
-    /// `Σ_active s · A B` in the adapters' matrix view `[d_input, d_output]` with the names it
-    /// includes, or `None` when disabled or no adapter is active. Every adapter and the sum are
-    /// checked to be finite.
+    /// The weight the active adapters give the layer, in the adapters' matrix view
+    /// `[d_input, d_output]` (see [`adapted_matrix`](Self::adapted_matrix)), with their names;
+    /// `None` when disabled or no adapter is active. Every adapter and the result are checked
+    /// to be finite, and a DoRA adapter must be the only active one.
     #[doc(hidden)]
-    fn active_delta(&self) -> Result<Option<(Tensor<B, 2>, Vec<String>)>> {
+    fn merged_matrix(&self) -> Result<Option<(Tensor<B, 2>, Vec<String>)>> {
         if !self.is_enabled() {
             return Ok(None);
         }
         let active: Vec<_> = self.adapters().iter().filter(|a| a.is_active()).collect();
-        let mut delta: Option<Tensor<B, 2>> = None;
+        if active.is_empty() {
+            return Ok(None);
+        }
+        let names: Vec<&str> = active.iter().map(|a| a.name()).collect();
+        check_dora_alone(self, &names)?;
         for adapter in &active {
             adapter.ensure_finite()?;
-            let update = adapter.delta_weight();
-            delta = Some(match delta {
-                Some(sum) => sum + update,
-                None => update,
-            });
         }
-        let Some(delta) = delta else {
-            return Ok(None);
-        };
-        ensure_finite(&delta, || "merged update Σ s·AB".to_string())?;
-        let names = active.iter().map(|a| a.name().to_string()).collect();
-        Ok(Some((delta, names)))
+        let merged = self.adapted_matrix(&active);
+        ensure_finite(&merged, || "merged weight".to_string())?;
+        Ok(Some((
+            merged,
+            names.iter().map(|n| n.to_string()).collect(),
+        )))
+    }
+}
+
+/// [`LoraError::Unsupported`] when `names` holds more than one adapter and one of them is a
+/// DoRA adapter (see [`LoraLayer::set_active_adapters`]).
+fn check_dora_alone<B: Backend, L: LoraLayer<B> + ?Sized>(layer: &L, names: &[&str]) -> Result<()> {
+    if names.len() < 2 {
+        return Ok(());
+    }
+    match names
+        .iter()
+        .find(|n| layer.adapter(n).is_some_and(LoraAdapter::is_dora))
+    {
+        Some(dora) => Err(LoraError::Unsupported(format!(
+            "DoRA adapter \"{dora}\" active together with other adapters ({}): a DoRA adapter \
+             runs alone (its magnitude rescales the whole weight)",
+            names.join(", ")
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -316,7 +416,7 @@ fn push_adapter<B: Backend, L: LoraLayer<B> + ?Sized>(layer: &mut L, mut adapter
 }
 
 /// The [`LoraLayer`] methods every layer kind implements alike, over the fields they all have
-/// (`weight`, `adapters`, `enabled`, `merged_weight`) and their `merged_base()`
+/// (`weight`, `adapters`, `enabled`, `merged_weight`, `dora_norms`) and their `merged_base()`
 /// (`W + Σ_active s·ΔW` in the base's layout, with the adapters' names). Used inside each
 /// kind's `impl LoraLayer`.
 macro_rules! shared_layer_methods {
@@ -334,7 +434,13 @@ macro_rules! shared_layer_methods {
         }
 
         fn adapter_slot(&mut self) -> &mut Option<Vec<$crate::LoraAdapter<B>>> {
+            // The caller may change any adapter: the DoRA norms kept for them go.
+            self.dora_norms.clear();
             &mut self.adapters.0
+        }
+
+        fn dora_norms(&self) -> &$crate::DoraNorms<B> {
+            &self.dora_norms
         }
 
         fn is_enabled(&self) -> bool {

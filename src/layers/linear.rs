@@ -8,7 +8,9 @@ use burn::tensor::module::linear;
 use burn::tensor::Tensor;
 
 use crate::error::{LoraError, Result as LoraResult};
+use crate::layers::adapter::LoraAdapter;
 use crate::layers::adapter_batch::{forward_grouped, AdapterBatch};
+use crate::layers::dora;
 use crate::layers::layer::{shared_layer_methods, LayerKind, LoraLayer};
 
 /// Configuration to create a fresh [`LoraLinear`] (a randomly initialised base, no adapter yet).
@@ -48,7 +50,9 @@ impl LoraLinearConfig {
 }
 
 /// A linear layer with a frozen base and low-rank adapters:
-/// `y = x W + b + Σ_active s · ((dropout(x) A) B)`.
+/// `y = x W + b + Σ_active s · ((dropout(x) A) B)`; with a DoRA adapter
+/// ([`LoraConfig::use_dora`](crate::LoraConfig::use_dora)),
+/// `y = k ⊙ (x W + s · x A B) + b` with `k = m / ‖W + s·A B‖` per output feature.
 ///
 /// The base is stored exactly as Burn's [`Linear`] stores it (fields `weight` and `bias`), so a
 /// checkpoint of a model built with `Linear` loads into the same model built with `LoraLinear`.
@@ -89,6 +93,8 @@ pub struct LoraLinear<B: Backend> {
     /// unmerged. Kept beside `W` (never written into it) so that unmerging is exact; a record
     /// keeps it with the merged adapters' names, and loading takes the record's merged state.
     merged_weight: crate::MergedWeight<B, 2>,
+    /// DoRA adapters' norms `‖W + s·A B‖`, kept at inference (never in a record).
+    dora_norms: crate::DoraNorms<B>,
     /// When false, `forward` is exactly the base layer.
     #[module(skip)]
     enabled: bool,
@@ -102,6 +108,7 @@ impl<B: Backend> LoraLinear<B> {
             bias: linear.bias,
             adapters: crate::AdapterList::empty(),
             merged_weight: crate::MergedWeight::none(),
+            dora_norms: Default::default(),
             enabled: true,
         }
     }
@@ -127,8 +134,34 @@ impl<B: Backend> LoraLinear<B> {
         }
         let base = self.forward_base(input.clone());
         active.fold(base, |output, adapter| {
-            output + adapter.forward(input.clone())
+            let base = adapter.is_dora().then(|| output.clone());
+            output + self.adapter_update(adapter, input.clone(), base)
         })
+    }
+
+    /// One adapter's update to the output: `s · ((dropout(x) A) B)`, or for a DoRA adapter
+    /// `(k - 1) ⊙ x W + k ⊙ s · x A B` with `k = m / ‖W + s·A B‖` (see
+    /// [`LoraConfig::use_dora`](crate::LoraConfig::use_dora)). `base` is the base output of the
+    /// same rows, `x W + b`, which DoRA reuses (less the bias) unless dropout changes its input.
+    fn adapter_update<const D: usize>(
+        &self,
+        adapter: &LoraAdapter<B>,
+        input: Tensor<B, D>,
+        base: Option<Tensor<B, D>>,
+    ) -> Tensor<B, D> {
+        let Some(scale) = self.dora_scale(adapter) else {
+            return adapter.forward(input);
+        };
+        let input = adapter.dropout_input(input);
+        let lora = adapter.forward_factors(input.clone());
+        let base = match (base, self.bias()) {
+            (Some(base), bias) if !adapter.dropout_is_active() => match bias {
+                Some(bias) => base - bias.unsqueeze(),
+                None => base,
+            },
+            _ => linear(input, self.weight.val(), None),
+        };
+        dora::update(base, lora, scale.unsqueeze())
     }
 
     /// [`forward`](Self::forward) after checking the input's last dimension is `d_input`:
@@ -180,7 +213,7 @@ impl<B: Backend> LoraLinear<B> {
             input,
             |x| self.forward_base(x),
             |x, rows| x.select(0, rows),
-            |adapter, x| adapter.forward(x),
+            |adapter, x, base| self.adapter_update(adapter, x, base),
         )
     }
 
@@ -231,6 +264,7 @@ impl<B: Backend> LoraLinear<B> {
     /// Replaces the base values (same shapes, checked by the caller), keeping each parameter's
     /// id, gradient setting and load/save mappers.
     pub(crate) fn replace_base(&mut self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) {
+        self.dora_norms.clear();
         self.weight = replace_value(self.weight.clone(), weight);
         if let (Some(param), Some(bias)) = (self.bias.take(), bias) {
             self.bias = Some(replace_value(param, bias));
@@ -269,6 +303,10 @@ impl<B: Backend> LoraLayer<B> for LoraLinear<B> {
 
     fn base_bias_len(&self) -> Option<usize> {
         self.bias.as_ref().map(|_| self.d_output())
+    }
+
+    fn base_matrix(&self) -> Tensor<B, 2> {
+        self.weight.val().detach()
     }
 
     fn peft_factor_keys(&self) -> [&'static str; 2] {

@@ -7,7 +7,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::error::Result;
-use crate::layers::adapter::ensure_finite;
 use crate::layers::layer::LoraLayer;
 use crate::layers::linear::LoraLinear;
 
@@ -26,15 +25,10 @@ impl<B: Backend> LoraLinear<B> {
             .map_or_else(|| self.weight().detach(), |(weight, _)| weight))
     }
 
-    /// `W + Σ_active s · A B` with the adapters' names, `None` when no adapter is active or the
-    /// layer is disabled.
+    /// `W + Σ_active s · A B` (DoRA: `k ⊙ (W + s·A B)`) with the adapters' names, `None` when
+    /// no adapter is active or the layer is disabled.
     pub(crate) fn merged_base(&self) -> Result<Option<(Tensor<B, 2>, Vec<String>)>> {
-        let Some((delta, names)) = self.active_delta()? else {
-            return Ok(None);
-        };
-        let merged = self.weight().detach() + delta;
-        ensure_finite(&merged, || "merged weight W + s·AB".to_string())?;
-        Ok(Some((merged, names)))
+        self.merged_matrix()
     }
 
     /// Merge-and-unload: a new plain [`Linear`] computing what this layer's `forward` computes

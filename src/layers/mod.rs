@@ -4,6 +4,7 @@
 pub(crate) mod adapter;
 pub(crate) mod adapter_batch;
 pub(crate) mod conv2d;
+pub(crate) mod dora;
 pub(crate) mod embedding;
 pub(crate) mod layer;
 pub(crate) mod linear;

@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};
-use crate::layers::adapter::checked_name;
+use crate::layers::adapter::{checked_name, LoraAdapter};
 use crate::layers::adapter_batch::AdapterBatch;
 use crate::layers::layer::LoraLayer;
 use crate::model::paths::{checked_layers_mut, lora_layer_paths, module_paths};
@@ -449,13 +449,13 @@ pub(crate) fn check_unmerged<B: Backend>(layers: Vec<&dyn LoraLayer<B>>) -> Resu
     }
 }
 
-/// Ids of every adapter factor of the model.
+/// Ids of every adapter parameter of the model (factors and DoRA magnitudes).
 fn adapter_param_ids<B: Backend, M: LoraModel<B>>(model: &M) -> HashSet<ParamId> {
     model
         .lora_layers()
         .iter()
         .flat_map(|layer| layer.adapters())
-        .flat_map(|a| [a.lora_a_param().id, a.lora_b_param().id])
+        .flat_map(LoraAdapter::param_ids)
         .collect()
 }
 

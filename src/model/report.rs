@@ -18,6 +18,8 @@ pub struct AdapterShapes {
     pub lora_a: [usize; 2],
     /// Shape of `B`, `[rank, d_output]`.
     pub lora_b: [usize; 2],
+    /// Length of DoRA's magnitude `m` (`d_output`); `None` for a plain LoRA adapter.
+    pub magnitude: Option<usize>,
 }
 
 /// The parameters of one layer.
@@ -39,12 +41,14 @@ impl LayerReport {
         self.weight.iter().product::<usize>() + self.bias.unwrap_or(0)
     }
 
-    /// Adapter values: `A` plus `B` of every adapter.
+    /// Adapter values: `A` plus `B` (plus DoRA's magnitude) of every adapter.
     pub fn lora_params(&self) -> usize {
         self.adapters
             .iter()
             // Fixed-size `[usize; 2]` shapes: the indices are checked at compile time.
-            .map(|a| a.lora_a[0] * a.lora_a[1] + a.lora_b[0] * a.lora_b[1])
+            .map(|a| {
+                a.lora_a[0] * a.lora_a[1] + a.lora_b[0] * a.lora_b[1] + a.magnitude.unwrap_or(0)
+            })
             .sum()
     }
 }
@@ -125,6 +129,9 @@ impl fmt::Display for ParameterReport {
                     " + {prefix}lora_A: {:?} + {prefix}lora_B: {:?}",
                     adapter.lora_a, adapter.lora_b
                 )?;
+                if let Some(magnitude) = adapter.magnitude {
+                    write!(f, " + {prefix}magnitude: [{magnitude}]")?;
+                }
             }
             writeln!(f)?;
         }
@@ -182,6 +189,7 @@ pub(crate) fn parameter_report<B: Backend, M: LoraModel<B>>(model: &M) -> Result
                         name: adapter.name().to_string(),
                         lora_a,
                         lora_b,
+                        magnitude: adapter.is_dora().then_some(lora_b[1]),
                     }
                 })
                 .collect(),

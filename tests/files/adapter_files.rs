@@ -445,12 +445,25 @@ fn bad_cases() -> Vec<BadCase> {
         bad(
             "extra_non_lora_tensor_is_unexpected_key_naming_the_weights_file",
             |f| {
+                let extra = format!("{PEFT_PREFIX}layers.0.weight");
+                edit_tensors(f.dir(), |t| t.push(Raw::f32(&extra, vec![32], &[1.0; 32])))
+            },
+            |err| {
+                let extra = format!("{PEFT_PREFIX}layers.0.weight");
+                matches!(err, LoraError::UnexpectedKey { key, .. } if *key == extra)
+                    && names_weights_file(err)
+            },
+        ),
+        bad(
+            "dora_magnitude_in_a_plain_lora_file_is_unexpected_key_naming_use_dora",
+            |f| {
                 let extra = format!("{PEFT_PREFIX}layers.0.lora_magnitude_vector");
                 edit_tensors(f.dir(), |t| t.push(Raw::f32(&extra, vec![32], &[1.0; 32])))
             },
             |err| {
                 let extra = format!("{PEFT_PREFIX}layers.0.lora_magnitude_vector");
-                matches!(err, LoraError::UnexpectedKey { key, .. } if *key == extra)
+                matches!(err, LoraError::UnexpectedKey { key, reason, .. }
+                    if *key == extra && reason.contains("use_dora"))
                     && names_weights_file(err)
             },
         ),
@@ -559,15 +572,15 @@ fn bad_cases() -> Vec<BadCase> {
             },
         ),
         bad(
-            "dora_config_is_unsupported_naming_use_dora_and_the_config_file",
+            "dora_config_without_magnitudes_is_missing_key_naming_the_magnitude",
             |f| {
                 edit_config(f.dir(), |c| {
                     c.insert("use_dora".into(), json!(true));
                 })
             },
             |err| {
-                matches!(err, LoraError::Unsupported(what)
-                    if what.contains("use_dora") && what.contains(ADAPTER_CONFIG_FILE))
+                matches!(err, LoraError::MissingKey { key, .. }
+                    if key.ends_with("lora_magnitude_vector"))
             },
         ),
         bad(

@@ -1,7 +1,8 @@
 //! Cross-implementation check of LoRA on convolutions against files written by Hugging Face PEFT
-//! (`tests/fixtures/peft/cnn_conv`, see its README): a small CNN's PyTorch state dict, the rank-4
-//! (alpha 8) adapter PEFT saved for `conv1`, `conv2` and `head`, and the outputs PyTorch computed
-//! with the adapter disabled, enabled and merged. Loading both into the same CNN built from
+//! (`tests/fixtures/peft/cnn_conv` and `cnn_conv_dora`, see their README): a small CNN's PyTorch
+//! state dict, the rank-4 (alpha 8) adapter PEFT saved for `conv1`, `conv2` and `head` (plain
+//! LoRA, and DoRA with its magnitudes), and the outputs PyTorch computed with the adapter
+//! disabled, enabled and merged. Loading both into the same CNN built from
 //! `LoraConv2d` / `LoraLinear` must reproduce those outputs, and saving the loaded adapter again
 //! must give back PEFT's file.
 
@@ -94,13 +95,16 @@ impl<B: Backend> Cnn<B> {
     }
 }
 
-fn fixture_dir() -> PathBuf {
-    crate::common::existing_peft_fixture("cnn_conv")
+/// The fixtures: plain LoRA and DoRA on the same CNN.
+const FIXTURES: [&str; 2] = ["cnn_conv", "cnn_conv_dora"];
+
+fn fixture_dir(fixture: &str) -> PathBuf {
+    crate::common::existing_peft_fixture(fixture)
 }
 
 /// The CNN with PyTorch's base weights and PEFT's adapter loaded under [`NAME`].
-fn loaded_model() -> Cnn<Inf> {
-    let dir = fixture_dir();
+fn loaded_model(fixture: &str) -> Cnn<Inf> {
+    let dir = fixture_dir(fixture);
     let mut model = Cnn::init(&Default::default());
     load_pytorch_base(
         &mut model,
@@ -113,9 +117,9 @@ fn loaded_model() -> Cnn<Inf> {
     model
 }
 
-/// `x`, `y_base`, `y_lora` or `y_merged` from `io.safetensors`.
-fn io<const D: usize>(key: &str) -> Tensor<Inf, D> {
-    read_tensor(&fixture_dir().join("io.safetensors"), key)
+/// `x`, `y_base`, `y_lora` or `y_merged` from the fixture's `io.safetensors`.
+fn io<const D: usize>(fixture: &str, key: &str) -> Tensor<Inf, D> {
+    read_tensor(&fixture_dir(fixture).join("io.safetensors"), key)
 }
 
 fn assert_close(what: &str, ours: Tensor<Inf, 2>, torch: Tensor<Inf, 2>) -> f32 {
@@ -131,61 +135,71 @@ fn assert_close(what: &str, ours: Tensor<Inf, 2>, torch: Tensor<Inf, 2>) -> f32 
 
 #[test]
 fn peft_conv_adapter_loads_with_rank_4_and_scale_2_on_every_layer() {
-    let model = loaded_model();
-    assert_eq!(model.adapter_names(), vec![NAME]);
-    let expected = [
-        (LayerKind::Conv2d, [9, 8]),
-        (LayerKind::Conv2d, [72, 16]),
-        (LayerKind::Linear, [784, 10]),
-    ];
-    for (layer, (kind, dims)) in model.lora_layers().into_iter().zip(expected) {
-        assert_eq!(layer.kind(), kind);
-        assert_eq!(layer.adapter_dims(), dims);
-        let adapter = layer.adapter(NAME).expect("adapter");
-        assert_eq!((adapter.rank(), adapter.scale()), (4, 2.0));
-        assert_eq!(adapter.shapes(), ([dims[0], 4], [4, dims[1]]));
+    for fixture in FIXTURES {
+        let model = loaded_model(fixture);
+        assert_eq!(model.adapter_names(), vec![NAME]);
+        let expected = [
+            (LayerKind::Conv2d, [9, 8]),
+            (LayerKind::Conv2d, [72, 16]),
+            (LayerKind::Linear, [784, 10]),
+        ];
+        for (layer, (kind, dims)) in model.lora_layers().into_iter().zip(expected) {
+            assert_eq!(layer.kind(), kind);
+            assert_eq!(layer.adapter_dims(), dims);
+            let adapter = layer.adapter(NAME).expect("adapter");
+            assert_eq!((adapter.rank(), adapter.scale()), (4, 2.0));
+            assert_eq!(adapter.shapes(), ([dims[0], 4], [4, dims[1]]));
+            assert_eq!(adapter.is_dora(), fixture.ends_with("dora"), "{fixture}");
+        }
     }
 }
 
 #[test]
 fn disabled_enabled_and_merged_outputs_match_pytorch_within_1e_5() {
+    for fixture in FIXTURES {
+        outputs_match_pytorch(fixture);
+    }
+}
+
+fn outputs_match_pytorch(fixture: &str) {
     // Inference folds each conv adapter into its kernel for inputs this size (see
     // `training_backend_runs_the_adapter_convolutions_and_matches_pytorch` for the unfused path).
-    let x: Tensor<Inf, 4> = io("x");
-    let mut model = loaded_model();
+    let x: Tensor<Inf, 4> = io(fixture, "x");
+    let mut model = loaded_model(fixture);
+    let what = |what: &str| format!("{fixture}: {what}");
 
     model.set_enabled(false);
     let base = assert_close(
-        "adapter disabled vs y_base",
+        &what("adapter disabled vs y_base"),
         model.forward(x.clone()),
-        io("y_base"),
+        io(fixture, "y_base"),
     );
     model.set_enabled(true);
     let lora = assert_close(
-        "adapter enabled vs y_lora",
+        &what("adapter enabled vs y_lora"),
         model.forward(x.clone()),
-        io("y_lora"),
+        io(fixture, "y_lora"),
     );
     // The adapter must actually matter, or the comparison above proves nothing.
-    assert!(max_abs_diff(io::<2>("y_lora"), io("y_base")) > 0.1);
+    assert!(max_abs_diff(io::<2>(fixture, "y_lora"), io(fixture, "y_base")) > 0.1);
 
     let unloaded = model.merge_and_unload().unwrap();
     assert!(unloaded.adapter_names().is_empty());
     let merged = assert_close(
-        "merge_and_unload vs y_merged",
+        &what("merge_and_unload vs y_merged"),
         unloaded.forward(x.clone()),
-        io("y_merged"),
+        io(fixture, "y_merged"),
     );
     model.merge().unwrap();
     let in_place = assert_close(
-        "in-place merge vs y_merged",
+        &what("in-place merge vs y_merged"),
         model.forward(x.clone()),
-        io("y_merged"),
+        io(fixture, "y_merged"),
     );
 
     println!(
-        "max diffs against PyTorch: base {base:e}, lora {lora:e}, merge_and_unload {merged:e}, \
-         merge {in_place:e} (tolerance {TOLERANCE:e}; PyTorch's own merged-vs-lora 2.4e-7)"
+        "{fixture}: max diffs against PyTorch: base {base:e}, lora {lora:e}, merge_and_unload \
+         {merged:e}, merge {in_place:e} (tolerance {TOLERANCE:e})"
     );
 }
 
@@ -194,35 +208,40 @@ fn training_backend_runs_the_adapter_convolutions_and_matches_pytorch() {
     // On an autodiff backend the adapters run as PEFT runs them (two convolutions each), not
     // folded into the kernel: the same outputs within the same tolerance.
     type Train = crate::common::AB;
-    let dir = fixture_dir();
-    let mut model = Cnn::<Train>::init(&Default::default());
-    load_pytorch_base(
-        &mut model,
-        &dir.join("base_model.safetensors"),
-        &PathMap::identity(),
-    )
-    .unwrap();
-    load_adapter(&mut model, NAME, &dir.join("adapter"), &PathMap::identity()).unwrap();
-    let x = Tensor::<Train, 4>::from_inner(io("x"));
-    assert_close(
-        "autodiff, enabled vs y_lora",
-        model.forward(x).inner(),
-        io("y_lora"),
-    );
+    for fixture in FIXTURES {
+        let dir = fixture_dir(fixture);
+        let mut model = Cnn::<Train>::init(&Default::default());
+        load_pytorch_base(
+            &mut model,
+            &dir.join("base_model.safetensors"),
+            &PathMap::identity(),
+        )
+        .unwrap();
+        load_adapter(&mut model, NAME, &dir.join("adapter"), &PathMap::identity()).unwrap();
+        let x = Tensor::<Train, 4>::from_inner(io(fixture, "x"));
+        assert_close(
+            &format!("{fixture}: autodiff, enabled vs y_lora"),
+            model.forward(x).inner(),
+            io(fixture, "y_lora"),
+        );
+    }
 }
 
 #[test]
 fn saving_the_loaded_peft_adapter_reproduces_peft_files_bit_for_bit() {
-    let dir = fixture_dir().join("adapter");
-    let model = loaded_model();
-    let out = tempfile::tempdir().unwrap();
-    save_adapter(&model, NAME, out.path(), &PathMap::identity()).unwrap();
+    for fixture in FIXTURES {
+        let dir = fixture_dir(fixture).join("adapter");
+        let model = loaded_model(fixture);
+        let out = tempfile::tempdir().unwrap();
+        save_adapter(&model, NAME, out.path(), &PathMap::identity()).unwrap();
 
-    assert_same_adapter_tensors(&dir, out.path());
+        assert_same_adapter_tensors(&dir, out.path());
 
-    let theirs: Value = read_config(&dir);
-    let ours: Value = read_config(out.path());
-    assert_eq!(ours["r"].as_u64(), Some(4));
-    assert_eq!(ours["lora_alpha"].as_f64(), theirs["lora_alpha"].as_f64());
-    assert_eq!(target_modules(&ours), target_modules(&theirs));
+        let theirs: Value = read_config(&dir);
+        let ours: Value = read_config(out.path());
+        assert_eq!(ours["r"].as_u64(), Some(4));
+        assert_eq!(ours["lora_alpha"].as_f64(), theirs["lora_alpha"].as_f64());
+        assert_eq!(ours["use_dora"].as_bool(), theirs["use_dora"].as_bool());
+        assert_eq!(target_modules(&ours), target_modules(&theirs));
+    }
 }

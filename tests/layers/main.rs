@@ -10,6 +10,7 @@ mod common;
 mod combine;
 mod config_validation;
 mod conv2d_layer;
+mod dora;
 mod embedding_layer;
 mod linear_forward;
 mod mixed_batch;

@@ -28,7 +28,7 @@ fn adapter_ids(model: &LoraMlp<AB>) -> Vec<ParamId> {
         .layers()
         .iter()
         .flat_map(|l| l.adapters())
-        .flat_map(|a| [a.lora_a_param().id, a.lora_b_param().id])
+        .flat_map(|a| a.param_ids())
         .collect()
 }
 

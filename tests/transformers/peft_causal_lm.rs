@@ -5,13 +5,15 @@
 //! with the adapters off, each on, merged, and a mixed batch; greedy generations of a
 //! left-padded prompt batch for the base, one adapter, and a mixed batch. burn-lora must
 //! reproduce every logit within [`TOLERANCE`] and every generated token exactly, through the
-//! public API.
+//! public API. `llama_tiny_dora` is the same with a DoRA `task_a` (PEFT's `use_dora`); PEFT
+//! mixes no DoRA adapter in a batch, so there a mixed batch is checked row by row against the
+//! single-adapter outputs.
 
 use crate::common::safetensors_io::{assert_same_adapter_tensors, raw, read_raw, Raw};
 use crate::common::{assert_bit_identical, existing_peft_fixture, B};
 use burn::tensor::{Int, Tensor};
 use burn_lora::nn::llama::{CausalLm, CausalLmInput, GenerationConfig};
-use burn_lora::{load_adapter, save_adapter, LoraModel, PathMap};
+use burn_lora::{load_adapter, save_adapter, LoraError, LoraModel, PathMap};
 
 /// Largest absolute difference allowed between a logit of burn-lora and PyTorch's.
 ///
@@ -70,9 +72,28 @@ impl Fixture {
             .position_ids(self.ints("position_ids"))
     }
 
+    fn has(&self, key: &str) -> bool {
+        self.tensors.iter().any(|t| t.key == key)
+    }
+
+    /// Row `i` of PyTorch's logits `keys[i]`: what a mixed batch running adapter `i` on row `i`
+    /// must give.
+    fn logits_by_row(&self, keys: &[&str]) -> Tensor<B, 3> {
+        let rows = keys
+            .iter()
+            .enumerate()
+            .map(|(row, key)| self.logits(key).narrow(0, row, 1))
+            .collect();
+        Tensor::cat(rows, 0)
+    }
+
     /// Asserts `ours` matches `key` at every position whose mask is 1.
     fn assert_logits(&self, what: &str, ours: Tensor<B, 3>, key: &str) {
-        let torch = self.logits(key);
+        self.assert_close(what, ours, self.logits(key));
+    }
+
+    /// Asserts `ours` matches PyTorch's `torch` at every position whose mask is 1.
+    fn assert_close(&self, what: &str, ours: Tensor<B, 3>, torch: Tensor<B, 3>) {
         assert_eq!(ours.dims(), torch.dims(), "{what}: shapes differ");
         let vocab = torch.dims()[2];
         let mask = self.rows("attention_mask").concat();
@@ -148,7 +169,12 @@ fn reproduces_logits(name: &str) {
     let mixed = lm
         .forward(fixture.input().adapters(batch))
         .expect("the mixed batch runs");
-    fixture.assert_logits(&format!("{name} mixed batch"), mixed, "logits_mixed");
+    let by_row = fixture.logits_by_row(&["logits_a", "logits_b", "logits_base"]);
+    fixture.assert_close(&format!("{name} mixed batch"), mixed.clone(), by_row);
+    // PEFT computes no mixed batch with a DoRA adapter: its fixture has none.
+    if fixture.has("logits_mixed") {
+        fixture.assert_logits(&format!("{name} PEFT's mixed batch"), mixed, "logits_mixed");
+    }
 
     lm.set_active_adapter("task_a").unwrap();
     lm.merge().unwrap();
@@ -192,11 +218,20 @@ fn reproduces_generations(name: &str) {
     assert_eq!(streamed, adapted.tokens, "the callback saw every token");
     assert_ne!(adapted.tokens, base.tokens);
 
-    let batch = lm.adapter_batch(&["task_b", "task_a"]).unwrap();
+    // Row 0 with task_a, row 1 with the base: each row generates what it does alone.
+    let batch = lm.adapter_batch(&["task_a", "__base__"]).unwrap();
     let mixed = lm
         .generate(&prompts, Some(&batch), &greedy(), |_| {})
         .unwrap();
-    assert_eq!(mixed.tokens, fixture.generated("gen_mixed"), "{name} mixed");
+    let by_row = vec![adapted.tokens[0].clone(), base.tokens[1].clone()];
+    assert_eq!(mixed.tokens, by_row, "{name} task_a beside the base");
+    if fixture.has("gen_mixed") {
+        let batch = lm.adapter_batch(&["task_b", "task_a"]).unwrap();
+        let mixed = lm
+            .generate(&prompts, Some(&batch), &greedy(), |_| {})
+            .unwrap();
+        assert_eq!(mixed.tokens, fixture.generated("gen_mixed"), "{name} mixed");
+    }
 }
 
 /// Saving the loaded adapters gives back PEFT's keys, shapes and values.
@@ -239,6 +274,57 @@ fn llama_adapters_save_as_peft_wrote_them() {
 #[test]
 fn qwen2_adapters_save_as_peft_wrote_them() {
     saves_peft_files("qwen2_tiny");
+}
+
+#[test]
+fn llama_dora_reproduces_pytorch_logits() {
+    reproduces_logits("llama_tiny_dora");
+}
+
+#[test]
+fn llama_dora_reproduces_greedy_generations() {
+    reproduces_generations("llama_tiny_dora");
+}
+
+#[test]
+fn llama_dora_adapter_saves_as_peft_wrote_it() {
+    saves_peft_files("llama_tiny_dora");
+}
+
+/// The DoRA fixture's `task_a` is DoRA in every adapted layer, `task_b` plain; a DoRA adapter
+/// runs alone, and refuses to be combined (PEFT does neither).
+#[test]
+fn llama_dora_adapter_is_dora_and_runs_alone() {
+    let mut lm = Fixture::new("llama_tiny_dora").model();
+    let mut dora_layers = 0;
+    for layer in lm.lora_layers() {
+        if let Some(adapter) = layer.adapter("task_a") {
+            assert!(adapter.is_dora() && adapter.config().use_dora);
+            dora_layers += 1;
+        }
+        if let Some(adapter) = layer.adapter("task_b") {
+            assert!(!adapter.is_dora());
+        }
+    }
+    assert_eq!(
+        dora_layers,
+        2 * 7,
+        "seven projections in each of two layers"
+    );
+    let q_proj = lm
+        .lora_layers_mut()
+        .into_iter()
+        .find(|l| l.adapter("task_b").is_some())
+        .unwrap();
+    let err = q_proj
+        .set_active_adapters(&["task_a", "task_b"])
+        .unwrap_err();
+    assert!(matches!(err, LoraError::Unsupported(_)), "{err:?}");
+    let err = lm
+        .combine_adapters("both", &[("task_a", 1.0), ("task_b", 1.0)])
+        .unwrap_err();
+    assert!(matches!(err, LoraError::Unsupported(_)), "{err:?}");
+    assert!(!lm.adapter_names().contains(&"both".to_string()));
 }
 
 #[test]
