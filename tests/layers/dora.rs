@@ -465,3 +465,20 @@ fn peft_dora_embedding_reproduces_pytorch_and_saves_peft_file() {
     model.merge().unwrap();
     check("merged", forward(&model), "y_merged");
 }
+
+/// Every layer kind displays (as the Learner's model summary does) with and without a DoRA
+/// adapter: the norm cache each layer holds is a leaf with content (once, displaying any LoRA
+/// layer panicked).
+#[test]
+fn layers_with_and_without_dora_display() {
+    let (mut linear, mut conv, mut embedding) = (linear::<B>(), conv::<B>(), embedding::<B>());
+    for shown in [linear.to_string(), conv.to_string(), embedding.to_string()] {
+        assert!(shown.contains("DoraNorms"), "{shown}");
+    }
+    linear.add_adapter("d", &dora()).unwrap();
+    conv.add_adapter("d", &dora()).unwrap();
+    embedding.add_adapter("d", &dora()).unwrap();
+    for shown in [linear.to_string(), conv.to_string(), embedding.to_string()] {
+        assert!(shown.contains("DoraNorms"), "{shown}");
+    }
+}
