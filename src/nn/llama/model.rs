@@ -325,6 +325,7 @@ impl<B: Backend> CausalLm<B> {
 fn last_real_positions(mask: &[i64], [batch, seq]: [usize; 2]) -> Result<Vec<usize>> {
     (0..batch)
         .map(|row| {
+            // In bounds: `mask` holds `batch · seq` values (`host_mask` checked its shape).
             mask[row * seq..(row + 1) * seq]
                 .iter()
                 .rposition(|&m| m == 1)
@@ -344,6 +345,7 @@ fn last_real_positions(mask: &[i64], [batch, seq]: [usize; 2]) -> Result<Vec<usi
 /// - hidden: `[batch, seq, width]`
 /// - output: `[batch, 1, width]`
 fn select_positions<B: Backend>(hidden: Tensor<B, 3>, last: &[usize]) -> Tensor<B, 3> {
+    // `seq ≥ 1`: `run` refuses an empty batch before anything runs.
     let [batch, seq, width] = hidden.dims();
     if last.iter().all(|&position| position == seq - 1) {
         // Every row ends with a token (no padding, or left padding): one slice, no gather.
