@@ -7,5 +7,6 @@ pub(crate) mod checkpoint;
 pub(crate) mod path_map;
 pub(crate) mod peft_config;
 pub(crate) mod pytorch_checkpoint;
+pub(crate) mod safetensors_reader;
 pub(crate) mod tensor_file;
 pub(crate) mod torch_param;

@@ -5,14 +5,14 @@ use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use regex::Regex;
+use safetensors::Dtype;
 
 use crate::error::{LoraError, Result};
 use crate::io::path_map::{compile, PathMap};
-use crate::io::tensor_file::{float_tensor, parse_safetensors, read_bytes};
+use crate::io::safetensors_reader::{float_dtype, SafetensorsReader};
 use crate::io::torch_param::{torch_param, Layout, TorchParam};
-use crate::layers::linear::replace_value;
 
 /// How strict [`load_pytorch_checkpoint`] is about keys, and the layout of 2-D weights it
 /// cannot know. The default is strict: every parameter must find its key, every key must be
@@ -184,13 +184,20 @@ pub struct LoadReport {
 /// known name and the same parameters (a square `weight` in a struct named `Linear`) cannot be
 /// told apart: state its layout the same way.
 ///
-/// Keys are read lazily: only the used ones are converted (F32, F16, BF16 or F64, to f32), so
-/// an unused int buffer such as `embeddings.position_ids` is only a key to account for (see
+/// The file is read in place, one tensor at a time: its header is checked when it opens, then
+/// each used tensor is read from the file in bounded chunks and converted straight into the
+/// backend's float type (a BF16 checkpoint stays BF16 on a BF16 backend, and becomes f32 on an
+/// f32 one without a second copy), then it becomes its parameter. A parameter not yet
+/// initialised (Burn's layers initialise lazily) is built from the file's values and never
+/// initialised at random first, so loading holds the model and one chunk of the file, not the
+/// file and a converted copy beside the model. Unused keys are never read, so an int buffer
+/// such as `embeddings.position_ids` is only a key to account for (see
 /// [`LoadOptions::with_unused_pattern`]).
 ///
-/// Every check is made before anything changes, and on any error the model is exactly as it
-/// was. Loaded parameters keep their id, gradient setting and load/save mappers (the values are
-/// the parameters' own, in-memory ones: load mappers do not run).
+/// Every key, shape and dtype check is made before any tensor is read; a value found non-finite
+/// while reading stops the load. On any error the model is exactly as it was. Loaded parameters
+/// keep their id, gradient setting and load/save mappers; a load mapper runs on the file's
+/// values, as in Burn's own loading ([`Param::transform_for_load`]).
 ///
 /// ```
 /// use burn::backend::Flex as Inference;
@@ -310,21 +317,16 @@ pub fn load_pytorch_shards<B: Backend, M: Module<B>>(
         }
     }
 
-    let bytes = files
-        .iter()
-        .map(|file| read_bytes(file))
-        .collect::<Result<Vec<_>>>()?;
     let shards = files
         .iter()
-        .zip(&bytes)
-        .map(|(file, bytes)| parse_safetensors(file, bytes))
+        .map(|file| SafetensorsReader::open(file))
         .collect::<Result<Vec<_>>>()?;
     // Which shard holds each key. Every index below enumerates `shards`, which has one entry per
     // file of `files`.
     let mut shard_of: HashMap<String, usize> = HashMap::new();
     for (index, shard) in shards.iter().enumerate() {
-        for key in shard.names() {
-            if let Some(other) = shard_of.insert(key.to_string(), index) {
+        for key in shard.keys() {
+            if let Some(other) = shard_of.insert(key.clone(), index) {
                 return Err(LoraError::InvalidFile {
                     path: files[index].display().to_string(),
                     format: "safetensors".into(),
@@ -342,13 +344,14 @@ pub fn load_pytorch_shards<B: Backend, M: Module<B>>(
     let mut used: HashSet<String> = HashSet::new();
     let mut missing: HashSet<String> = HashSet::new();
     let mut pytorch_only_keys: HashSet<String> = HashSet::new();
-    let mut values: HashMap<String, TensorData> = HashMap::new();
+    // What each parameter reads, by Burn path: the shard, the key, whether to transpose.
+    let mut plan: HashMap<String, (usize, String, bool)> = HashMap::new();
     for (param, key, layout, pytorch_only) in targets {
         pytorch_only_keys.extend(pytorch_only);
         let found = shard_of
             .get(&key)
-            .and_then(|&index| Some((files[index], shards[index].tensor(&key).ok()?)));
-        let Some((file, view)) = found else {
+            .and_then(|&index| Some((index, shards[index].info(&key)?)));
+        let Some((index, info)) = found else {
             if !options.allows_missing(&key) {
                 return Err(LoraError::MissingKey { path: name, key });
             }
@@ -357,25 +360,30 @@ pub fn load_pytorch_shards<B: Backend, M: Module<B>>(
             }
             continue;
         };
+        let file = files[index];
         let transpose = options.transposes(file, &key, param.shape.len(), layout)?;
         let mut expected = param.shape;
         if transpose {
             expected.reverse();
         }
-        if view.shape() != expected.as_slice() {
+        if info.shape != expected {
             return Err(LoraError::ShapeMismatch {
                 what: format!("{}: tensor \"{key}\"", file.display()),
                 expected,
-                found: view.shape().to_vec(),
+                found: info.shape.clone(),
             });
         }
-        let tensor = float_tensor(file, &key, &view)?;
-        let tensor = if transpose {
-            tensor.transposed()
-        } else {
-            tensor
-        };
-        values.insert(param.path, tensor.into_data());
+        if !matches!(
+            info.dtype,
+            Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16
+        ) {
+            return Err(LoraError::UnsupportedDtype {
+                path: file.display().to_string(),
+                key,
+                dtype: format!("{:?}", info.dtype),
+            });
+        }
+        plan.insert(param.path, (index, key.clone(), transpose));
         if used.insert(key.clone()) {
             report.loaded.push(key);
         }
@@ -399,11 +407,20 @@ pub fn load_pytorch_shards<B: Backend, M: Module<B>>(
     }
     report.unused = unused;
 
+    // Each tensor is read and converted as its parameter is built, one at a time, into a copy
+    // of the model (a cheap clone: values are shared, lazy parameters stay lazy). The model is
+    // replaced only when every tensor has loaded.
     let mut setter = ValueSetter {
         stack: Vec::new(),
-        values,
+        shards: &shards,
+        plan,
+        error: None,
     };
-    *model = model.clone().map(&mut setter);
+    let loaded = model.clone().map(&mut setter);
+    if let Some(error) = setter.error {
+        return Err(error);
+    }
+    *model = loaded;
     Ok(report)
 }
 
@@ -443,13 +460,17 @@ impl<B: Backend> ModuleVisitor<B> for ParamLister {
     }
 }
 
-/// Puts checked values into the float parameters at their Burn paths.
-struct ValueSetter {
+/// Builds the planned float parameters from their tensors, read at their Burn paths. A
+/// parameter is made straight from the file's values: a lazy one is never initialised first.
+/// After the first error, nothing more is read and the error is kept.
+struct ValueSetter<'a> {
     stack: Vec<(String, String)>,
-    values: HashMap<String, TensorData>,
+    shards: &'a [SafetensorsReader],
+    plan: HashMap<String, (usize, String, bool)>,
+    error: Option<LoraError>,
 }
 
-impl<B: Backend> ModuleMapper<B> for ValueSetter {
+impl<B: Backend> ModuleMapper<B> for ValueSetter<'_> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.stack
             .push((name.to_string(), container_type.to_string()));
@@ -460,12 +481,23 @@ impl<B: Backend> ModuleMapper<B> for ValueSetter {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        match self.values.remove(&dotted(&self.stack)) {
-            Some(data) => {
-                let value = Tensor::from_data(data, &param.lazy_device());
-                replace_value(param, value)
+        if self.error.is_some() {
+            return param;
+        }
+        let Some((shard, key, transpose)) = self.plan.remove(&dotted(&self.stack)) else {
+            return param;
+        };
+        let device = param.lazy_device();
+        // Every planned shard index enumerates `shards`.
+        match self.shards[shard].read_float(&key, transpose, float_dtype::<B>(&device)) {
+            Ok(data) => {
+                let id = param.id;
+                param.transform_for_load(Tensor::from_data(data, &device), id)
             }
-            None => param,
+            Err(error) => {
+                self.error = Some(error);
+                param
+            }
         }
     }
 }

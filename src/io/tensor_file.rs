@@ -1,5 +1,6 @@
-//! Safetensors plumbing shared by adapter and weight files: reading float tensors of any common
-//! dtype as f32, writing f32 tensors, and writing files atomically.
+//! Safetensors plumbing for small files read whole (adapters): reading float tensors of any
+//! common dtype as f32, and writing f32 tensors. Base checkpoints, which can be large, are read
+//! in place by [`safetensors_reader`](super::safetensors_reader).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -961,3 +961,105 @@ fn contradictory_or_impossible_layout_statements_are_errors() {
         Err(LoraError::InvalidPattern { .. })
     ));
 }
+
+/// A `Linear` whose parameters are lazy and whose initialisation panics: a load that builds
+/// them from the file never runs it (a load that initialised first would throw the values away).
+fn lazy_linear_that_must_not_initialise<Bk: Backend>(weight_grad: bool) -> Linear<Bk> {
+    let device: Bk::Device = Default::default();
+    let weight = Param::uninitialized(
+        burn::module::ParamId::new(),
+        |_: &Bk::Device, _| -> Tensor<Bk, 2> { panic!("the weight was initialised at random") },
+        device.clone(),
+        weight_grad,
+        [DIM, OUT].into(),
+    );
+    let bias = Param::uninitialized(
+        burn::module::ParamId::new(),
+        |_: &Bk::Device, _| -> Tensor<Bk, 1> { panic!("the bias was initialised at random") },
+        device,
+        true,
+        [OUT].into(),
+    );
+    Linear {
+        weight,
+        bias: Some(bias),
+    }
+}
+
+#[derive(Module, Debug)]
+struct LazyNet<B: Backend> {
+    linear: Linear<B>,
+}
+
+#[test]
+fn lazy_parameters_are_built_from_the_file_with_their_id_gradient_setting_and_load_mapper() {
+    let weight: Vec<f32> = (0..OUT * DIM).map(|i| i as f32 * 0.5 - 2.0).collect();
+    let bias = [0.25, -1.5, 3.0];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    write_raw(
+        &path,
+        &[
+            Raw::f32("linear.weight", vec![OUT, DIM], &weight),
+            Raw::f32("linear.bias", vec![OUT], &bias),
+        ],
+    );
+    // PyTorch's [out, in] weight, as Burn's [in, out].
+    let expected: Vec<f32> = (0..DIM * OUT)
+        .map(|i| weight[(i % OUT) * DIM + i / OUT])
+        .collect();
+
+    for weight_grad in [false, true] {
+        let mut net = LazyNet::<AB> {
+            linear: lazy_linear_that_must_not_initialise(weight_grad),
+        };
+        // A load mapper the user installed on the (still lazy) bias: it runs on the file's values.
+        net.linear.bias = net
+            .linear
+            .bias
+            .map(|b| b.load_mapper(|t| t.mul_scalar(2.0)));
+        let ids = (net.linear.weight.id, net.linear.bias.as_ref().map(|b| b.id));
+        load_pytorch_checkpoint(&mut net, &path, &PathMap::identity(), &LoadOptions::new())
+            .unwrap();
+        assert_eq!(
+            (net.linear.weight.id, net.linear.bias.as_ref().map(|b| b.id)),
+            ids
+        );
+        let loaded_bias = net.linear.bias.as_ref().unwrap().val();
+        assert_eq!(net.linear.weight.val().is_require_grad(), weight_grad);
+        assert!(loaded_bias.is_require_grad());
+        assert_eq!(values(net.linear.weight.val().inner()), expected);
+        assert_eq!(
+            values(loaded_bias.inner()),
+            bias.iter().map(|b| b * 2.0).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn a_failed_load_leaves_lazy_parameters_lazy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    // The bias holds a NaN: found only while reading, after the weight has been read.
+    write_raw(
+        &path,
+        &[
+            Raw::f32("linear.weight", vec![OUT, DIM], &[0.5; OUT * DIM]),
+            Raw::f32("linear.bias", vec![OUT], &[0.0, f32::NAN, 1.0]),
+        ],
+    );
+    let mut net = LazyNet::<B> {
+        linear: lazy_linear_that_must_not_initialise(false),
+    };
+    let err = load_pytorch_checkpoint(&mut net, &path, &PathMap::identity(), &LoadOptions::new())
+        .unwrap_err();
+    assert!(
+        matches!(&err, LoraError::NonFinite(what) if what.contains("linear.bias")),
+        "{err:?}"
+    );
+    assert!(
+        !net.linear.weight.is_initialized(),
+        "the model is as it was"
+    );
+    assert!(!net.linear.bias.as_ref().unwrap().is_initialized());
+}

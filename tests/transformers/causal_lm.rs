@@ -552,3 +552,38 @@ fn last_position_only_takes_each_rows_last_token() {
         other => panic!("expected InvalidInput, got {other:?}"),
     }
 }
+
+/// Counts the float parameters that hold values, and those still lazy.
+#[derive(Default)]
+struct Initialised {
+    holding: usize,
+    lazy: usize,
+}
+
+impl burn::module::ModuleVisitor<B> for Initialised {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+        if param.is_initialized() {
+            self.holding += 1;
+        } else {
+            self.lazy += 1;
+        }
+    }
+}
+
+#[test]
+fn a_model_holds_no_random_weights_before_its_checkpoint_loads() {
+    use burn::module::Module;
+
+    let dir = existing_peft_fixture("llama_tiny");
+    let config = CausalLmConfig::from_hf_json(&dir.join("config.json")).unwrap();
+    let mut lm = config.init::<B>(&Default::default()).unwrap();
+    let mut before = Initialised::default();
+    lm.visit(&mut before);
+    assert_eq!(before.holding, 0, "every weight waits for the file");
+    assert!(before.lazy > 0);
+
+    lm.load_hf_weights(&dir).unwrap();
+    let mut after = Initialised::default();
+    lm.visit(&mut after);
+    assert_eq!((after.holding, after.lazy), (before.lazy, 0));
+}

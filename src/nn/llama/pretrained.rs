@@ -42,7 +42,9 @@ impl<B: Backend> CausalLm<B> {
     /// `model.safetensors.index.json` lists. Every parameter needs its key and every key must
     /// be used, except the rotary `inv_freq` buffers of older files and, with tied embeddings,
     /// a stored `lm_head.weight` (Hugging Face ties it to the embeddings regardless). F32, BF16,
-    /// F16 and F64 tensors are read as f32.
+    /// F16 and F64 tensors are read in place, one at a time, straight into the backend's float
+    /// type, and each parameter is built from its tensor with no random initialisation first:
+    /// a load holds little more than the model itself ([`load_pytorch_shards`]).
     ///
     /// # Errors
     /// As [`load_pytorch_shards`](crate::load_pytorch_shards) (a missing or unknown key, a
