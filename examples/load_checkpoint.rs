@@ -2,8 +2,8 @@
 //! and reports what loading costs: the time, the weights' size in the backend's float type, the
 //! process's peak resident memory (`VmHWM`) and its peak heap, each against that size.
 //!
-//! `cargo run --release --example load_checkpoint -- --model-dir <folder>`; each run is a fresh
-//! process, so the peaks are the load's own. `benches/pytorch_load.py` measures
+//! `cargo run --release --example load_checkpoint -- --model-dir <folder> [--float bf16]`; each
+//! run is a fresh process, so the peaks are the load's own. `benches/pytorch_load.py` measures
 //! transformers' `from_pretrained` on the same folder the same way.
 
 mod common;
@@ -12,10 +12,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::Module;
+use burn::tensor::backend::set_default_float_dtype;
+use burn::tensor::FloatDType;
 use burn::tensor::Tensor;
 use burn_lora::nn::llama::CausalLm;
 use burn_lora_support::backend::{self, Inference};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 use common::peak_heap::PeakHeap;
 
@@ -28,11 +30,28 @@ struct Args {
     /// A Hugging Face folder: config.json and model.safetensors (or its index and shards).
     #[arg(long)]
     model_dir: PathBuf,
+    /// The backend's float type (Burn's device setting): f32, bf16 or f16. The weights are
+    /// converted into it as they load, and a checkpoint already in it is taken as it is.
+    #[arg(long, value_enum, default_value = "f32")]
+    float: Float,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Float {
+    F32,
+    Bf16,
+    F16,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let device = backend::device();
+    let float = match args.float {
+        Float::F32 => FloatDType::F32,
+        Float::Bf16 => FloatDType::BF16,
+        Float::F16 => FloatDType::F16,
+    };
+    set_default_float_dtype::<Inference>(&device, float)?;
     let before = peak_rss_bytes()?;
     HEAP.reset_peak();
     let start = Instant::now();
