@@ -120,6 +120,8 @@ pub use config::{LoraConfig, LoraInit};
 pub use error::{LoraError, Result};
 pub use io::adapter_file::{load_adapter, save_adapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 pub use io::checkpoint::save_checkpoint;
+pub use io::gguf::file::{GgufFile, GgufTensor};
+pub use io::gguf::value::GgufValue;
 pub use io::path_map::PathMap;
 pub use io::peft_config::{PeftConfig, TargetModules};
 pub use io::pytorch_checkpoint::{

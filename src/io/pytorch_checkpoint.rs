@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor, TensorData};
 use regex::Regex;
 use safetensors::Dtype;
 
@@ -273,10 +273,77 @@ pub fn load_pytorch_shards<B: Backend, M: Module<B>>(
     paths: &PathMap,
     options: &LoadOptions,
 ) -> Result<LoadReport> {
-    let Some(first) = files.first() else {
+    if files.is_empty() {
         return Err(LoraError::InvalidFile {
             path: String::new(),
             format: "safetensors".into(),
+            reason: "no checkpoint file given".into(),
+        });
+    }
+    let shards = files
+        .iter()
+        .map(|file| SafetensorsReader::open(file))
+        .collect::<Result<Vec<_>>>()?;
+    let shards: Vec<&dyn TensorFile> = shards.iter().map(|s| s as &dyn TensorFile).collect();
+    load_tensor_files(model, &shards, paths, options)
+}
+
+/// A file of named float tensors that a checkpoint loads from: a safetensors file, or a GGUF
+/// file under Hugging Face's names.
+pub(crate) trait TensorFile {
+    /// The file, for messages.
+    fn path(&self) -> &Path;
+    /// Every tensor's key.
+    fn keys(&self) -> Vec<String>;
+    /// The shape of tensor `key` in PyTorch's order, if the file holds it.
+    fn shape(&self, key: &str) -> Option<Vec<usize>>;
+    /// Why tensor `key` cannot be read as floats, as far as the file's header tells
+    /// ([`LoraError::UnsupportedDtype`]), or `None`.
+    fn unreadable(&self, key: &str) -> Option<LoraError>;
+    /// Tensor `key` in the float type `dtype`, transposed when asked (2-D only).
+    fn read(&self, key: &str, transpose: bool, dtype: DType) -> Result<TensorData>;
+}
+
+impl TensorFile for SafetensorsReader {
+    fn path(&self) -> &Path {
+        SafetensorsReader::path(self)
+    }
+
+    fn keys(&self) -> Vec<String> {
+        SafetensorsReader::keys(self)
+    }
+
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        self.info(key).map(|info| info.shape.clone())
+    }
+
+    fn unreadable(&self, key: &str) -> Option<LoraError> {
+        let dtype = self.info(key)?.dtype;
+        (!matches!(dtype, Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16)).then(|| {
+            LoraError::UnsupportedDtype {
+                path: self.path().display().to_string(),
+                key: key.to_string(),
+                dtype: format!("{dtype:?}"),
+            }
+        })
+    }
+
+    fn read(&self, key: &str, transpose: bool, dtype: DType) -> Result<TensorData> {
+        self.read_float(key, transpose, dtype)
+    }
+}
+
+/// [`load_pytorch_shards`] from files already open, of any [`TensorFile`] kind.
+pub(crate) fn load_tensor_files<B: Backend, M: Module<B>>(
+    model: &mut M,
+    files: &[&dyn TensorFile],
+    paths: &PathMap,
+    options: &LoadOptions,
+) -> Result<LoadReport> {
+    let Some(first) = files.first().map(|file| file.path()) else {
+        return Err(LoraError::InvalidFile {
+            path: String::new(),
+            format: "checkpoint".into(),
             reason: "no checkpoint file given".into(),
         });
     };
@@ -317,20 +384,18 @@ pub fn load_pytorch_shards<B: Backend, M: Module<B>>(
         }
     }
 
-    let shards = files
-        .iter()
-        .map(|file| SafetensorsReader::open(file))
-        .collect::<Result<Vec<_>>>()?;
-    // Which shard holds each key. Every index below enumerates `shards`, which has one entry per
-    // file of `files`.
+    // Which file holds each key. Every index below enumerates `files`.
     let mut shard_of: HashMap<String, usize> = HashMap::new();
-    for (index, shard) in shards.iter().enumerate() {
+    for (index, shard) in files.iter().enumerate() {
         for key in shard.keys() {
             if let Some(other) = shard_of.insert(key.clone(), index) {
                 return Err(LoraError::InvalidFile {
-                    path: files[index].display().to_string(),
-                    format: "safetensors".into(),
-                    reason: format!("tensor \"{key}\" is also in {}", files[other].display()),
+                    path: shard.path().display().to_string(),
+                    format: "checkpoint".into(),
+                    reason: format!(
+                        "tensor \"{key}\" is also in {}",
+                        files[other].path().display()
+                    ),
                 });
             }
         }
@@ -350,8 +415,8 @@ pub fn load_pytorch_shards<B: Backend, M: Module<B>>(
         pytorch_only_keys.extend(pytorch_only);
         let found = shard_of
             .get(&key)
-            .and_then(|&index| Some((index, shards[index].info(&key)?)));
-        let Some((index, info)) = found else {
+            .and_then(|&index| Some((index, files[index].shape(&key)?)));
+        let Some((index, shape)) = found else {
             if !options.allows_missing(&key) {
                 return Err(LoraError::MissingKey { path: name, key });
             }
@@ -360,28 +425,21 @@ pub fn load_pytorch_shards<B: Backend, M: Module<B>>(
             }
             continue;
         };
-        let file = files[index];
+        let file = files[index].path();
         let transpose = options.transposes(file, &key, param.shape.len(), layout)?;
         let mut expected = param.shape;
         if transpose {
             expected.reverse();
         }
-        if info.shape != expected {
+        if shape != expected {
             return Err(LoraError::ShapeMismatch {
                 what: format!("{}: tensor \"{key}\"", file.display()),
                 expected,
-                found: info.shape.clone(),
+                found: shape,
             });
         }
-        if !matches!(
-            info.dtype,
-            Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16
-        ) {
-            return Err(LoraError::UnsupportedDtype {
-                path: file.display().to_string(),
-                key,
-                dtype: format!("{:?}", info.dtype),
-            });
+        if let Some(error) = files[index].unreadable(&key) {
+            return Err(error);
         }
         plan.insert(param.path, (index, key.clone(), transpose));
         if used.insert(key.clone()) {
@@ -412,7 +470,7 @@ pub fn load_pytorch_shards<B: Backend, M: Module<B>>(
     // replaced only when every tensor has loaded.
     let mut setter = ValueSetter {
         stack: Vec::new(),
-        shards: &shards,
+        shards: files,
         plan,
         error: None,
     };
@@ -465,7 +523,7 @@ impl<B: Backend> ModuleVisitor<B> for ParamLister {
 /// After the first error, nothing more is read and the error is kept.
 struct ValueSetter<'a> {
     stack: Vec<(String, String)>,
-    shards: &'a [SafetensorsReader],
+    shards: &'a [&'a dyn TensorFile],
     plan: HashMap<String, (usize, String, bool)>,
     error: Option<LoraError>,
 }
@@ -489,7 +547,7 @@ impl<B: Backend> ModuleMapper<B> for ValueSetter<'_> {
         };
         let device = param.lazy_device();
         // Every planned shard index enumerates `shards`.
-        match self.shards[shard].read_float(&key, transpose, float_dtype::<B>(&device)) {
+        match self.shards[shard].read(&key, transpose, float_dtype::<B>(&device)) {
             Ok(data) => {
                 let id = param.id;
                 param.transform_for_load(Tensor::from_data(data, &device), id)

@@ -22,6 +22,8 @@ use safetensors::Dtype;
 
 use crate::error::{LoraError, Result};
 use crate::io::atomic_file::io_error;
+use crate::io::dense_values::{dense_data, finite_elem, scatter_transposed, DenseSource};
+use crate::io::positioned_read::{read_exact_at, PARALLEL_READS};
 
 /// The bytes read from the file at a time (whole rows of a transposed tensor are read together,
 /// so a chunk may hold more when one row is longer).
@@ -31,8 +33,8 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 const PARALLEL_ELEMENTS: usize = 1 << 20;
 
 /// The most threads one tensor is read with: the conversion is bound by memory beyond a few.
-/// One where the platform has no positioned reads (the fallback moves the file's cursor).
-const MAX_WORKERS: usize = if cfg!(any(unix, windows)) { 4 } else { 1 };
+/// One where the platform has no positioned reads.
+const MAX_WORKERS: usize = if PARALLEL_READS { 4 } else { 1 };
 
 /// Safetensors' own limit on the header's length.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
@@ -117,6 +119,11 @@ impl SafetensorsReader {
         self
     }
 
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The keys of every tensor in the file, in no particular order.
     pub fn keys(&self) -> Vec<String> {
         self.metadata.tensors().into_keys().collect()
@@ -147,29 +154,13 @@ impl SafetensorsReader {
         if transpose {
             shape.reverse();
         }
-        Ok(match dtype {
-            DType::F64 => TensorData::new(self.read_as::<f64>(key, info, transpose)?, shape),
-            DType::F16 => TensorData::new(self.read_as::<half::f16>(key, info, transpose)?, shape),
-            DType::BF16 => {
-                TensorData::new(self.read_as::<half::bf16>(key, info, transpose)?, shape)
-            }
-            _ => TensorData::new(self.read_as::<f32>(key, info, transpose)?, shape),
-        })
-    }
-
-    /// The values of tensor `key` as `E`, transposed when asked.
-    fn read_as<E: Element>(&self, key: &str, info: &TensorInfo, transpose: bool) -> Result<Vec<E>> {
-        match info.dtype {
-            Dtype::F32 => self.decode(key, info, transpose, f32::from_le_bytes),
-            Dtype::F64 => self.decode(key, info, transpose, f64::from_le_bytes),
-            Dtype::F16 => self.decode(key, info, transpose, half::f16::from_le_bytes),
-            Dtype::BF16 => self.decode(key, info, transpose, half::bf16::from_le_bytes),
-            other => Err(LoraError::UnsupportedDtype {
-                path: self.path.display().to_string(),
-                key: key.to_string(),
-                dtype: format!("{other:?}"),
-            }),
-        }
+        let source = Stored {
+            reader: self,
+            key,
+            info,
+            transpose,
+        };
+        dense_data(dtype, shape, &source)
     }
 
     /// Reads the tensor's values, each decoded from `N` little-endian bytes and converted to
@@ -245,6 +236,31 @@ impl SafetensorsReader {
     }
 }
 
+/// One stored tensor of a [`SafetensorsReader`], read as it is or transposed.
+struct Stored<'a> {
+    reader: &'a SafetensorsReader,
+    key: &'a str,
+    info: &'a TensorInfo,
+    transpose: bool,
+}
+
+impl DenseSource for Stored<'_> {
+    fn values<E: Element>(&self) -> Result<Vec<E>> {
+        let (reader, key, info, transpose) = (self.reader, self.key, self.info, self.transpose);
+        match info.dtype {
+            Dtype::F32 => reader.decode(key, info, transpose, f32::from_le_bytes),
+            Dtype::F64 => reader.decode(key, info, transpose, f64::from_le_bytes),
+            Dtype::F16 => reader.decode(key, info, transpose, half::f16::from_le_bytes),
+            Dtype::BF16 => reader.decode(key, info, transpose, half::bf16::from_le_bytes),
+            other => Err(LoraError::UnsupportedDtype {
+                path: reader.path.display().to_string(),
+                key: key.to_string(),
+                dtype: format!("{other:?}"),
+            }),
+        }
+    }
+}
+
 /// One tensor's place in the file and how its values decode: what each worker reads from.
 struct Part<'a, F> {
     reader: &'a SafetensorsReader,
@@ -269,16 +285,13 @@ impl<F> Part<'_, F> {
         let mut raw = [0u8; N];
         // Callers pass `chunks_exact(N)` slices, of exactly `N` bytes.
         raw.copy_from_slice(bytes);
-        let value = E::from_elem((self.from_le_bytes)(raw));
-        if value.to_f64().is_finite() {
-            Ok(value)
-        } else {
-            Err(LoraError::NonFinite(format!(
+        finite_elem((self.from_le_bytes)(raw)).ok_or_else(|| {
+            LoraError::NonFinite(format!(
                 "{}: tensor \"{}\"",
                 self.reader.path.display(),
                 self.key
-            )))
-        }
+            ))
+        })
     }
 
     /// Values `first..first + out.len()` of the tensor, in order.
@@ -332,50 +345,11 @@ impl<F> Part<'_, F> {
                     block.push(self.value(raw)?);
                 }
             }
-            // `c * rows + first_row + r < width * rows = out.len()`.
-            for (c, column) in out.chunks_exact_mut(rows).enumerate() {
-                for (r, slot) in column[first_row..first_row + n].iter_mut().enumerate() {
-                    *slot = block[r * width + c];
-                }
-            }
+            scatter_transposed(&block, width, rows, first_row, out);
             first_row += n;
         }
         Ok(())
     }
-}
-
-/// Reads exactly `buffer.len()` bytes at `offset` of `file` without moving a shared cursor, so
-/// that threads can read one file at once.
-#[cfg(unix)]
-fn read_exact_at(file: &File, buffer: &mut [u8], offset: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buffer, offset)
-}
-
-/// Reads exactly `buffer.len()` bytes at `offset` of `file`, moving its cursor: used by one
-/// thread only ([`MAX_WORKERS`]).
-#[cfg(not(any(unix, windows)))]
-fn read_exact_at(mut file: &File, buffer: &mut [u8], offset: u64) -> std::io::Result<()> {
-    use std::io::{Seek, SeekFrom};
-    file.seek(SeekFrom::Start(offset))?;
-    file.read_exact(buffer)
-}
-
-/// Reads exactly `buffer.len()` bytes at `offset` of `file` (Windows' positioned read).
-#[cfg(windows)]
-fn read_exact_at(file: &File, mut buffer: &mut [u8], mut offset: u64) -> std::io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buffer.is_empty() {
-        match file.seek_read(buffer, offset) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => {
-                buffer = &mut buffer[n..];
-                offset += n as u64;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// The float type `Tensor::from_data` creates on `device` (Burn's device settings decide it; an

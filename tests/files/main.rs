@@ -1,5 +1,5 @@
-//! Files: adapter files as artifacts, atomic saves' permissions, PyTorch state dicts, and the
-//! PEFT fixtures of the MLP and the CNN reproduced.
+//! Files: adapter files as artifacts, atomic saves' permissions, PyTorch state dicts, GGUF
+//! files, and the PEFT fixtures of the MLP and the CNN reproduced.
 //!
 //! One test binary for the area, one module per file (a binary links all of Burn).
 
@@ -8,6 +8,7 @@ mod common;
 
 mod adapter_files;
 mod file_permissions;
+mod gguf_file;
 mod peft_cnn;
 mod peft_fixture;
 mod pytorch_base;

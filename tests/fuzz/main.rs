@@ -1,5 +1,5 @@
 //! Fuzzing the file parsers (see `tests/fixtures/fuzz/README.md`): adapter files, PyTorch
-//! checkpoints and Hugging Face `config.json`.
+//! checkpoints, GGUF files and Hugging Face `config.json`.
 //!
 //! One test binary for the area, one module per file (a binary links all of Burn).
 
@@ -8,4 +8,5 @@ mod common;
 
 mod adapter_fuzz;
 mod checkpoint_fuzz;
+mod gguf_fuzz;
 mod hf_config_fuzz;

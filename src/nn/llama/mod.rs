@@ -7,6 +7,7 @@
 //! | `config.rs` | [`CausalLmConfig`]: Hugging Face's `config.json` |
 //! | `model.rs` | [`CausalLm`] and its checked [`forward`](CausalLm::forward) |
 //! | `pretrained.rs` | [`CausalLm::from_pretrained`]: `model.safetensors` or its shards |
+//! | `gguf.rs` | [`CausalLm::from_gguf`]: a llama.cpp GGUF file, dequantized |
 //! | `cache.rs` | [`CausalLmCache`]: keys, values and padding between decoding steps |
 //! | `generate.rs`, `sampling.rs` | [`CausalLm::generate`], [`GenerationConfig`], [`Sampling`] |
 //! | `loss.rs` | [`causal_lm_loss`]: next-token cross-entropy with `-100` labels |
@@ -33,6 +34,7 @@
 mod cache;
 mod config;
 mod generate;
+mod gguf;
 mod loss;
 mod model;
 mod pretrained;
