@@ -1,5 +1,5 @@
-//! Fuzzing the GGUF reader: whatever is done to a GGUF file, `GgufFile::open` and reading every
-//! tensor never panic, and `CausalLm::from_gguf` either refuses the file with an error or gives
+//! Fuzzing the GGUF reader: whatever is done to a GGUF file, `GgufFile::open`, reading every
+//! tensor and building its tokenizer never panic, a tokenizer that builds encodes, and `CausalLm::from_gguf` either refuses the file with an error or gives
 //! a model whose forward runs and whose logits are finite.
 //!
 //! The seeds are the tiny Llama as llama.cpp writes it (`tests/fixtures/gguf/llama_tiny.gguf`)
@@ -35,6 +35,13 @@ fn mutated_gguf_files_never_panic_and_models_that_load_run() {
             "output.weight",
             "blk.0.attn_q.weight",
             "rope_freqs.weight",
+            "tokenizer.ggml.model",
+            "tokenizer.ggml.tokens",
+            "tokenizer.ggml.merges",
+            "tokenizer.ggml.pre",
+            "gpt2",
+            "llama-bpe",
+            "qwen2",
         ])
         .cases(150)
         .run(|bytes| {
@@ -45,6 +52,12 @@ fn mutated_gguf_files_never_panic_and_models_that_load_run() {
             };
             for name in gguf.tensors().keys() {
                 let _ = gguf.tensor_data(name);
+            }
+            if let Ok(tokenizer) = gguf.tokenizer() {
+                let encoding = tokenizer
+                    .encode("the theme ✓ <s>", true)
+                    .map_err(|e| format!("a built tokenizer failed to encode: {e}"))?;
+                let _ = tokenizer.decode(encoding.get_ids(), false);
             }
             match CausalLm::<B>::from_gguf(&file, &Default::default()) {
                 Err(error) => Ok(variant_name(&error)),

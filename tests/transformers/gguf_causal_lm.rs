@@ -3,7 +3,7 @@
 //! `tests/fixtures/gguf/make_llama_tiny_gguf.py`) loads as transformers' own GGUF loader loads it,
 //! and a real SmolLM2-135M-Instruct Q4_1 file (`SMOLLM2_GGUF_DIR`, the folder
 //! `../shared/models/SmolLM2-135M-Instruct-Q4_1`) reproduces transformers: every tensor, the
-//! logits and a greedy generation.
+//! tokenizer's ids, the logits and a greedy generation.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -148,6 +148,13 @@ fn smollm2_q4_1_from_gguf_reproduces_transformers() {
         &std::fs::read(gguf_fixture("smollm2_q4_1_reference.json")).unwrap(),
     )
     .unwrap();
+    // The tokenizer of the file, as transformers builds it from the same file.
+    let tokenizer = GgufFile::open(&dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .unwrap()
+        .tokenizer()
+        .unwrap();
+    assert_tokenizes_as_transformers(&tokenizer, &reference["token_ids"], None);
+
     let snapshot = ParamSnapshot::of(&lm);
     let ours: HashMap<String, u64> = snapshot
         .params
@@ -210,4 +217,62 @@ fn smollm2_q4_1_from_gguf_reproduces_transformers() {
     let out = lm.generate(&[prompt], None, &config, |_| {}).unwrap();
     let tokens: Vec<i64> = out.tokens[0].iter().map(|&t| t as i64).collect();
     assert_eq!(tokens, greedy);
+}
+
+/// Checks `tokenizer` against transformers' ids (and decodings, when given) of each text.
+fn assert_tokenizes_as_transformers(
+    tokenizer: &tokenizers::Tokenizer,
+    encoded: &serde_json::Value,
+    decoded: Option<&serde_json::Value>,
+) {
+    let encoded = encoded.as_object().unwrap();
+    assert!(!encoded.is_empty());
+    for (text, ids) in encoded {
+        let expected: Vec<u32> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| id.as_u64().unwrap() as u32)
+            .collect();
+        let ours = tokenizer.encode(text.as_str(), true).unwrap();
+        assert_eq!(ours.get_ids(), expected.as_slice(), "{text:?}");
+        if let Some(decoded) = decoded {
+            let text_back = tokenizer.decode(&expected, false).unwrap();
+            assert_eq!(Some(text_back.as_str()), decoded[text].as_str(), "{text:?}");
+        }
+    }
+}
+
+#[test]
+fn a_gguf_byte_level_tokenizer_encodes_and_decodes_as_transformers() {
+    let gguf = GgufFile::open(&gguf_fixture("llama_tiny.gguf")).unwrap();
+    let tokenizer = gguf.tokenizer().unwrap();
+    let reference: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(gguf_fixture("llama_tiny_dequantized/token_ids.json")).unwrap(),
+    )
+    .unwrap();
+    assert_tokenizes_as_transformers(
+        &tokenizer,
+        &reference["encoded"],
+        Some(&reference["decoded"]),
+    );
+
+    // A file without a tokenizer, or with another tokenizer model, is an error naming it.
+    let types = GgufFile::open(&gguf_fixture("quant_types.gguf")).unwrap();
+    assert!(matches!(
+        types.tokenizer().unwrap_err(),
+        LoraError::InvalidFile { .. }
+    ));
+    let bytes = std::fs::read(gguf_fixture("llama_tiny.gguf")).unwrap();
+    let at = bytes.windows(4).position(|w| w == b"gpt2").unwrap();
+    let mut other = bytes.clone();
+    other[at..at + 4].copy_from_slice(b"t5t5");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.gguf");
+    std::fs::write(&path, other).unwrap();
+    let err = GgufFile::open(&path).unwrap().tokenizer().unwrap_err();
+    assert!(
+        matches!(&err, LoraError::Unsupported(what) if what.contains("t5t5")),
+        "{err:?}"
+    );
 }
