@@ -13,7 +13,7 @@ use crate::common::snapshot::ParamSnapshot;
 use crate::common::{large_data, B};
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_lora::nn::llama::{CausalLm, CausalLmConfig, CausalLmInput, GenerationConfig};
-use burn_lora::{GgufFile, LoraError};
+use burn_lora::{load_adapter, GgufFile, LoraError, PathMap};
 use burn_lora_support::fixtures::repository_root;
 
 fn gguf_fixture(name: &str) -> PathBuf {
@@ -275,4 +275,38 @@ fn a_gguf_byte_level_tokenizer_encodes_and_decodes_as_transformers() {
         matches!(&err, LoraError::Unsupported(what) if what.contains("t5t5")),
         "{err:?}"
     );
+}
+
+#[test]
+fn a_peft_adapter_made_on_transformers_gguf_model_gives_peft_s_logits_on_ours() {
+    let Some(dir) = large_data(
+        "SMOLLM2_GGUF_DIR",
+        "a_peft_adapter_made_on_transformers_gguf_model_gives_peft_s_logits_on_ours",
+    ) else {
+        return;
+    };
+    let device = Default::default();
+    let mut lm =
+        CausalLm::<B>::from_gguf(&dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"), &device).unwrap();
+    // PEFT's adapter on q_proj and k_proj, whose rows llama.cpp permutes in the file.
+    let adapter = gguf_fixture("smollm2_adapter");
+    load_adapter(&mut lm, "peft", &adapter, &PathMap::identity()).unwrap();
+    let raw = read_raw(&adapter.join("logits.safetensors"));
+    let find = |key: &str| raw.iter().find(|t| t.key == key).unwrap();
+    let prompt = int_values(find("prompt"));
+    let logits = values(
+        lm.forward(
+            CausalLmInput::new(tensor_ids(prompt.clone(), [1, prompt.len()])).last_position_only(),
+        )
+        .unwrap(),
+    );
+    let expected = find("logits").f32_values();
+    assert_eq!(logits.len(), expected.len());
+    let worst = logits
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 2e-4, "logits differ from PEFT's by {worst}");
+    eprintln!("SmolLM2 Q4_1 from GGUF with PEFT's adapter: logits within {worst:e} of PEFT's");
 }
