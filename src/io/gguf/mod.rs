@@ -7,3 +7,4 @@ pub(crate) mod ggml_type;
 #[cfg(feature = "tokenizers")]
 pub(crate) mod tokenizer;
 pub(crate) mod value;
+pub(crate) mod writer;

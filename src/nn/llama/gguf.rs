@@ -201,41 +201,84 @@ fn check_sizes(gguf: &GgufFile, config: &CausalLmConfig) -> Result<()> {
     Ok(())
 }
 
-/// Hugging Face's name of a llama.cpp tensor name, and whether it is a q or k weight whose rows
-/// llama.cpp permutes (then the head count to undo it with).
-fn hf_name(name: &str, config: &CausalLmConfig) -> Option<(String, Option<usize>)> {
-    let fixed = match name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(fixed) = fixed {
-        return Some((fixed.to_string(), None));
+/// llama.cpp's name of each module of a decoder layer, beside Hugging Face's.
+const LAYER_MODULES: [(&str, &str); 9] = [
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// llama.cpp's name of each module outside the layers, beside Hugging Face's.
+const MODEL_MODULES: [(&str, &str); 3] = [
+    ("token_embd", "model.embed_tokens"),
+    ("output_norm", "model.norm"),
+    ("output", "lm_head"),
+];
+
+/// The head count to undo (or apply) llama.cpp's row permutation of a Hugging Face module with,
+/// if llama.cpp permutes it: `q_proj` and `k_proj` of the Llama and Mistral architectures.
+fn permuted_heads(hf_module: &str, config: &CausalLmConfig) -> Option<usize> {
+    if config.family == Family::Qwen2 {
+        return None;
     }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
+    if hf_module.ends_with("self_attn.q_proj") {
+        Some(config.num_attention_heads)
+    } else if hf_module.ends_with("self_attn.k_proj") {
+        Some(config.num_key_value_heads)
+    } else {
+        None
+    }
+}
+
+/// Hugging Face's module path of a llama.cpp module name (`blk.3.attn_q` is
+/// `model.layers.3.self_attn.q_proj`).
+fn hf_module(name: &str) -> Option<String> {
+    if let Some((_, hf)) = MODEL_MODULES.iter().find(|(ours, _)| *ours == name) {
+        return Some(hf.to_string());
+    }
+    let (layer, module) = name.strip_prefix("blk.")?.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let (module, field) = rest.rsplit_once('.')?;
-    let hf_module = match module {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    let permuted = config.family != Family::Qwen2;
-    let heads = match module {
-        "attn_q" if permuted => Some(config.num_attention_heads),
-        "attn_k" if permuted => Some(config.num_key_value_heads),
-        _ => None,
-    };
-    Some((format!("model.layers.{layer}.{hf_module}.{field}"), heads))
+    let (_, hf) = LAYER_MODULES.iter().find(|(ours, _)| *ours == module)?;
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// llama.cpp's module name of a Hugging Face module path (the inverse of [`hf_module`]).
+pub(super) fn llama_cpp_module(hf: &str) -> Option<String> {
+    if let Some((ours, _)) = MODEL_MODULES.iter().find(|(_, theirs)| *theirs == hf) {
+        return Some(ours.to_string());
+    }
+    let (layer, module) = hf.strip_prefix("model.layers.")?.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (ours, _) = LAYER_MODULES.iter().find(|(_, theirs)| *theirs == module)?;
+    Some(format!("blk.{layer}.{ours}"))
+}
+
+/// Hugging Face's name of a llama.cpp tensor name, and the head count of llama.cpp's q/k row
+/// permutation when the tensor has one.
+fn hf_name(name: &str, config: &CausalLmConfig) -> Option<(String, Option<usize>)> {
+    let (module, field) = name.rsplit_once('.')?;
+    let hf = hf_module(module)?;
+    let heads = permuted_heads(&hf, config);
+    Some((format!("{hf}.{field}"), heads))
+}
+
+/// llama.cpp's permutation as a row order for [`unpermuted_rows`]' inverse: Hugging Face's row
+/// `order[s]` is llama.cpp's row `s`.
+pub(super) fn permutation(
+    hf_module: &str,
+    rows: usize,
+    config: &CausalLmConfig,
+) -> Option<Option<Vec<usize>>> {
+    match permuted_heads(hf_module, config) {
+        None => Some(None),
+        Some(heads) => unpermuted_rows(rows, heads).map(Some),
+    }
 }
 
 /// Where llama.cpp's row `s` of a q or k weight (or bias) of `rows` rows over `heads` heads goes

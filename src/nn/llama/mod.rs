@@ -8,6 +8,7 @@
 //! | `model.rs` | [`CausalLm`] and its checked [`forward`](CausalLm::forward) |
 //! | `pretrained.rs` | [`CausalLm::from_pretrained`]: `model.safetensors` or its shards |
 //! | `gguf.rs` | [`CausalLm::from_gguf`]: a llama.cpp GGUF file, dequantized |
+//! | `gguf_adapter.rs` | [`CausalLm::save_adapter_gguf`]: an adapter as llama.cpp's LoRA GGUF |
 //! | `cache.rs` | [`CausalLmCache`]: keys, values and padding between decoding steps |
 //! | `generate.rs`, `sampling.rs` | [`CausalLm::generate`], [`GenerationConfig`], [`Sampling`] |
 //! | `loss.rs` | [`causal_lm_loss`]: next-token cross-entropy with `-100` labels |
@@ -35,6 +36,7 @@ mod cache;
 mod config;
 mod generate;
 mod gguf;
+mod gguf_adapter;
 mod loss;
 mod model;
 mod pretrained;
