@@ -587,3 +587,31 @@ fn a_model_holds_no_random_weights_before_its_checkpoint_loads() {
     lm.visit(&mut after);
     assert_eq!((after.holding, after.lazy), (before.lazy, 0));
 }
+
+#[test]
+fn a_rows_samples_do_not_depend_on_the_other_rows() {
+    let lm = llama();
+    let sampled = |prompts: &[Vec<u32>], stop: Vec<u32>| {
+        let config = GenerationConfig::new(10)
+            .with_stop_tokens(Some(stop))
+            .with_seed(11)
+            .with_sampling(Sampling::Sample {
+                temperature: 2.0,
+                top_k: None,
+                top_p: None,
+            });
+        lm.generate(prompts, None, &config, |_| {}).unwrap().tokens
+    };
+    let alone = sampled(&[vec![5, 17, 42], vec![99, 3]], vec![]);
+    // Another neighbour: row 0 draws the same tokens.
+    let other = sampled(&[vec![5, 17, 42], vec![7, 7, 7, 7]], vec![]);
+    assert_eq!(alone[0], other[0]);
+    assert_ne!(alone[1], other[1], "the neighbour's own tokens differ");
+    // A neighbour that stops at once: row 0 still draws the same tokens.
+    let first = alone[1][0];
+    let stopped = sampled(&[vec![5, 17, 42], vec![99, 3]], vec![first]);
+    assert_eq!(stopped[1], vec![first]);
+    if !alone[0].contains(&first) {
+        assert_eq!(stopped[0], alone[0]);
+    }
+}

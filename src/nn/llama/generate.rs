@@ -19,7 +19,9 @@ pub struct GenerationConfig {
     /// Greedy or sampled.
     #[config(default = "Sampling::Greedy")]
     pub sampling: Sampling,
-    /// Seed of the sampler: the same seed, prompts and model give the same tokens.
+    /// Seed of the sampler: the same seed, prompts and model give the same tokens. Each prompt
+    /// has a sampler of its own, seeded from this seed and its row: its tokens do not depend on
+    /// the other prompts of the batch.
     #[config(default = 0)]
     pub seed: u64,
     /// Tokens that end a sequence (kept as its last token); the model's `eos_token_ids` when
@@ -111,7 +113,12 @@ impl<B: Backend> CausalLm<B> {
         }
 
         let mut cache = self.new_cache();
-        let mut rng = SmallRng::seed_from_u64(config.seed);
+        // One sampler per prompt, so that a row's draws depend on the seed, its own logits and
+        // its place in the batch, never on the other rows (which may stop earlier or sample
+        // otherwise).
+        let mut rngs: Vec<SmallRng> = (0..rows)
+            .map(|row| SmallRng::seed_from_u64(row_seed(config.seed, row)))
+            .collect();
         let mut generation = Generation {
             tokens: vec![Vec::new(); rows],
             stopped: vec![false; rows],
@@ -133,7 +140,7 @@ impl<B: Backend> CausalLm<B> {
             // `row` is one of the `rows` original prompts that `generation` holds.
             for (position, &row) in running.iter().enumerate() {
                 let row_logits = &values[position * vocab..(position + 1) * vocab];
-                let token = config.sampling.pick(row_logits, &mut rng);
+                let token = config.sampling.pick(row_logits, &mut rngs[row]);
                 let stop = stop_tokens.contains(&token);
                 generation.tokens[row].push(token);
                 on_token(TokenEvent {
@@ -168,4 +175,16 @@ impl<B: Backend> CausalLm<B> {
         }
         Ok(generation)
     }
+}
+
+/// The seed of row `row`'s sampler: `seed` and the row mixed by SplitMix64's finaliser, so that
+/// neighbouring rows draw unrelated streams.
+fn row_seed(seed: u64, row: usize) -> u64 {
+    let mut z = seed
+        ^ (row as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
