@@ -615,3 +615,48 @@ fn a_rows_samples_do_not_depend_on_the_other_rows() {
         assert_eq!(stopped[0], alone[0]);
     }
 }
+
+#[test]
+fn generation_config_json_gives_the_stop_tokens_and_sampling_defaults() {
+    let (_temp, dir) = copy_fixture("llama_tiny");
+    let path = dir.join("generation_config.json");
+    std::fs::write(
+        &path,
+        r#"{"eos_token_id": [2, 9], "pad_token_id": 0, "do_sample": true, "temperature": 0.7,
+            "top_p": 0.9, "max_new_tokens": 40, "repetition_penalty": 1.1}"#,
+    )
+    .unwrap();
+    // An instruct model's extra end-of-sequence ids replace config.json's (2).
+    let lm = CausalLm::<B>::from_pretrained(&dir, &Default::default()).unwrap();
+    assert_eq!(lm.config().eos_token_ids, vec![2, 9]);
+    let config = GenerationConfig::from_hf_json(&path).unwrap();
+    assert_eq!(config.max_new_tokens, 40);
+    assert_eq!(config.stop_tokens, Some(vec![2, 9]));
+    assert_eq!(config.pad_token, Some(0));
+    assert_eq!(
+        config.sampling,
+        Sampling::Sample {
+            temperature: 0.7,
+            top_k: Some(50),
+            top_p: Some(0.9)
+        }
+    );
+    // Greedy when do_sample is absent; one id as an integer.
+    std::fs::write(&path, r#"{"eos_token_id": 2}"#).unwrap();
+    let config = GenerationConfig::from_hf_json(&path).unwrap();
+    assert_eq!(
+        (config.sampling, config.stop_tokens, config.max_new_tokens),
+        (Sampling::Greedy, Some(vec![2]), 20)
+    );
+    // Bad files are errors naming them, at load and when read.
+    std::fs::write(&path, r#"{"eos_token_id": "two"}"#).unwrap();
+    assert!(matches!(
+        CausalLm::<B>::from_pretrained(&dir, &Default::default()).unwrap_err(),
+        LoraError::InvalidFile { format, .. } if format == "generation_config.json"
+    ));
+    std::fs::write(&path, r#"{"do_sample": true, "temperature": 0}"#).unwrap();
+    assert!(matches!(
+        GenerationConfig::from_hf_json(&path).unwrap_err(),
+        LoraError::InvalidInput(_)
+    ));
+}

@@ -92,9 +92,19 @@ pub struct CausalLmConfig {
 /// A token id or a list of them, as `eos_token_id` may be.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum TokenIds {
+pub(crate) enum TokenIds {
     One(u32),
     Many(Vec<u32>),
+}
+
+impl TokenIds {
+    /// The ids, one or many.
+    pub(crate) fn into_vec(self) -> Vec<u32> {
+        match self {
+            TokenIds::One(id) => vec![id],
+            TokenIds::Many(ids) => ids,
+        }
+    }
 }
 
 /// The fields of Hugging Face's `config.json` that shape a Llama-family model; the rest is
@@ -233,11 +243,7 @@ impl CausalLmConfig {
             sliding_window,
             pad_token_id: hf.pad_token_id,
             bos_token_id: hf.bos_token_id,
-            eos_token_ids: match hf.eos_token_id {
-                Some(TokenIds::One(id)) => vec![id],
-                Some(TokenIds::Many(ids)) => ids,
-                None => Vec::new(),
-            },
+            eos_token_ids: hf.eos_token_id.map(TokenIds::into_vec).unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)

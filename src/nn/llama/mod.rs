@@ -11,6 +11,7 @@
 //! | `gguf_adapter.rs` | [`CausalLm::save_adapter_gguf`]: an adapter as llama.cpp's LoRA GGUF |
 //! | `cache.rs` | [`CausalLmCache`]: keys, values and padding between decoding steps |
 //! | `generate.rs`, `sampling.rs` | [`CausalLm::generate`], [`GenerationConfig`], [`Sampling`] |
+//! | `generation_config.rs` | `generation_config.json`: stop tokens and sampling defaults |
 //! | `loss.rs` | [`causal_lm_loss`]: next-token cross-entropy with `-100` labels |
 //!
 //! ```no_run
@@ -35,6 +36,7 @@
 mod cache;
 mod config;
 mod generate;
+mod generation_config;
 mod gguf;
 mod gguf_adapter;
 mod loss;
@@ -45,6 +47,7 @@ mod sampling;
 pub use cache::CausalLmCache;
 pub use config::{CausalLmConfig, Family};
 pub use generate::{Generation, GenerationConfig, TokenEvent};
+pub use generation_config::GENERATION_CONFIG_FILE;
 pub use loss::{causal_lm_labels, causal_lm_loss, causal_lm_nll, IGNORE_INDEX};
 pub use model::{CausalLm, CausalLmInput, CausalLmModel};
 pub use sampling::Sampling;

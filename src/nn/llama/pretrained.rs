@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::config::CausalLmConfig;
+use super::generation_config::{eos_token_ids, GENERATION_CONFIG_FILE};
 use super::model::CausalLm;
 use crate::error::{LoraError, Result};
 use crate::io::path_map::PathMap;
@@ -26,13 +27,23 @@ struct ShardIndex {
 }
 
 impl<B: Backend> CausalLm<B> {
-    /// Reads a Hugging Face causal-LM folder: `config.json`, then the weights
-    /// ([`load_hf_weights`](Self::load_hf_weights)).
+    /// Reads a Hugging Face causal-LM folder: `config.json`, the end-of-sequence ids of
+    /// `generation_config.json` when it is there (they replace `config.json`'s, as in Hugging
+    /// Face's `generate`: an instruct model's extra ids live there), then the weights
+    /// ([`load_hf_weights`](Self::load_hf_weights)). Its sampling defaults are
+    /// [`GenerationConfig::from_hf_json`](super::GenerationConfig::from_hf_json).
     ///
     /// # Errors
-    /// As [`CausalLmConfig::from_hf_json`] and [`load_hf_weights`](Self::load_hf_weights).
+    /// As [`CausalLmConfig::from_hf_json`] and [`load_hf_weights`](Self::load_hf_weights), and
+    /// [`LoraError::InvalidFile`] for a `generation_config.json` that does not parse.
     pub fn from_pretrained(dir: &Path, device: &B::Device) -> Result<Self> {
-        let config = CausalLmConfig::from_hf_json(&dir.join("config.json"))?;
+        let mut config = CausalLmConfig::from_hf_json(&dir.join("config.json"))?;
+        let generation = dir.join(GENERATION_CONFIG_FILE);
+        if generation.is_file() {
+            if let Some(ids) = eos_token_ids(&generation)? {
+                config.eos_token_ids = ids;
+            }
+        }
         let mut model = config.init(device)?;
         model.load_hf_weights(dir)?;
         Ok(model)
