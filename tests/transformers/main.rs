@@ -12,4 +12,5 @@ mod gguf_adapter;
 mod gguf_causal_lm;
 mod peft_bert;
 mod peft_causal_lm;
+mod text_stream;
 mod transformer_blocks;

@@ -13,6 +13,7 @@
 //! | `generate.rs`, `sampling.rs` | [`CausalLm::generate`], [`GenerationConfig`], [`Sampling`] |
 //! | `generation_config.rs` | `generation_config.json`: stop tokens and sampling defaults |
 //! | `loss.rs` | [`causal_lm_loss`]: next-token cross-entropy with `-100` labels |
+//! | `text_stream.rs` | `TextStream`: generated tokens as text in whole characters (`tokenizers` feature) |
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -43,6 +44,8 @@ mod loss;
 mod model;
 mod pretrained;
 mod sampling;
+#[cfg(feature = "tokenizers")]
+mod text_stream;
 
 pub use cache::CausalLmCache;
 pub use config::{CausalLmConfig, Family};
@@ -51,3 +54,5 @@ pub use generation_config::GENERATION_CONFIG_FILE;
 pub use loss::{causal_lm_labels, causal_lm_loss, causal_lm_nll, IGNORE_INDEX};
 pub use model::{CausalLm, CausalLmInput, CausalLmModel};
 pub use sampling::Sampling;
+#[cfg(feature = "tokenizers")]
+pub use text_stream::TextStream;
