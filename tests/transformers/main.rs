@@ -8,6 +8,7 @@ mod common;
 
 mod bert_model;
 mod causal_lm;
+mod chat_template;
 mod gguf_adapter;
 mod gguf_causal_lm;
 mod peft_bert;

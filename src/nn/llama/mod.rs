@@ -10,6 +10,7 @@
 //! | `gguf.rs` | [`CausalLm::from_gguf`]: a llama.cpp GGUF file, dequantized |
 //! | `gguf_adapter.rs` | [`CausalLm::save_adapter_gguf`]: an adapter as llama.cpp's LoRA GGUF |
 //! | `cache.rs` | [`CausalLmCache`]: keys, values and padding between decoding steps |
+//! | `chat_template.rs` | `ChatTemplate`: a model's Jinja chat template (`chat-template` feature) |
 //! | `generate.rs`, `sampling.rs` | [`CausalLm::generate`], [`GenerationConfig`], [`Sampling`] |
 //! | `generation_config.rs` | `generation_config.json`: stop tokens and sampling defaults |
 //! | `loss.rs` | [`causal_lm_loss`]: next-token cross-entropy with `-100` labels |
@@ -35,6 +36,8 @@
 //! ```
 
 mod cache;
+#[cfg(feature = "chat-template")]
+mod chat_template;
 mod config;
 mod generate;
 mod generation_config;
@@ -48,6 +51,8 @@ mod sampling;
 mod text_stream;
 
 pub use cache::CausalLmCache;
+#[cfg(feature = "chat-template")]
+pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{CausalLmConfig, Family};
 pub use generate::{Generation, GenerationConfig, TokenEvent};
 pub use generation_config::GENERATION_CONFIG_FILE;
