@@ -1,7 +1,9 @@
 //! LoRA fine-tuning of a causal language model in pure Rust: any Llama, Qwen2 or Mistral folder
 //! from Hugging Face learns to write fortunes of one category.
 //!
-//! The model and its tokenizer (`tokenizers` crate, `tokenizer.json`) load from `--model-dir`;
+//! The model and its tokenizer (`tokenizers` crate, `tokenizer.json`) load from `--model-dir`,
+//! or from a llama.cpp GGUF file with `--gguf` (the tokenizer from its metadata; the adapter is
+//! then also saved for llama.cpp);
 //! the texts of one category of the fortune corpus (`--data-dir` or `FORTUNES_DIR`) become
 //! next-token training sequences. An adapter on every projection trains through burn-train's
 //! `Learner` (adapter-only checkpoints, `TrainableOnly`), then the example prints the held-out
@@ -15,12 +17,12 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use burn_lora::nn::llama::{CausalLm, CausalLmInput, GenerationConfig, Sampling};
-use burn_lora::{load_adapter, save_adapter, LoraConfig, LoraModel, PathMap, Targets};
+use burn_lora::{load_adapter, save_adapter, GgufFile, LoraConfig, LoraModel, PathMap, Targets};
 use burn_lora_support::backend::{self, Inference, Train};
 use burn_lora_support::testing::assert_bit_identical;
 use burn_lora_support::text::{CausalTokenizer, FortuneCorpus};
@@ -38,8 +40,12 @@ const ADAPTER: &str = "fortunes";
 struct Args {
     /// A Hugging Face causal-LM folder (config.json, model.safetensors or its shards,
     /// tokenizer.json); default: the repository's tiny random Llama.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "gguf")]
     model_dir: Option<PathBuf>,
+    /// A llama.cpp GGUF file instead (the tokenizer from its metadata): the adapter is then also
+    /// saved for llama.cpp (`adapter.gguf`).
+    #[arg(long)]
+    gguf: Option<PathBuf>,
     /// The corpus folder, one file per category; default: FORTUNES_DIR.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -96,18 +102,23 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let model_dir = match &args.model_dir {
-        Some(dir) => dir.clone(),
-        None => burn_lora_support::fixtures::peft_fixture("llama_tiny"),
+    let source = match (&args.model_dir, &args.gguf) {
+        (_, Some(file)) => Source::Gguf(file.clone()),
+        (Some(dir), None) => Source::Folder(dir.clone()),
+        (None, None) => Source::Folder(burn_lora_support::fixtures::peft_fixture("llama_tiny")),
     };
     let data_dir = folder(args.data_dir.clone(), "FORTUNES_DIR", "--data-dir")?;
     let device = backend::device();
-    println!("Backend: {}; model {}", backend::NAME, model_dir.display());
+    println!(
+        "Backend: {}; model {}",
+        backend::NAME,
+        source.path().display()
+    );
     Train::seed(&device, args.seed);
 
     // The model, its tokenizer and the texts of one category.
-    let mut lm = CausalLm::<Train>::from_pretrained(&model_dir, &device)?;
-    let tokenizer = CausalTokenizer::from_file(&model_dir.join("tokenizer.json"))?;
+    let mut lm = source.load::<Train>(&device)?;
+    let tokenizer = source.tokenizer()?;
     let config = lm.config().clone();
     let pad = config
         .pad_token_id
@@ -221,7 +232,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Save in PEFT's format, reload into a fresh base: same logits; the base untouched.
     let adapter_dir = dir.join("adapter");
     save_adapter(&lm, ADAPTER, &adapter_dir, &PathMap::identity())?;
-    let mut fresh = CausalLm::<Inference>::from_pretrained(&model_dir, &device)?;
+    let mut fresh = source.load::<Inference>(&device)?;
     let probe = CausalLmInput::left_padded(&prompts, pad, &device);
     let mut trained_base = lm.clone();
     trained_base.set_enabled(false);
@@ -231,7 +242,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "\nThe frozen base is bit-identical to {}",
-        model_dir.display()
+        source.path().display()
     );
     load_adapter(&mut fresh, ADAPTER, &adapter_dir, &PathMap::identity())?;
     assert_bit_identical(fresh.forward(probe.clone())?, lm.forward(probe)?);
@@ -239,13 +250,30 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "Adapter saved to {} and reloaded into a fresh base: the same logits",
         adapter_dir.display()
     );
+    let base = match &source {
+        Source::Folder(dir) => format!("\"{}\"", dir.display()),
+        Source::Gguf(file) => format!(
+            "\"{}\", gguf_file=\"{}\"",
+            file.parent().unwrap_or(file).display(),
+            file.file_name().unwrap_or_default().to_string_lossy()
+        ),
+    };
     println!(
         "In Python:\n  from peft import PeftModel\n  from transformers import AutoModelForCausalLM\n  \
-         base = AutoModelForCausalLM.from_pretrained(\"{}\")\n  \
+         base = AutoModelForCausalLM.from_pretrained({base})\n  \
          model = PeftModel.from_pretrained(base, \"{}\")",
-        model_dir.display(),
         adapter_dir.display()
     );
+    if let Source::Gguf(file) = &source {
+        let gguf = dir.join("adapter.gguf");
+        lm.save_adapter_gguf(ADAPTER, &gguf)?;
+        println!(
+            "For llama.cpp: {} (llama-cli -m {} --lora {})",
+            gguf.display(),
+            file.display(),
+            gguf.display()
+        );
+    }
     if adapted_scores.loss >= base_scores.loss {
         return Err(format!(
             "the adapter did not lower the held-out loss ({:.4} → {:.4})",
@@ -254,6 +282,36 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     Ok(())
+}
+
+/// Where the model comes from: a Hugging Face folder or a GGUF file.
+enum Source {
+    Folder(PathBuf),
+    Gguf(PathBuf),
+}
+
+impl Source {
+    fn path(&self) -> &Path {
+        match self {
+            Source::Folder(path) | Source::Gguf(path) => path,
+        }
+    }
+
+    fn load<B: Backend>(&self, device: &B::Device) -> burn_lora::Result<CausalLm<B>> {
+        match self {
+            Source::Folder(dir) => CausalLm::from_pretrained(dir, device),
+            Source::Gguf(file) => CausalLm::from_gguf(file, device),
+        }
+    }
+
+    fn tokenizer(&self) -> Result<CausalTokenizer, Box<dyn std::error::Error>> {
+        Ok(match self {
+            Source::Folder(dir) => CausalTokenizer::from_file(&dir.join("tokenizer.json"))?,
+            Source::Gguf(file) => {
+                CausalTokenizer::from_tokenizer(GgufFile::open(file)?.tokenizer()?, file)
+            }
+        })
+    }
 }
 
 fn print_scores(name: &str, scores: &LmScores) {

@@ -45,6 +45,18 @@ impl CausalTokenizer {
         })
     }
 
+    /// A tokenizer made elsewhere (a GGUF file's, `GgufFile::tokenizer`); `source` names it in
+    /// messages.
+    pub fn from_tokenizer(mut inner: Tokenizer, source: &Path) -> Self {
+        inner.with_padding(None);
+        // Taking truncation off cannot fail: there is no length to check.
+        let _ = inner.with_truncation(None);
+        Self {
+            inner,
+            path: source.to_path_buf(),
+        }
+    }
+
     /// The ids of `text`; `special` adds the tokens the tokenizer's template puts around a
     /// sequence (a beginning-of-sequence token for Llama's).
     ///
