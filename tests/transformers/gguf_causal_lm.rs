@@ -244,7 +244,7 @@ fn assert_tokenizes_as_transformers(
 }
 
 #[test]
-fn a_gguf_byte_level_tokenizer_encodes_and_decodes_as_transformers() {
+fn gguf_tokenizers_encode_and_decode_as_transformers() {
     let gguf = GgufFile::open(&gguf_fixture("llama_tiny.gguf")).unwrap();
     let tokenizer = gguf.tokenizer().unwrap();
     let reference: serde_json::Value = serde_json::from_slice(
@@ -253,6 +253,18 @@ fn a_gguf_byte_level_tokenizer_encodes_and_decodes_as_transformers() {
     .unwrap();
     assert_tokenizes_as_transformers(
         &tokenizer,
+        &reference["encoded"],
+        Some(&reference["decoded"]),
+    );
+
+    // A SentencePiece vocabulary ("llama": Llama 2, Mistral), its merges derived from its scores.
+    let gguf = GgufFile::open(&gguf_fixture("sentencepiece_tokenizer.gguf")).unwrap();
+    let reference: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(gguf_fixture("sentencepiece_tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    assert_tokenizes_as_transformers(
+        &gguf.tokenizer().unwrap(),
         &reference["encoded"],
         Some(&reference["decoded"]),
     );
