@@ -2,8 +2,9 @@
 //! tensor and building its tokenizer never panic, a tokenizer that builds encodes, and `CausalLm::from_gguf` either refuses the file with an error or gives
 //! a model whose forward runs and whose logits are finite.
 //!
-//! The seeds are the tiny Llama as llama.cpp writes it (`tests/fixtures/gguf/llama_tiny.gguf`)
-//! and the file of every tensor type and metadata type (`quant_types.gguf`).
+//! The seeds are the tiny Llama as llama.cpp writes it (`tests/fixtures/gguf/llama_tiny.gguf`,
+//! with a byte-level tokenizer), the file of every tensor type and metadata type
+//! (`quant_types.gguf`) and a SentencePiece tokenizer (`sentencepiece_tokenizer.gguf`).
 
 use burn_lora::nn::llama::{CausalLm, CausalLmInput};
 use burn_lora::GgufFile;
@@ -20,6 +21,7 @@ fn mutated_gguf_files_never_panic_and_models_that_load_run() {
     let report = Fuzz::new("gguf", Format::Bytes)
         .seed_file(&fixtures.join("llama_tiny.gguf"))
         .seed_file(&fixtures.join("quant_types.gguf"))
+        .seed_file(&fixtures.join("sentencepiece_tokenizer.gguf"))
         .words(&[
             "GGUF",
             "general.architecture",
@@ -40,6 +42,8 @@ fn mutated_gguf_files_never_panic_and_models_that_load_run() {
             "tokenizer.ggml.merges",
             "tokenizer.ggml.pre",
             "gpt2",
+            "tokenizer.ggml.scores",
+            "tokenizer.ggml.add_bos_token",
             "llama-bpe",
             "qwen2",
         ])
