@@ -660,3 +660,26 @@ fn generation_config_json_gives_the_stop_tokens_and_sampling_defaults() {
         LoraError::InvalidInput(_)
     ));
 }
+
+#[test]
+fn a_config_larger_than_its_checkpoint_is_refused_before_a_model_is_built() {
+    let (_temp, dir) = copy_fixture("llama_tiny");
+    // Ten million layers would take gigabytes even as lazy layers: the checkpoint has two.
+    edit_config(&dir, |c| {
+        c.insert("num_hidden_layers".into(), json!(10_000_000));
+    });
+    let err = CausalLm::<B>::from_pretrained(&dir, &Default::default()).unwrap_err();
+    assert!(
+        matches!(&err, LoraError::MissingKey { key, .. } if key == "model.layers.2.self_attn.q_proj.weight"),
+        "{err:?}"
+    );
+    // A width the checkpoint does not have.
+    let (_temp, dir) = copy_fixture("llama_tiny");
+    edit_config(&dir, |c| {
+        c.insert("intermediate_size".into(), json!(1 << 20));
+    });
+    assert!(matches!(
+        CausalLm::<B>::from_pretrained(&dir, &Default::default()).unwrap_err(),
+        LoraError::ShapeMismatch { .. }
+    ));
+}

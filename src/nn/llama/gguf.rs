@@ -11,6 +11,7 @@ use burn::tensor::{DType, TensorData};
 
 use super::config::{CausalLmConfig, Family};
 use super::model::CausalLm;
+use super::size_check::check_sizes;
 use crate::error::{LoraError, Result};
 use crate::io::gguf::file::GgufFile;
 use crate::io::gguf::value::GgufValue;
@@ -134,7 +135,8 @@ impl<B: Backend> CausalLm<B> {
     pub fn from_gguf(path: &Path, device: &B::Device) -> Result<Self> {
         let gguf = GgufFile::open(path)?;
         let config = CausalLmConfig::from_gguf(&gguf)?;
-        check_sizes(&gguf, &config)?;
+        let checkpoint = GgufCheckpoint::new(&gguf, &config)?;
+        check_sizes(&[&checkpoint], &config)?;
         let mut model = config.init(device)?;
         model.load_gguf_weights(&gguf)?;
         Ok(model)
@@ -162,43 +164,6 @@ impl<B: Backend> CausalLm<B> {
             &LoadOptions::new(),
         )
     }
-}
-
-/// Checks the sizes the metadata states against the tensors the file holds, before a model of
-/// those sizes is built: the embedding is `[vocab_size, hidden_size]`, and each of the
-/// `block_count` layers has its q, k and up projections of the stated widths. A file cannot then
-/// make burn-lora build a model larger than its own tensors.
-fn check_sizes(gguf: &GgufFile, config: &CausalLmConfig) -> Result<()> {
-    let path = || gguf.path().display().to_string();
-    let check = |name: String, shape: [usize; 2]| match gguf.tensors().get(&name) {
-        None => Err(LoraError::MissingKey {
-            path: path(),
-            key: name,
-        }),
-        Some(tensor) if tensor.shape() != shape => Err(LoraError::ShapeMismatch {
-            what: format!(
-                "{}: tensor \"{name}\" for the sizes the metadata states",
-                path()
-            ),
-            expected: shape.to_vec(),
-            found: tensor.shape().to_vec(),
-        }),
-        Some(_) => Ok(()),
-    };
-    let hidden = config.hidden_size;
-    check("token_embd.weight".into(), [config.vocab_size, hidden])?;
-    // `validate` checked that these products do not overflow.
-    let rows = [
-        ("attn_q", config.num_attention_heads * config.head_dim),
-        ("attn_k", config.num_key_value_heads * config.head_dim),
-        ("ffn_up", config.intermediate_size),
-    ];
-    for layer in 0..config.num_hidden_layers {
-        for (name, rows) in rows {
-            check(format!("blk.{layer}.{name}.weight"), [rows, hidden])?;
-        }
-    }
-    Ok(())
 }
 
 /// llama.cpp's name of each module of a decoder layer, beside Hugging Face's.

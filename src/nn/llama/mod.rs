@@ -47,6 +47,7 @@ mod loss;
 mod model;
 mod pretrained;
 mod sampling;
+mod size_check;
 #[cfg(feature = "tokenizers")]
 mod text_stream;
 

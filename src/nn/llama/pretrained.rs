@@ -11,9 +11,11 @@ use serde_json::Value;
 use super::config::CausalLmConfig;
 use super::generation_config::{eos_token_ids, GENERATION_CONFIG_FILE};
 use super::model::CausalLm;
+use super::size_check::check_sizes;
 use crate::error::{LoraError, Result};
 use crate::io::path_map::PathMap;
-use crate::io::pytorch_checkpoint::{load_pytorch_shards, LoadOptions, LoadReport};
+use crate::io::pytorch_checkpoint::{load_tensor_files, LoadOptions, LoadReport, TensorFile};
+use crate::io::safetensors_reader::SafetensorsReader;
 use crate::io::tensor_file::read_bytes;
 
 /// The file of an unsharded checkpoint.
@@ -44,8 +46,15 @@ impl<B: Backend> CausalLm<B> {
                 config.eos_token_ids = ids;
             }
         }
+        let files = checkpoint_files(dir)?;
+        let readers = files
+            .iter()
+            .map(|file| SafetensorsReader::open(file))
+            .collect::<Result<Vec<_>>>()?;
+        let readers: Vec<&dyn TensorFile> = readers.iter().map(|r| r as &dyn TensorFile).collect();
+        check_sizes(&readers, &config)?;
         let mut model = config.init(device)?;
-        model.load_hf_weights(dir)?;
+        model.load_tensor_files(&readers)?;
         Ok(model)
     }
 
@@ -55,7 +64,8 @@ impl<B: Backend> CausalLm<B> {
     /// a stored `lm_head.weight` (Hugging Face ties it to the embeddings regardless). F32, BF16,
     /// F16 and F64 tensors are read in place, one at a time, straight into the backend's float
     /// type, and each parameter is built from its tensor with no random initialisation first:
-    /// a load holds little more than the model itself ([`load_pytorch_shards`]).
+    /// a load holds little more than the model itself
+    /// ([`load_pytorch_shards`](crate::load_pytorch_shards)).
     ///
     /// # Errors
     /// As [`load_pytorch_shards`](crate::load_pytorch_shards) (a missing or unknown key, a
@@ -64,12 +74,21 @@ impl<B: Backend> CausalLm<B> {
     /// shard name that is not a plain file name of the folder.
     pub fn load_hf_weights(&mut self, dir: &Path) -> Result<LoadReport> {
         let files = checkpoint_files(dir)?;
-        let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+        let readers = files
+            .iter()
+            .map(|file| SafetensorsReader::open(file))
+            .collect::<Result<Vec<_>>>()?;
+        let readers: Vec<&dyn TensorFile> = readers.iter().map(|r| r as &dyn TensorFile).collect();
+        self.load_tensor_files(&readers)
+    }
+
+    /// Loads the weights of open checkpoint files, as [`load_hf_weights`](Self::load_hf_weights).
+    fn load_tensor_files(&mut self, files: &[&dyn TensorFile]) -> Result<LoadReport> {
         let mut options = LoadOptions::new().with_unused_pattern(r"rotary_emb\.inv_freq$")?;
         if self.config().tie_word_embeddings {
             options = options.with_unused_pattern(r"^lm_head\.weight$")?;
         }
-        load_pytorch_shards(self, &files, &PathMap::identity(), &options)
+        load_tensor_files(self, files, &PathMap::identity(), &options)
     }
 }
 
