@@ -280,12 +280,13 @@ pub fn load_pytorch_shards<B: Backend, M: Module<B>>(
             reason: "no checkpoint file given".into(),
         });
     }
-    let shards = files
-        .iter()
-        .map(|file| SafetensorsReader::open(file))
-        .collect::<Result<Vec<_>>>()?;
-    let shards: Vec<&dyn TensorFile> = shards.iter().map(|s| s as &dyn TensorFile).collect();
-    load_tensor_files(model, &shards, paths, options)
+    let shards = SafetensorsReader::open_all(files)?;
+    load_tensor_files(model, &tensor_files(&shards), paths, options)
+}
+
+/// Open safetensors files as [`TensorFile`]s.
+pub(crate) fn tensor_files(readers: &[SafetensorsReader]) -> Vec<&dyn TensorFile> {
+    readers.iter().map(|r| r as &dyn TensorFile).collect()
 }
 
 /// A file of named float tensors that a checkpoint loads from: a safetensors file, or a GGUF

@@ -119,6 +119,14 @@ impl SafetensorsReader {
         self
     }
 
+    /// Opens every file of `files` ([`open`](Self::open)).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open), for the first file that fails.
+    pub fn open_all(files: &[impl AsRef<Path>]) -> Result<Vec<Self>> {
+        files.iter().map(|file| Self::open(file.as_ref())).collect()
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path

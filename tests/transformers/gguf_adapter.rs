@@ -10,6 +10,7 @@ use burn::tensor::Tensor;
 use burn_lora::nn::llama::CausalLm;
 use burn_lora::{load_adapter, GgufFile, LoraError, LoraModel, PathMap};
 use burn_lora_support::fixtures::repository_root;
+use burn_lora_support::testing::max_abs_diff_values;
 
 fn fixture(path: &str) -> PathBuf {
     repository_root().join("tests/fixtures").join(path)
@@ -130,11 +131,7 @@ fn scales_llama_cpp_cannot_state_are_folded_into_b() {
         let written = llama_cpp_update(&file, &format!("blk.{n}.{ours}")).transpose();
         let expected: Vec<f32> = expected.into_data().to_vec().unwrap();
         let written: Vec<f32> = written.into_data().to_vec().unwrap();
-        let worst = expected
-            .iter()
-            .zip(&written)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_abs_diff_values(&expected, &written);
         let largest = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         assert!(largest > 1e-3, "{path}: a zero update shows nothing");
         assert!(worst <= 1e-6 * largest.max(1.0), "{path}: off by {worst}");

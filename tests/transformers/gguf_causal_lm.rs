@@ -15,6 +15,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use burn_lora::nn::llama::{CausalLm, CausalLmConfig, CausalLmInput, GenerationConfig};
 use burn_lora::{load_adapter, GgufFile, LoraError, PathMap};
 use burn_lora_support::fixtures::repository_root;
+use burn_lora_support::testing::max_abs_diff_values;
 
 fn gguf_fixture(name: &str) -> PathBuf {
     let path = repository_root().join("tests/fixtures/gguf").join(name);
@@ -61,11 +62,7 @@ fn a_llama_cpp_gguf_loads_as_transformers_loads_it() {
     let prompts = find("prompts").to_int_tensor::<2>();
     let logits = values(gguf.forward(CausalLmInput::new(prompts)).unwrap());
     let expected = find("logits").f32_values();
-    let worst = logits
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = max_abs_diff_values(&logits, &expected);
     assert!(worst < 1e-5, "logits differ from transformers' by {worst}");
 }
 
@@ -202,11 +199,7 @@ fn smollm2_q4_1_from_gguf_reproduces_transformers() {
     let last = prompt.len() - 1;
     let ours: Vec<f32> = [&logits[..vocab], &logits[last * vocab..]].concat();
     let expected = find("logits").f32_values();
-    let worst = ours
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = max_abs_diff_values(&ours, &expected);
     assert!(worst < 2e-4, "logits differ from transformers' by {worst}");
     eprintln!("SmolLM2 Q4_1 from GGUF: logits within {worst:e} of transformers'");
 
@@ -314,11 +307,7 @@ fn a_peft_adapter_made_on_transformers_gguf_model_gives_peft_s_logits_on_ours() 
     );
     let expected = find("logits").f32_values();
     assert_eq!(logits.len(), expected.len());
-    let worst = logits
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = max_abs_diff_values(&logits, &expected);
     assert!(worst < 2e-4, "logits differ from PEFT's by {worst}");
     eprintln!("SmolLM2 Q4_1 from GGUF with PEFT's adapter: logits within {worst:e} of PEFT's");
 }

@@ -69,9 +69,14 @@ pub fn assert_bit_identical<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tens
 
 /// Largest absolute difference between two tensors.
 pub fn max_abs_diff<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
-    values(a)
-        .iter()
-        .zip(values(b))
+    max_abs_diff_values(&values(a), &values(b))
+}
+
+/// Largest absolute difference between two lists of values (which must be as long).
+pub fn max_abs_diff_values(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "the two lists differ in length");
+    a.iter()
+        .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }

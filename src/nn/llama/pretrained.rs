@@ -14,7 +14,9 @@ use super::model::CausalLm;
 use super::size_check::check_sizes;
 use crate::error::{LoraError, Result};
 use crate::io::path_map::PathMap;
-use crate::io::pytorch_checkpoint::{load_tensor_files, LoadOptions, LoadReport, TensorFile};
+use crate::io::pytorch_checkpoint::{
+    load_tensor_files, tensor_files, LoadOptions, LoadReport, TensorFile,
+};
 use crate::io::safetensors_reader::SafetensorsReader;
 use crate::io::tensor_file::read_bytes;
 
@@ -46,12 +48,8 @@ impl<B: Backend> CausalLm<B> {
                 config.eos_token_ids = ids;
             }
         }
-        let files = checkpoint_files(dir)?;
-        let readers = files
-            .iter()
-            .map(|file| SafetensorsReader::open(file))
-            .collect::<Result<Vec<_>>>()?;
-        let readers: Vec<&dyn TensorFile> = readers.iter().map(|r| r as &dyn TensorFile).collect();
+        let readers = SafetensorsReader::open_all(&checkpoint_files(dir)?)?;
+        let readers = tensor_files(&readers);
         check_sizes(&readers, &config)?;
         let mut model = config.init(device)?;
         model.load_tensor_files(&readers)?;
@@ -73,13 +71,8 @@ impl<B: Backend> CausalLm<B> {
     /// [`LoraError::InvalidFile`] for a folder with neither file, an unreadable index, or a
     /// shard name that is not a plain file name of the folder.
     pub fn load_hf_weights(&mut self, dir: &Path) -> Result<LoadReport> {
-        let files = checkpoint_files(dir)?;
-        let readers = files
-            .iter()
-            .map(|file| SafetensorsReader::open(file))
-            .collect::<Result<Vec<_>>>()?;
-        let readers: Vec<&dyn TensorFile> = readers.iter().map(|r| r as &dyn TensorFile).collect();
-        self.load_tensor_files(&readers)
+        let readers = SafetensorsReader::open_all(&checkpoint_files(dir)?)?;
+        self.load_tensor_files(&tensor_files(&readers))
     }
 
     /// Loads the weights of open checkpoint files, as [`load_hf_weights`](Self::load_hf_weights).
