@@ -138,7 +138,7 @@ impl<B: Backend> CausalLm<B> {
         let checkpoint = GgufCheckpoint::new(&gguf, &config)?;
         check_sizes(&[&checkpoint], &config)?;
         let mut model = config.init(device)?;
-        model.load_gguf_weights(&gguf)?;
+        model.load_gguf_checkpoint(&checkpoint)?;
         Ok(model)
     }
 
@@ -157,9 +157,14 @@ impl<B: Backend> CausalLm<B> {
     /// not finite; the model is then unchanged.
     pub fn load_gguf_weights(&mut self, gguf: &GgufFile) -> Result<LoadReport> {
         let checkpoint = GgufCheckpoint::new(gguf, self.config())?;
+        self.load_gguf_checkpoint(&checkpoint)
+    }
+
+    /// Loads the weights of a GGUF file already seen under Hugging Face's names.
+    fn load_gguf_checkpoint(&mut self, checkpoint: &GgufCheckpoint<'_>) -> Result<LoadReport> {
         load_tensor_files(
             self,
-            &[&checkpoint as &dyn TensorFile],
+            &[checkpoint as &dyn TensorFile],
             &PathMap::identity(),
             &LoadOptions::new(),
         )
