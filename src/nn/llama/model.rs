@@ -3,7 +3,6 @@
 use burn::module::Module;
 use burn::nn::RmsNorm;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::linear;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::cache::CausalLmCache;
@@ -295,11 +294,7 @@ impl<B: Backend> CausalLm<B> {
         };
         match &self.lm_head {
             Some(head) => project(head, hidden, adapters),
-            None => Ok(linear(
-                hidden,
-                self.model.embed_tokens.tied_weight().transpose(),
-                None,
-            )),
+            None => Ok(tied_head(hidden, self.model.embed_tokens.tied_weight())),
         }
     }
 
@@ -357,6 +352,25 @@ fn select_positions<B: Backend>(hidden: Tensor<B, 3>, last: &[usize]) -> Tensor<
         .reshape([batch, 1, 1])
         .repeat_dim(2, width);
     hidden.gather(1, index)
+}
+
+/// The logits of tied embeddings, `h Eᵀ`, as one 2-D product with `E` read transposed in place.
+///
+/// Burn's `linear` would give the transposed `E` a leading batch dimension by a reshape, which
+/// copies the whole `[vocab_size, hidden_size]` matrix on a backend whose reshape needs
+/// contiguous data (Flex): the largest tensor of the model, copied at every step.
+///
+/// # Shapes
+/// - hidden: `[batch, seq, hidden_size]`
+/// - embeddings: `[vocab_size, hidden_size]`
+/// - output: `[batch, seq, vocab_size]`
+fn tied_head<B: Backend>(hidden: Tensor<B, 3>, embeddings: Tensor<B, 2>) -> Tensor<B, 3> {
+    let [batch, seq, width] = hidden.dims();
+    let [vocab, _] = embeddings.dims();
+    hidden
+        .reshape([batch * seq, width])
+        .matmul(embeddings.transpose())
+        .reshape([batch, seq, vocab])
 }
 
 /// Position ids of `shape`, none negative.
