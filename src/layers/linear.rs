@@ -4,8 +4,8 @@ use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::linear;
 use burn::tensor::Tensor;
+use burn_lora_kernels::linear;
 
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter::LoraAdapter;

@@ -214,7 +214,20 @@ impl<B: Backend> CausalLm<B> {
         CausalLmCache::new(self.model.layers.len())
     }
 
+    /// [`run_here`](Self::run_here) inside [`burn_lora_kernels::with_fast_paths`]: on Flex the
+    /// products of a few rows (decoding) stream their weights over all threads, and the step
+    /// runs on the backend's compute threads, so that its hundreds of small operations do not
+    /// each wake them and wait. Products then differ from Burn's by rounding (the order of a
+    /// sum); other backends, `Autodiff` included, run Burn's operations.
     fn run(
+        &self,
+        input: CausalLmInput<B>,
+        cache: Option<&mut CausalLmCache<B>>,
+    ) -> Result<Tensor<B, 3>> {
+        burn_lora_kernels::with_fast_paths::<B, _>(|| self.run_here(input, cache))
+    }
+
+    fn run_here(
         &self,
         input: CausalLmInput<B>,
         mut cache: Option<&mut CausalLmCache<B>>,
@@ -367,9 +380,7 @@ fn select_positions<B: Backend>(hidden: Tensor<B, 3>, last: &[usize]) -> Tensor<
 fn tied_head<B: Backend>(hidden: Tensor<B, 3>, embeddings: Tensor<B, 2>) -> Tensor<B, 3> {
     let [batch, seq, width] = hidden.dims();
     let [vocab, _] = embeddings.dims();
-    hidden
-        .reshape([batch * seq, width])
-        .matmul(embeddings.transpose())
+    burn_lora_kernels::matmul(hidden.reshape([batch * seq, width]), embeddings.transpose())
         .reshape([batch, seq, vocab])
 }
 

@@ -1,0 +1,27 @@
+//! # burn-lora-kernels
+//!
+//! Faster paths for the operations of burn-lora's layers on Burn's CPU backends, each with the
+//! same signature and result as the Burn operations it replaces.
+//!
+//! Every function takes any backend. Inside [`with_fast_paths`], when the backend is one named
+//! by this crate's features (`flex`; none by default) and the inputs fit a fast path, it runs
+//! there, and may differ from Burn's result by floating-point rounding (the order of a sum);
+//! otherwise, and always outside that scope, it is exactly Burn's operation. A crate that
+//! depends on this one with default features compiles no backend.
+//!
+//! The paths:
+//! - [`matmul`] and [`linear`] with up to 16 rows (decoding): the weights stream from memory
+//!   once, split over the threads (`gemm` runs one row on one thread, and a few rows at a third
+//!   of the memory's speed).
+
+#[cfg(feature = "flex")]
+mod flex;
+mod host;
+mod matmul;
+mod scope;
+
+pub use matmul::{linear, matmul};
+pub use scope::with_fast_paths;
+
+#[cfg(all(test, feature = "flex"))]
+mod tests;

@@ -1,0 +1,84 @@
+//! Matrix products of a few rows (decoding) at the speed of the memory.
+//!
+//! Both functions are Burn's operations outside [`with_fast_paths`](crate::with_fast_paths).
+//!
+//! Flex multiplies with the `gemm` crate, which runs a product of one row as a single-threaded
+//! matrix-vector loop, and one of a few rows through its packing kernels: at batch 1 to 8 a
+//! decoder spends most of a step there, at a third of the speed at which the weights stream
+//! from memory. On Flex, products of up to 16 rows of `f32` run the kernel of `flex::few_rows`
+//! instead (a `Linear`'s row-major weight, or a transposed view such as tied embeddings), split
+//! over Rayon's threads; every other product is Burn's.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::module;
+use burn::tensor::Tensor;
+
+use crate::scope::fast_paths_enabled;
+
+/// The most rows the few-rows kernel takes; more go to Burn's product (`gemm`, whose packing
+/// then pays off).
+pub(crate) const MAX_ROWS: usize = 16;
+
+/// `lhs · rhs`, as [`Tensor::matmul`] (within rounding inside
+/// [`with_fast_paths`](crate::with_fast_paths)).
+///
+/// # Shapes
+/// - lhs: `[m, k]`
+/// - rhs: `[k, n]`
+/// - output: `[m, n]`
+pub fn matmul<B: Backend>(lhs: Tensor<B, 2>, rhs: Tensor<B, 2>) -> Tensor<B, 2> {
+    if !fast_paths_enabled() {
+        return lhs.matmul(rhs);
+    }
+    match fast_matmul(&lhs, &rhs) {
+        Some(product) => product,
+        None => lhs.matmul(rhs),
+    }
+}
+
+/// `x W + b`, as [`burn::tensor::module::linear`] (within rounding inside
+/// [`with_fast_paths`](crate::with_fast_paths)).
+///
+/// # Shapes
+/// - input: `[..., d_input]`
+/// - weight: `[d_input, d_output]`
+/// - bias: `[d_output]`
+/// - output: `[..., d_output]`
+pub fn linear<B: Backend, const D: usize>(
+    input: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    let dims = input.dims();
+    let [d_input, d_output] = weight.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    if !fast_paths_enabled()
+        || dims[D - 1] != d_input
+        || rows == 0
+        || rows > MAX_ROWS
+        || !crate::host::is_flex::<B>()
+    {
+        return module::linear(input, weight, bias);
+    }
+    let matrix = input.clone().reshape([rows, d_input]);
+    let Some(output) = fast_matmul(&matrix, &weight) else {
+        return module::linear(input, weight, bias);
+    };
+    let output = match bias {
+        Some(bias) => output + bias.unsqueeze(),
+        None => output,
+    };
+    let mut out_dims = dims;
+    out_dims[D - 1] = d_output;
+    output.reshape(out_dims)
+}
+
+#[cfg(feature = "flex")]
+fn fast_matmul<B: Backend>(lhs: &Tensor<B, 2>, rhs: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    crate::flex::few_rows_matmul(lhs, rhs)
+}
+
+#[cfg(not(feature = "flex"))]
+fn fast_matmul<B: Backend>(_: &Tensor<B, 2>, _: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    None
+}

@@ -1,0 +1,165 @@
+//! The fast paths against Burn's own operations on Flex.
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor, TensorData};
+use proptest::prelude::*;
+
+use crate::flex::few_rows_matmul;
+use crate::host::is_flex;
+use crate::{linear, matmul, with_fast_paths};
+
+type B = Flex;
+
+fn random<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<B, D> {
+    let device = Default::default();
+    B::seed(&device, seed);
+    Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), &device)
+}
+
+fn values<const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+    tensor.into_data().to_vec().unwrap()
+}
+
+/// The sums differ from `gemm`'s by rounding order only: values in [-1, 1], at most 200 terms,
+/// so every difference is far below 1e-4, and a wrong index far above it.
+fn assert_close(actual: Vec<f32>, expected: Vec<f32>) -> Result<(), TestCaseError> {
+    prop_assert_eq!(actual.len(), expected.len());
+    for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
+        prop_assert!(
+            (a - e).abs() <= 1e-4,
+            "value {}: {} against Burn's {}",
+            i,
+            a,
+            e
+        );
+    }
+    Ok(())
+}
+
+/// Runs `body` with the fast paths on a pool of `threads` threads, as Flex's own kernels would.
+fn on_threads<T: Send>(threads: usize, body: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(|| with_fast_paths::<B, _>(body))
+}
+
+#[test]
+fn flex_is_recognised_and_its_decorators_are_not() {
+    assert!(is_flex::<Flex>());
+    assert!(!is_flex::<Autodiff<Flex>>());
+}
+
+#[test]
+fn the_kernel_takes_few_rows_of_f32_in_either_orientation_and_nothing_else() {
+    let w = random([64, 100], 1);
+    assert!(few_rows_matmul(&random([1, 64], 2), &w).is_some());
+    assert!(few_rows_matmul(&random([16, 64], 2), &w).is_some());
+    let tied = random([600, 64], 3).transpose();
+    assert!(few_rows_matmul(&random([1, 64], 2), &tied).is_some());
+    // A transposed weight at more rows, or too narrow to split: Burn's product.
+    assert!(few_rows_matmul(&random([2, 64], 2), &tied).is_none());
+    assert!(few_rows_matmul(&random([1, 64], 2), &random([100, 64], 3).transpose()).is_none());
+    // Too many rows, a permuted input, another float type, autodiff: Burn's product.
+    assert!(few_rows_matmul(&random([17, 64], 2), &w).is_none());
+    assert!(few_rows_matmul(&random([64, 2], 2).transpose(), &w).is_none());
+    let half = burn::tensor::FloatDType::F16;
+    assert!(few_rows_matmul(&random([1, 64], 2).cast(half), &w.clone().cast(half)).is_none());
+    let device = Default::default();
+    let x = Tensor::<Autodiff<Flex>, 2>::ones([1, 64], &device);
+    let wa = Tensor::<Autodiff<Flex>, 2>::ones([64, 100], &device);
+    assert!(few_rows_matmul(&x, &wa).is_none());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Row-major weights (a `Linear`'s), transposed views (tied embeddings) and column slices
+    /// of either, every size around the kernel's blocks, any thread count.
+    #[test]
+    fn matmul_matches_burns(
+        m in 1usize..20,
+        k in 1usize..200,
+        n in 1usize..700,
+        pad in 0usize..20,
+        threads in 1usize..5,
+        transposed in any::<bool>(),
+        seed in 0u64..1000,
+    ) {
+        let x = random([m, k], seed);
+        let offset = pad / 2;
+        let w = if transposed {
+            random([n + pad, k], seed + 1).narrow(0, offset, n).transpose()
+        } else {
+            random([k, n + pad], seed + 1).narrow(1, offset, n)
+        };
+        let expected = values(x.clone().matmul(w.clone()));
+        let actual = values(on_threads(threads, || matmul(x, w)));
+        assert_close(actual, expected)?;
+    }
+
+    /// `linear` on inputs of rank 3 with few rows or many, with and without a bias.
+    #[test]
+    fn linear_matches_burns(
+        rows in 1usize..24,
+        k in 1usize..64,
+        n in 1usize..300,
+        bias in any::<bool>(),
+        seed in 0u64..1000,
+    ) {
+        let x = random([rows, 1, k], seed);
+        let w = random([k, n], seed + 1);
+        let b = bias.then(|| random([n], seed + 2));
+        let expected = values(burn::tensor::module::linear(x.clone(), w.clone(), b.clone()));
+        let actual = values(on_threads(2, || linear(x, w, b)));
+        assert_close(actual, expected)?;
+    }
+}
+
+#[test]
+fn a_row_of_rank_one_keeps_its_rank() {
+    let x = Tensor::<B, 1>::from_data(TensorData::from([1.0f32, 2.0]), &Default::default());
+    let w = random([2, 600], 5);
+    let out = on_threads(2, || linear(x.clone(), w.clone(), None));
+    assert_eq!(out.dims(), [600]);
+    let expected = values(burn::tensor::module::linear(x, w, None));
+    assert_close(values(out), expected).unwrap();
+}
+
+#[test]
+fn non_finite_values_propagate_as_in_burns_product() {
+    let x = Tensor::<B, 2>::from_data(
+        TensorData::from([[f32::INFINITY, 1.0, f32::NAN, 0.0]]),
+        &Default::default(),
+    );
+    let w = random([4, 40], 6);
+    let expected = values(x.clone().matmul(w.clone()));
+    let actual = values(with_fast_paths::<B, _>(|| matmul(x, w)));
+    for (a, e) in actual.iter().zip(&expected) {
+        assert!(a.is_nan() && e.is_nan() || a == e, "{a} against {e}");
+    }
+}
+
+#[test]
+fn outside_the_scope_everything_is_burns_operation_bit_for_bit() {
+    let (x, w, b) = (random([3, 40], 7), random([40, 300], 8), random([300], 9));
+    assert_eq!(
+        values(linear(x.clone(), w.clone(), Some(b.clone()))),
+        values(burn::tensor::module::linear(x.clone(), w.clone(), Some(b)))
+    );
+    assert_eq!(values(matmul(x.clone(), w.clone())), values(x.matmul(w)));
+}
+
+#[test]
+fn the_scope_ends_with_its_body_even_when_it_panics() {
+    assert!(!crate::scope::fast_paths_enabled());
+    let inside = with_fast_paths::<B, _>(crate::scope::fast_paths_enabled);
+    assert!(inside);
+    let panicked = std::panic::catch_unwind(|| {
+        with_fast_paths::<Autodiff<B>, _>(|| panic!("inside the scope"))
+    });
+    assert!(panicked.is_err());
+    assert!(!crate::scope::fast_paths_enabled());
+}
