@@ -21,7 +21,7 @@ mod matmul;
 mod scope;
 
 pub use matmul::{linear, matmul};
-pub use scope::with_fast_paths;
+pub use scope::{on_compute_threads, with_fast_paths};
 
 #[cfg(all(test, feature = "flex"))]
 mod tests;

@@ -21,8 +21,8 @@ std::thread_local! {
 }
 
 /// Runs `body` with this crate's fast paths enabled, on one of the backend's compute threads
-/// when `B` has them (Flex, with the `flex` feature) and the caller is not one already. The
-/// caller waits for it either way.
+/// ([`on_compute_threads`]) when `B` is Flex (with the `flex` feature). The caller waits for it
+/// either way.
 ///
 /// Within `body`, [`linear`](crate::linear) and [`matmul`](crate::matmul) take the fast paths
 /// where they apply, and their results may differ from Burn's operations by floating-point
@@ -32,11 +32,31 @@ pub fn with_fast_paths<B: Backend, R: Send>(body: impl FnOnce() -> R + Send) -> 
         let _restore = Restore(FAST_PATHS.replace(true));
         body()
     };
-    #[cfg(feature = "flex")]
-    if crate::host::is_flex::<B>() && rayon::current_thread_index().is_none() {
-        return rayon::scope(|_| run());
+    if crate::host::is_flex::<B>() {
+        on_compute_threads(run)
+    } else {
+        run()
     }
-    run()
+}
+
+/// Runs `body` on one of the CPU backends' compute threads (Rayon's global pool, which Flex
+/// and NdArray split their work over) unless the caller is one already, and waits for it; runs
+/// it here without the `flex` feature. Nothing else changes: every operation is Burn's.
+///
+/// For a training step on a CPU backend, `Autodiff<Flex>` included: the forward, the backward
+/// and the optimizer's update are thousands of operations, and from a thread outside the pool
+/// each parallel one wakes the pool's threads and sleeps until they are done.
+///
+/// ```
+/// let sum = burn_lora_kernels::on_compute_threads(|| 1 + 1);
+/// assert_eq!(sum, 2);
+/// ```
+pub fn on_compute_threads<R: Send>(body: impl FnOnce() -> R + Send) -> R {
+    #[cfg(feature = "flex")]
+    if rayon::current_thread_index().is_none() {
+        return rayon::scope(|_| body());
+    }
+    body()
 }
 
 /// Whether the calling thread is inside [`with_fast_paths`].

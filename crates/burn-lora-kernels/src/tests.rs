@@ -163,3 +163,19 @@ fn the_scope_ends_with_its_body_even_when_it_panics() {
     assert!(panicked.is_err());
     assert!(!crate::scope::fast_paths_enabled());
 }
+
+#[test]
+fn on_compute_threads_runs_the_body_on_the_pool_and_returns_its_value() {
+    assert_eq!(rayon::current_thread_index(), None);
+    let index = crate::on_compute_threads(rayon::current_thread_index);
+    assert!(index.is_some());
+    // Already on the pool: the body runs right there.
+    let nested = crate::on_compute_threads(|| {
+        let outer = rayon::current_thread_index();
+        (
+            outer,
+            crate::on_compute_threads(rayon::current_thread_index),
+        )
+    });
+    assert_eq!(nested.0, nested.1);
+}
