@@ -13,15 +13,19 @@
 //! - [`matmul`] and [`linear`] with up to 16 rows (decoding): the weights stream from memory
 //!   once, split over the threads (`gemm` runs one row on one thread, and a few rows at a third
 //!   of the memory's speed).
+//! - [`slice_assign`] in place when the destination's buffer is not shared (Flex copies the
+//!   whole destination on every `slice_assign`); exact, so it runs outside the scope too.
 
 #[cfg(feature = "flex")]
 mod flex;
 mod host;
 mod matmul;
 mod scope;
+mod slice;
 
 pub use matmul::{linear, matmul};
 pub use scope::{on_compute_threads, with_fast_paths};
+pub use slice::slice_assign;
 
 #[cfg(all(test, feature = "flex"))]
 mod tests;

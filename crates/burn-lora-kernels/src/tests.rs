@@ -179,3 +179,74 @@ fn on_compute_threads_runs_the_body_on_the_pool_and_returns_its_value() {
     });
     assert_eq!(nested.0, nested.1);
 }
+
+mod slice_assign {
+    use super::*;
+    use crate::slice_assign;
+
+    fn burns<const D: usize>(
+        tensor: Tensor<B, D>,
+        ranges: [core::ops::Range<usize>; D],
+        values: Tensor<B, D>,
+    ) -> Vec<f32> {
+        super::values(tensor.slice_assign(ranges, values))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Every region of a 4-D tensor, the source contiguous or permuted: Burn's values.
+        #[test]
+        fn matches_burns(
+            dims in proptest::array::uniform4(1usize..6),
+            starts in proptest::array::uniform4(0usize..6),
+            lens in proptest::array::uniform4(1usize..6),
+            permuted in any::<bool>(),
+            seed in 0u64..1000,
+        ) {
+            let ranges: [core::ops::Range<usize>; 4] = core::array::from_fn(|i| {
+                let start = starts[i] % dims[i];
+                start..(start + lens[i]).min(dims[i])
+            });
+            let shape = ranges.clone().map(|r| r.len());
+            let values = if permuted {
+                random([shape[0], shape[1], shape[3], shape[2]], seed).swap_dims(2, 3)
+            } else {
+                random(shape, seed)
+            };
+            let tensor = random(dims, seed + 1);
+            let expected = burns(tensor.clone(), ranges.clone(), values.clone());
+            // `tensor` is held here too: the shared buffer takes Burn's path, unchanged.
+            let shared = super::values(slice_assign(tensor.clone(), ranges.clone(), values.clone()));
+            prop_assert_eq!(&shared, &expected);
+            let unique = random(dims, seed + 1);
+            prop_assert_eq!(super::values(slice_assign(unique, ranges, values)), expected);
+        }
+    }
+
+    #[test]
+    fn a_shared_destination_is_left_unchanged() {
+        let tensor = Tensor::<B, 2>::zeros([2, 3], &Default::default());
+        let holder = tensor.clone();
+        let written = slice_assign(
+            tensor,
+            [0..1, 1..3],
+            Tensor::ones([1, 2], &Default::default()),
+        );
+        assert_eq!(super::values(holder), vec![0.0; 6]);
+        assert_eq!(super::values(written), vec![0.0, 1.0, 1.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn a_unique_destination_is_written_where_it_lies() {
+        let device = Default::default();
+        let tensor = Tensor::<B, 3>::zeros([2, 4, 3], &device);
+        let before = tensor.clone().into_primitive().tensor().bytes().as_ptr();
+        let written = slice_assign(tensor, [1..2, 2..4, 0..3], Tensor::ones([1, 2, 3], &device));
+        let after = written.clone().into_primitive().tensor().bytes().as_ptr();
+        assert_eq!(before, after, "the buffer was copied");
+        let values = super::values(written);
+        assert_eq!(values.iter().sum::<f32>(), 6.0);
+        assert_eq!(&values[18..24], &[1.0; 6]);
+    }
+}

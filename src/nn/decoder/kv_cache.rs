@@ -2,6 +2,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
+use burn_lora_kernels::slice_assign;
 
 use crate::error::{LoraError, Result};
 
@@ -89,8 +90,8 @@ impl<B: Backend> KvCache<B> {
             let empty = || Tensor::<B, 4>::zeros([batch, heads, capacity, head_dim], &device);
             let range = [0..batch, 0..heads, 0..new, 0..head_dim];
             return Ok(self.store(
-                empty().slice_assign(range.clone(), keys),
-                empty().slice_assign(range, values),
+                slice_assign(empty(), range.clone(), keys),
+                slice_assign(empty(), range, values),
                 total,
             ));
         };
@@ -105,9 +106,10 @@ impl<B: Backend> KvCache<B> {
             Tensor::cat(vec![buffer, padding], 2)
         };
         let range = [0..batch, 0..heads, self.len..total, 0..head_dim];
+        // Written in place: the views of the last step are gone, so the buffers have one holder.
         Ok(self.store(
-            grow(buffer_k).slice_assign(range.clone(), keys),
-            grow(buffer_v).slice_assign(range, values),
+            slice_assign(grow(buffer_k), range.clone(), keys),
+            slice_assign(grow(buffer_v), range, values),
             total,
         ))
     }

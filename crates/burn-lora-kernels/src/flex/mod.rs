@@ -1,6 +1,9 @@
 //! The paths for Flex's tensors: their buffers are host memory, read here as slices.
 
 mod few_rows;
+mod slice;
+
+pub(crate) use slice::slice_assign_in_place;
 
 use core::any::Any;
 
