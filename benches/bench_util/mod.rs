@@ -16,19 +16,24 @@ pub fn sync<B: Backend>(device: &B::Device) {
 
 /// One optimizer step (lr 1e-3) on the model in `slot`: forward and loss by `loss`, backward,
 /// update, then [`sync`]. The model lives in an `Option` so criterion's closure can move it.
+/// The step runs on the CPU backend's threads (`burn_lora_kernels::on_compute_threads`), as the
+/// README advises for training on Flex.
 pub fn step<B, M, O>(
     slot: &mut Option<M>,
     optim: &mut O,
     device: &B::Device,
-    loss: impl Fn(&M) -> Tensor<B, 1>,
+    loss: impl Fn(&M) -> Tensor<B, 1> + Sync,
 ) where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
-    O: Optimizer<M, B>,
+    O: Optimizer<M, B> + Send,
 {
     let model = slot.take().expect("model");
-    let grads = GradientsParams::from_grads(loss(&model).backward(), &model);
-    *slot = Some(optim.step(1e-3, model, grads));
+    let model = burn_lora_kernels::on_compute_threads(|| {
+        let grads = GradientsParams::from_grads(loss(&model).backward(), &model);
+        optim.step(1e-3, model, grads)
+    });
+    *slot = Some(model);
     sync::<B>(device);
 }
 
@@ -39,11 +44,11 @@ pub fn bench_training<B, M, O>(
     model: M,
     mut optim: O,
     device: &B::Device,
-    loss: impl Fn(&M) -> Tensor<B, 1>,
+    loss: impl Fn(&M) -> Tensor<B, 1> + Sync,
 ) where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
-    O: Optimizer<M, B>,
+    O: Optimizer<M, B> + Send,
 {
     let mut slot = Some(model);
     group.bench_function(id, |bencher| {
@@ -57,7 +62,7 @@ pub fn bench_fused_adam<B, M>(
     id: BenchmarkId,
     model: M,
     device: &B::Device,
-    loss: impl Fn(&M) -> Tensor<B, 1>,
+    loss: impl Fn(&M) -> Tensor<B, 1> + Sync,
 ) where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
