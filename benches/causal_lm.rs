@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_lora::nn::llama::{
-    CausalLm, CausalLmCache, CausalLmConfig, CausalLmInput, Family, GenerationConfig,
+    CausalLm, CausalLmCache, CausalLmConfig, CausalLmInput, Family, GenerationConfig, PROJECTIONS,
 };
 use burn_lora::{AdapterBatch, LoraConfig, LoraModel, Targets};
 use burn_lora_support::backend::{self, Inference};
@@ -53,15 +53,6 @@ type B = Inference;
 
 const VOCAB: usize = 4096;
 const ADAPTERS: [&str; 4] = ["a0", "a1", "a2", "a3"];
-const PROJECTIONS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
 
 /// Rows of the mixed batches.
 const BATCH: usize = 8;

@@ -17,12 +17,14 @@
 
 mod bench_util;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_fused_adam::FusedAdamConfig;
-use burn_lora::nn::llama::{causal_lm_loss, CausalLm, CausalLmInput, GenerationConfig};
+use burn_lora::nn::llama::{
+    causal_lm_loss, CausalLm, CausalLmInput, GenerationConfig, PROJECTIONS,
+};
 use burn_lora::{LoraConfig, LoraModel, Targets};
 use burn_lora_kernels::on_compute_threads;
 use burn_lora_support::backend::{self, Inference, Train};
@@ -30,15 +32,6 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 
-const PROJECTIONS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
 const NEW_TOKENS: usize = 64;
 const PROMPT_LEN: usize = 16;
 
@@ -51,7 +44,7 @@ fn model_dir() -> Option<PathBuf> {
 }
 
 /// The model with adapters `a` and `b` on every projection, `a` active.
-fn with_adapters<B: burn::tensor::backend::Backend>(dir: &PathBuf) -> CausalLm<B> {
+fn with_adapters<B: burn::tensor::backend::Backend>(dir: &Path) -> CausalLm<B> {
     let mut lm = CausalLm::<B>::from_pretrained(dir, &Default::default()).expect("SmolLM2 loads");
     for name in ["a", "b"] {
         lm.attach(

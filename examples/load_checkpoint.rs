@@ -19,7 +19,7 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{set_default_float_dtype, Backend};
 use burn::tensor::{Distribution, FloatDType, Int, Tensor};
 use burn_fused_adam::FusedAdamConfig;
-use burn_lora::nn::llama::{causal_lm_loss, CausalLm, CausalLmInput};
+use burn_lora::nn::llama::{causal_lm_loss, CausalLm, CausalLmInput, PROJECTIONS};
 use burn_lora::{LoraConfig, LoraModel, Targets};
 use burn_lora_kernels::on_compute_threads;
 use burn_lora_support::backend::{self, Inference, Train};
@@ -110,15 +110,7 @@ fn train(
     args: &Args,
     device: &burn::tensor::Device<Train>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let targets = Targets::names([
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ]);
+    let targets = Targets::names(PROJECTIONS);
     lm.attach("default", &LoraConfig::new(8, 16.0), &targets)?;
     let mut optim = FusedAdamConfig::adamw(0.01).init::<Train, CausalLm<Train>>()?;
     let vocab = lm.config().vocab_size as f64;

@@ -62,3 +62,24 @@ pub use model::{CausalLm, CausalLmInput, CausalLmModel};
 pub use sampling::Sampling;
 #[cfg(feature = "tokenizers")]
 pub use text_stream::TextStream;
+
+/// The module names of the seven linear layers of every decoder layer (attention's q, k, v and o,
+/// the feed-forward block's gate, up and down): the usual LoRA targets of a Llama-family model,
+/// PEFT's `all-linear` without the head.
+///
+/// ```
+/// use burn_lora::nn::llama::PROJECTIONS;
+/// use burn_lora::Targets;
+///
+/// let targets = Targets::names(PROJECTIONS);
+/// # let _ = targets;
+/// ```
+pub const PROJECTIONS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
