@@ -25,6 +25,9 @@ import re
 import sys
 
 # (category, pattern on one frame), tried in order on the innermost frames.
+# burn-lora-kernels' few-rows product, whose loops are inlined into macerator's dispatcher (the
+# innermost frame), below Rayon's frames: recognised anywhere on the stack.
+FEW_ROWS = re.compile(r"burn_lora_kernels::flex::few_rows::")
 KERNELS = [
     ("matmul (gemm)", re.compile(r"gemm")),
     ("page faults / zeroing", re.compile(r"page_fault|clear_page|do_anonymous_page|folio")),
@@ -76,6 +79,8 @@ def samples(lines):
 
 
 def kernel_of(frames):
+    if any(FEW_ROWS.search(frame) for frame in frames):
+        return "matmul (few-rows kernel)"
     for frame in frames[:6]:
         for name, pattern in KERNELS:
             if pattern.search(frame):
