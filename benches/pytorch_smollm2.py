@@ -49,13 +49,34 @@ def generate(model, ids, **kw):
                           max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=0, **kw)
 
 
-def main():
+def lora_model():
+    """SmolLM2 with the PEFT adapters `a` (active) and `b`, and its vocabulary size."""
     base = AutoModelForCausalLM.from_pretrained(DIR, dtype=torch.float32)
-    vocab = base.config.vocab_size
     config = LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS)
     model = get_peft_model(base, config, adapter_name="a")
     model.add_adapter("b", config)
     model.set_adapter("a")
+    return model, base.config.vocab_size
+
+
+def training_step(model, vocab):
+    """One LoRA step on 8 x 96 random tokens with AdamW (fused=True), as a function to call."""
+    model.train()
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                              fused=True)
+    ids = torch.randint(0, vocab, (8, 96))
+
+    def step():
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+
+    return step
+
+
+def main():
+    model, vocab = lora_model()
     model.eval()
     with torch.inference_mode():
         for name, rows, kw in [("unmerged", 1, {}), ("unmerged", 8, {}),
@@ -68,18 +89,7 @@ def main():
             t = median(lambda: generate(model, ids))
         print(f"generate/bare/1: {NEW_TOKENS / t:.1f} tokens/s")
 
-    model.train()
-    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
-                              fused=True)
-    ids = torch.randint(0, vocab, (8, 96))
-
-    def step():
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optim.step()
-        optim.zero_grad()
-
-    print(f"train_step/lora_r8_8x96: {median(step):.2f} s")
+    print(f"train_step/lora_r8_8x96: {median(training_step(model, vocab)):.2f} s")
 
 
 if __name__ == "__main__":

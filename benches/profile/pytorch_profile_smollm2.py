@@ -3,27 +3,25 @@ and LoRA training step goes in PyTorch + PEFT, by the same categories, and its o
 
 usage: SMOLLM2_DIR=/path/to/hf-folder python benches/profile/pytorch_profile_smollm2.py
 
-The same work as the burn-lora runs: PEFT LoRA r=8, alpha 16 on the seven projections of every
-layer, float32, torch.set_num_threads(2); greedy generation of 64 new tokens after 16-token prompts
-at batch 1 and 8 (the adapter unmerged), and a training step on 8 x 96 random tokens with AdamW
-(fused=True). Each is timed, then run once under torch.profiler. Shares are of the self CPU time of
+The same work as the burn-lora runs, set up by benches/pytorch_smollm2.py: PEFT LoRA r=8,
+alpha 16 on the seven projections of every layer, float32, torch.set_num_threads(2); greedy
+generation of 64 new tokens after 16-token prompts at batch 1 and 8 (the adapter unmerged), and a
+training step on 8 x 96 random tokens with AdamW (fused=True). Each is timed, then run once under torch.profiler. Shares are of the self CPU time of
 the profiled operators; "operators per layer" counts the top-level aten operators of one decode
 step (the profile's total over the generated tokens) divided by the number of layers.
 """
 import collections
 import os
+import sys
 import time
 
 import torch
-from peft import LoraConfig, get_peft_model
 from torch.profiler import ProfilerActivity, profile
-from transformers import AutoModelForCausalLM
 
-torch.set_num_threads(2)
-torch.manual_seed(0)
-MODEL_DIR = os.environ["SMOLLM2_DIR"]
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-NEW_TOKENS = 64
+# The model, prompts, generation and training step of the benchmark script beside this folder
+# (which also sets 2 threads and the seed).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pytorch_smollm2 import NEW_TOKENS, generate, lora_model, prompts, training_step  # noqa: E402
 
 CATEGORIES = [
     ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul",
@@ -69,37 +67,22 @@ def report(title, prof, layers, steps):
 
 
 def main():
-    base = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32)
-    layers = base.config.num_hidden_layers
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS))
-    vocab = base.config.vocab_size
+    model, vocab = lora_model()
+    layers = model.base_model.model.config.num_hidden_layers
     model.eval()
     for batch in (1, 8):
-        ids = torch.randint(3, vocab, (batch, 16))
-        generate = lambda: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                          max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                                          do_sample=False, pad_token_id=0)
+        ids = prompts(batch, vocab)
         with torch.inference_mode():
-            generate()
+            generate(model, ids)
             start = time.perf_counter()
-            generate()
+            generate(model, ids)
             elapsed = time.perf_counter() - start
             print(f"decode batch {batch}: {batch * NEW_TOKENS / elapsed:.1f} tokens/s")
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                generate()
+                generate(model, ids)
         report(f"decode batch {batch}", prof, layers, NEW_TOKENS)
 
-    model.train()
-    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
-                              fused=True)
-    ids = torch.randint(0, vocab, (8, 96))
-
-    def step():
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optim.step()
-        optim.zero_grad()
-
+    step = training_step(model, vocab)
     step()
     start = time.perf_counter()
     step()

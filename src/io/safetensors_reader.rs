@@ -370,22 +370,14 @@ pub(crate) fn float_dtype<B: Backend>(device: &B::Device) -> DType {
 mod tests {
     use std::path::PathBuf;
 
-    use safetensors::tensor::TensorView;
-
     use super::*;
+    use crate::io::tensor_file::tests::safetensors_bytes;
 
     /// A safetensors file in a fresh folder holding `tensors` (key, dtype, shape, raw bytes).
     fn file_with(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> (tempfile::TempDir, PathBuf) {
-        let views: Vec<(String, TensorView<'_>)> = tensors
-            .iter()
-            .map(|(key, dtype, shape, data)| {
-                let view = TensorView::new(*dtype, shape.clone(), data).unwrap();
-                (key.to_string(), view)
-            })
-            .collect();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("weights.safetensors");
-        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        std::fs::write(&path, safetensors_bytes(tensors)).unwrap();
         (dir, path)
     }
 

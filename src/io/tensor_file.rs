@@ -179,7 +179,7 @@ pub(crate) fn serialize_f32(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::PathBuf;
 
     use super::*;
@@ -191,7 +191,7 @@ mod tests {
     }
 
     /// Safetensors bytes holding `tensors` (key, dtype, shape, raw little-endian data).
-    fn safetensors_bytes(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
+    pub(crate) fn safetensors_bytes(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
         let views: Vec<(String, TensorView<'_>)> = tensors
             .iter()
             .map(|(key, dtype, shape, data)| {
