@@ -20,11 +20,15 @@
 mod flex;
 mod host;
 mod matmul;
+mod rotary;
 mod scope;
+mod silu_mul;
 mod slice;
 
 pub use matmul::{linear, matmul};
+pub use rotary::{rotary, rotary_heads};
 pub use scope::{on_compute_threads, with_fast_paths};
+pub use silu_mul::silu_mul;
 pub use slice::slice_assign;
 
 #[cfg(all(test, feature = "flex"))]

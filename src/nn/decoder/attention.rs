@@ -137,13 +137,11 @@ impl<B: Backend> GroupedQueryAttention<B> {
         adapters: Option<&AdapterBatch>,
     ) -> LoraResult<Tensor<B, 3>> {
         let [batch, seq, _] = x.dims();
-        let heads =
-            |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
-        let query = heads(project(&self.q_proj, x.clone(), adapters)?, self.n_heads);
-        let key = heads(project(&self.k_proj, x.clone(), adapters)?, self.n_kv_heads);
-        let value = heads(project(&self.v_proj, x, adapters)?, self.n_kv_heads);
-        let query = rope.apply(query);
-        let key = rope.apply(key);
+        let query = rope.apply_heads(project(&self.q_proj, x.clone(), adapters)?, self.n_heads);
+        let key = rope.apply_heads(project(&self.k_proj, x.clone(), adapters)?, self.n_kv_heads);
+        let value = project(&self.v_proj, x, adapters)?
+            .reshape([batch, seq, self.n_kv_heads, self.head_dim])
+            .swap_dims(1, 2);
         let (key, value) = match cache {
             Some(cache) => cache.append(key, value)?,
             None => (key, value),

@@ -3,7 +3,6 @@
 use burn::config::Config;
 use burn::module::{Initializer, Module};
 use burn::nn::LinearConfig;
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
@@ -88,8 +87,12 @@ impl<B: Backend> SwiGluMlp<B> {
         x: Tensor<B, 3>,
         adapters: Option<&AdapterBatch>,
     ) -> LoraResult<Tensor<B, 3>> {
-        let gate = silu(project(&self.gate_proj, x.clone(), adapters)?);
+        let gate = project(&self.gate_proj, x.clone(), adapters)?;
         let up = project(&self.up_proj, x, adapters)?;
-        project(&self.down_proj, gate * up, adapters)
+        project(
+            &self.down_proj,
+            burn_lora_kernels::silu_mul(gate, up),
+            adapters,
+        )
     }
 }

@@ -197,20 +197,24 @@ pub struct RopeTables<B: Backend> {
 }
 
 impl<B: Backend> RopeTables<B> {
-    /// Rotates queries or keys.
+    /// Rotates queries or keys ([`burn_lora_kernels::rotary`]).
     ///
     /// # Shapes
     /// - x: `[batch, heads, seq, head_dim]`
     /// - output: the same
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch, heads, seq, head_dim] = x.dims();
-        let half = head_dim / 2;
-        let first = x.clone().slice([0..batch, 0..heads, 0..seq, 0..half]);
-        let second = x
-            .clone()
-            .slice([0..batch, 0..heads, 0..seq, half..head_dim]);
-        let rotated = Tensor::cat(vec![second.neg(), first], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        burn_lora_kernels::rotary(x, self.cos.clone(), self.sin.clone())
+    }
+
+    /// Splits a projection into heads and rotates them, in one pass on Flex
+    /// ([`burn_lora_kernels::rotary_heads`]): `apply(x.reshape([batch, seq, heads,
+    /// head_dim]).swap_dims(1, 2))`.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq, heads · head_dim]`
+    /// - output: `[batch, heads, seq, head_dim]`
+    pub fn apply_heads(&self, x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+        burn_lora_kernels::rotary_heads(x, self.cos.clone(), self.sin.clone(), heads)
     }
 }
 

@@ -1,8 +1,15 @@
 //! The paths for Flex's tensors: their buffers are host memory, read here as slices.
 
+mod exp;
 mod few_rows;
+mod fused;
+mod rotary;
+mod silu_mul;
 mod slice;
 
+pub(crate) use fused::run;
+pub(crate) use rotary::RotaryHeads;
+pub(crate) use silu_mul::SiluMul;
 pub(crate) use slice::slice_assign_in_place;
 
 use core::any::Any;

@@ -1,8 +1,7 @@
 //! The fast paths against Burn's own operations on Flex.
 
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use proptest::prelude::*;
 
 use crate::flex::few_rows_matmul;
@@ -11,10 +10,21 @@ use crate::{linear, matmul, with_fast_paths};
 
 type B = Flex;
 
+/// Values in `[-1, 1)` from `seed` (a SplitMix64 sequence): the same tensor for the same seed,
+/// whatever the tests running beside reseed in the backend's shared generator.
 fn random<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<B, D> {
-    let device = Default::default();
-    B::seed(&device, seed);
-    Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), &device)
+    let mut state = seed;
+    let values: Vec<f32> = (0..shape.iter().product::<usize>())
+        .map(|_| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(values, shape), &Default::default())
 }
 
 fn values<const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
@@ -250,3 +260,5 @@ mod slice_assign {
         assert_eq!(&values[18..24], &[1.0; 6]);
     }
 }
+
+mod fused;
