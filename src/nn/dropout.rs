@@ -77,11 +77,17 @@ impl Dropout {
         self.prob
     }
 
+    /// Whether [`forward`](Self::forward) changes anything on `B`: in training (autodiff) with a
+    /// non-zero `prob`.
+    pub fn is_active<B: Backend>(&self, device: &B::Device) -> bool {
+        B::ad_enabled(device) && self.prob != 0.0
+    }
+
     /// Applies dropout in training; returns the input unchanged on a backend without autodiff
     /// or when `prob` is zero.
     pub fn forward<B: Backend, const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
         let device = input.device();
-        if !B::ad_enabled(&device) || self.prob == 0.0 {
+        if !self.is_active::<B>(&device) {
             return input;
         }
         if self.prob >= 1.0 {

@@ -13,19 +13,29 @@
 //! - [`matmul`] and [`linear`] with up to 16 rows (decoding): the weights stream from memory
 //!   once, split over the threads (`gemm` runs one row on one thread, and a few rows at a third
 //!   of the memory's speed).
+//! - Fused operations with their own backward, on Flex and on `Autodiff<Flex>`: one pass over
+//!   memory where Burn's decomposition makes several, and one node in the autodiff graph where
+//!   it records one per operation: [`grouped_attention`] (around Flex's products), [`rms_norm`], [`rotary_heads`] (rotary positions applied
+//!   while splitting a projection into heads), [`silu_mul`] (SwiGLU's product). The arithmetic
+//!   costs nothing beside the memory traffic; what they save is passes, copies of strided views
+//!   and fresh buffers.
 //! - [`slice_assign`] in place when the destination's buffer is not shared (Flex copies the
 //!   whole destination on every `slice_assign`); exact, so it runs outside the scope too.
 
+mod attention;
 #[cfg(feature = "flex")]
 mod flex;
 mod host;
 mod matmul;
+mod rms_norm;
 mod rotary;
 mod scope;
 mod silu_mul;
 mod slice;
 
+pub use attention::{attention_context, attention_probs, grouped_attention, masked_softmax};
 pub use matmul::{linear, matmul};
+pub use rms_norm::rms_norm;
 pub use rotary::{rotary, rotary_heads};
 pub use scope::{on_compute_threads, with_fast_paths};
 pub use silu_mul::silu_mul;

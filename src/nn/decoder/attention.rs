@@ -4,9 +4,8 @@
 use burn::config::Config;
 use burn::module::{Initializer, Module};
 use burn::nn::LinearConfig;
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Tensor};
+use burn::tensor::{Bool, Tensor};
 
 use super::kv_cache::KvCache;
 use super::project;
@@ -147,107 +146,30 @@ impl<B: Backend> GroupedQueryAttention<B> {
             None => (key, value),
         };
         let context = self.attend(query, key, value, mask);
-        let context = context
-            .swap_dims(1, 2)
-            .reshape([batch, seq, self.n_heads * self.head_dim]);
         project(&self.o_proj, context, adapters)
     }
 
-    /// `softmax(q kᵀ / √d + mask) v` with the query heads of each key/value group stacked.
+    /// `softmax(q kᵀ / √d + mask) v`, the heads merged: fused on Flex inside `with_fast_paths`
+    /// ([`burn_lora_kernels::grouped_attention`]), with Burn's operations around the dropout
+    /// when it is active.
     ///
     /// # Shapes
     /// - query: `[batch, n_heads, seq, head_dim]`
     /// - key, value: `[batch, n_kv_heads, keys, head_dim]`
     /// - mask: `[batch, 1, seq, keys]`
-    /// - output: `[batch, n_heads, seq, head_dim]`
+    /// - output: `[batch, seq, n_heads · head_dim]`
     fn attend(
         &self,
         query: Tensor<B, 4>,
         key: Tensor<B, 4>,
         value: Tensor<B, 4>,
         mask: Tensor<B, 4, Bool>,
-    ) -> Tensor<B, 4> {
-        let [batch, n_heads, seq, head_dim] = query.dims();
-        let group = n_heads / self.n_kv_heads;
-        // Query head h = g · group + r serves key/value head g: rows r · seq + i of group g.
-        let query = query.reshape([batch, self.n_kv_heads, group * seq, head_dim]);
-        let scores = query
-            .matmul(key.swap_dims(2, 3))
-            .mul_scalar(1.0 / (head_dim as f64).sqrt());
-        let mask = if group == 1 {
-            mask
-        } else {
-            mask.repeat_dim(2, group)
-        };
-        let probs = self.dropout.forward(masked_softmax(scores, mask));
-        probs.matmul(value).reshape([batch, n_heads, seq, head_dim])
-    }
-}
-
-/// `softmax(scores)` over the last dimension with the masked scores (`true` in `mask`) set to
-/// the most negative finite value of the scores' float type.
-///
-/// A finite fill keeps a row whose keys are all masked (the padding positions of a left-padded
-/// prompt) finite, with uniform weights that nothing reads, in every float type: `f32::MIN`
-/// rounds to −∞ in f16 and bf16, and a row of −∞ turns NaN in the softmax.
-///
-/// # Shapes
-/// - scores, mask, output: `[batch, heads, queries, keys]`
-fn masked_softmax<B: Backend>(scores: Tensor<B, 4>, mask: Tensor<B, 4, Bool>) -> Tensor<B, 4> {
-    let fill = match scores.dtype() {
-        DType::F16 => f64::from(half::f16::MIN),
-        DType::BF16 => f64::from(half::bf16::MIN),
-        DType::F64 => f64::MIN,
-        _ => f64::from(f32::MIN),
-    };
-    softmax(scores.mask_fill(mask, fill), 3)
-}
-
-#[cfg(test)]
-mod tests {
-    use burn::tensor::{FloatDType, TensorData};
-    use burn_lora_support::backend::Inference as B;
-
-    use super::*;
-
-    /// Rows of scores, the second with every key masked (a padding position of a left-padded
-    /// prompt), in f32, f16 and bf16: every probability is finite, the masked row uniform and
-    /// the others those of the unmasked keys alone.
-    #[test]
-    fn a_fully_masked_row_stays_finite_in_every_float_type() {
-        let device = Default::default();
-        let scores = Tensor::<B, 4>::from_floats([[[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]]], &device);
-        let mask = Tensor::<B, 4, Bool>::from_bool(
-            TensorData::from([[[[true, false, false], [true, true, true]]]]),
-            &device,
-        );
-        let (a, b) = (2.0_f32.exp(), 3.0_f32.exp());
-        let third = 1.0 / 3.0;
-        let expected = [0.0, a / (a + b), b / (a + b), third, third, third];
-        // Probabilities ≤ 1 rounded once to the type: f16 keeps 11 significant bits (≤ 5e-4
-        // apart), bf16 8 (≤ 4e-3); the tolerances leave room for the softmax's own rounding.
-        for (dtype, tolerance) in [
-            (FloatDType::F32, 1e-6),
-            (FloatDType::F16, 2e-3),
-            (FloatDType::BF16, 1e-2),
-        ] {
-            if !B::supports_dtype(&device, DType::from(dtype)) {
-                // NdArray holds f32 and f64 only; Flex (the default) and CUDA run every case.
-                println!(
-                    "SKIPPED {dtype:?}: {} has no such float type",
-                    B::name(&device)
-                );
-                continue;
-            }
-            let probs = masked_softmax(scores.clone().cast(dtype), mask.clone())
-                .cast(FloatDType::F32)
-                .into_data()
-                .to_vec::<f32>()
-                .unwrap();
-            assert!(probs.iter().all(|p| p.is_finite()), "{dtype:?}: {probs:?}");
-            for (p, e) in probs.iter().zip(expected) {
-                assert!((p - e).abs() < tolerance, "{dtype:?}: {probs:?}");
-            }
+    ) -> Tensor<B, 3> {
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if !self.dropout.is_active::<B>(&query.device()) {
+            return burn_lora_kernels::grouped_attention(query, key, value, mask, scale);
         }
+        let probs = burn_lora_kernels::attention_probs(query, key, mask, scale);
+        burn_lora_kernels::attention_context(self.dropout.forward(probs), value, self.n_heads)
     }
 }

@@ -66,6 +66,14 @@ pub(crate) fn check_epsilon(eps: f64) -> LoraResult<()> {
     }
 }
 
+/// `norm.forward(x)`, fused on Flex inside `with_fast_paths` ([`burn_lora_kernels::rms_norm`]).
+pub(crate) fn rms_norm<B: Backend, const D: usize>(
+    norm: &RmsNorm<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    burn_lora_kernels::rms_norm(x, norm.gamma.val(), norm.epsilon)
+}
+
 /// One pre-norm decoder block, as Hugging Face's `LlamaDecoderLayer`:
 ///
 /// `h = x + attn(rms(x))`, `y = h + mlp(rms(h))`
@@ -106,16 +114,17 @@ impl<B: Backend> DecoderLayer<B> {
         adapters: Option<&AdapterBatch>,
     ) -> LoraResult<Tensor<B, 3>> {
         let attended = self.self_attn.forward(
-            self.input_layernorm.forward(x.clone()),
+            rms_norm(&self.input_layernorm, x.clone()),
             rope,
             mask,
             cache,
             adapters,
         )?;
         let x = x + attended;
-        let mlp = self
-            .mlp
-            .forward(self.post_attention_layernorm.forward(x.clone()), adapters)?;
+        let mlp = self.mlp.forward(
+            rms_norm(&self.post_attention_layernorm, x.clone()),
+            adapters,
+        )?;
         Ok(x + mlp)
     }
 }

@@ -14,7 +14,7 @@ mod rope;
 
 pub use attention::{GroupedQueryAttention, GroupedQueryAttentionConfig};
 pub use kv_cache::KvCache;
-pub(crate) use layer::check_epsilon;
+pub(crate) use layer::{check_epsilon, rms_norm};
 pub use layer::{DecoderLayer, DecoderLayerConfig};
 pub use mlp::{SwiGluMlp, SwiGluMlpConfig};
 pub use rope::{RopeScaling, RopeTables, RotaryEmbedding, RotaryEmbeddingConfig};

@@ -300,7 +300,7 @@ impl<B: Backend> CausalLm<B> {
         if let Some(cache) = cache {
             cache.commit(keys, past + seq);
         }
-        let hidden = self.model.norm.forward(hidden);
+        let hidden = crate::nn::decoder::rms_norm(&self.model.norm, hidden);
         let hidden = match last_positions {
             Some(last) => select_positions(hidden, &last),
             None => hidden,

@@ -107,12 +107,12 @@ impl<Op: FusedOp<N>, const N: usize> Backward<Flex, N> for Node<Op> {
     }
 }
 
-fn is<T: 'static, U: 'static>() -> bool {
+pub(crate) fn is<T: 'static, U: 'static>() -> bool {
     TypeId::of::<T>() == TypeId::of::<U>()
 }
 
 /// Moves `value` into its own type under another name; the callers check [`is`] first.
-fn cast<T: 'static, U: 'static>(value: T) -> U {
+pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> U {
     let mut slot = Some(value);
     match (&mut slot as &mut dyn Any)
         .downcast_mut::<Option<U>>()

@@ -1,13 +1,17 @@
 //! The paths for Flex's tensors: their buffers are host memory, read here as slices.
 
+mod attention;
 mod exp;
 mod few_rows;
 mod fused;
+mod rms_norm;
 mod rotary;
 mod silu_mul;
 mod slice;
 
+pub(crate) use attention::GroupedAttention;
 pub(crate) use fused::run;
+pub(crate) use rms_norm::RmsNorm;
 pub(crate) use rotary::RotaryHeads;
 pub(crate) use silu_mul::SiluMul;
 pub(crate) use slice::slice_assign_in_place;

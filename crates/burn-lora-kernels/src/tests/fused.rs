@@ -3,11 +3,15 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::activation::silu;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorData, TensorPrimitive};
 use proptest::prelude::*;
 
 use super::{assert_close, random, values, B};
-use crate::{rotary, rotary_heads, silu_mul, with_fast_paths};
+use crate::{
+    attention_context, attention_probs, grouped_attention, masked_softmax, rms_norm, rotary,
+    rotary_heads, silu_mul, with_fast_paths,
+};
 
 type A = Autodiff<Flex>;
 
@@ -60,6 +64,128 @@ proptest! {
         let expected = values(silu(plain(&gate)) * plain(&up));
         let actual = with_fast_paths::<B, _>(|| values(silu_mul(plain(&gate), plain(&up))));
         assert_close(actual, expected)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Rows of any width, the scale tracked or not: Burn's output and gradients (`burn::nn`'s
+    /// `RmsNorm` is `x / rms · γ`, the kernel `x · (1 / rms) · γ`: rounding apart).
+    #[test]
+    fn rms_norm_matches_burns_forward_and_backward(
+        rows in 1usize..12,
+        width in 1usize..70,
+        tracked_gamma in any::<bool>(),
+        seed in 0u64..1000,
+    ) {
+        let x = random_ad([2, rows, width], seed);
+        let gamma = random_ad([width], seed + 1);
+        let upstream = random_ad([2, rows, width], seed + 2);
+        let run = |fast: bool| {
+            let x = x.clone().detach().require_grad();
+            let gamma = if tracked_gamma {
+                gamma.clone().detach().require_grad()
+            } else {
+                gamma.clone().detach()
+            };
+            let forward = || rms_norm(x.clone(), gamma.clone(), 1e-5);
+            let y = if fast { with_fast_paths::<A, _>(forward) } else { forward() };
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            let grad = |t: &Tensor<A, 3>| t.grad(&grads).map(values);
+            let gamma_grad = gamma.grad(&grads).map(|g| g.into_data().to_vec::<f32>().unwrap());
+            (y.into_data().to_vec::<f32>().unwrap(), grad(&x).unwrap(), gamma_grad)
+        };
+        let (burns, fused) = (run(false), run(true));
+        assert_close(fused.0, burns.0)?;
+        assert_close(fused.1, burns.1)?;
+        prop_assert_eq!(fused.2.is_some(), tracked_gamma);
+        if let (Some(fused), Some(burns)) = (fused.2, burns.2) {
+            assert_close(fused, burns)?;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Grouped heads, cached keys beyond the queries, random masks (rows fully masked
+    /// included): Burn's output and the gradients of query, key and value.
+    #[test]
+    fn grouped_attention_matches_burns_forward_and_backward(
+        batch in 1usize..3,
+        kv_heads in 1usize..3,
+        group in 1usize..4,
+        seq in 1usize..7,
+        past in 0usize..4,
+        head_dim in 1usize..9,
+        seed in 0u64..1000,
+    ) {
+        let (heads, keys) = (kv_heads * group, past + seq);
+        let query = random_ad([batch, heads, seq, head_dim], seed);
+        let key = random_ad([batch, kv_heads, keys, head_dim], seed + 1);
+        let value = random_ad([batch, kv_heads, keys, head_dim], seed + 2);
+        let mask: Tensor<A, 4, Bool> = random_ad([batch, 1, seq, keys], seed + 3).greater_elem(1.0);
+        let upstream = random_ad([batch, seq, heads * head_dim], seed + 4);
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let inputs = [query, key, value];
+        let burns = forward_backward(
+            |[q, k, v]| attention_context(attention_probs(q, k, mask.clone(), scale), v, heads)
+                .reshape([batch, seq, heads, head_dim]),
+            &inputs,
+            &upstream.clone().reshape([batch, seq, heads, head_dim]),
+        );
+        let fused = with_fast_paths::<A, _>(|| forward_backward(
+            |[q, k, v]| grouped_attention(q, k, v, mask.clone(), scale)
+                .reshape([batch, seq, heads, head_dim]),
+            &inputs,
+            &upstream.clone().reshape([batch, seq, heads, head_dim]),
+        ));
+        assert_close(fused.0, burns.0)?;
+        for (fused, burns) in fused.1.into_iter().zip(burns.1) {
+            assert_close(fused, burns)?;
+        }
+        // Without autodiff.
+        let [q, k, v] = inputs.map(|t| t.inner());
+        let mask = mask.inner();
+        let expected =
+            values(attention_context(attention_probs(q.clone(), k.clone(), mask.clone(), scale), v.clone(), heads));
+        let actual = with_fast_paths::<B, _>(|| values(grouped_attention(q, k, v, mask, scale)));
+        assert_close(actual, expected)?;
+    }
+}
+
+/// Rows of scores, the second with every key masked (a padding position of a left-padded
+/// prompt), in f32, f16 and bf16: every probability is finite, the masked row uniform and the
+/// others those of the unmasked keys alone.
+#[test]
+fn a_fully_masked_row_stays_finite_in_every_float_type() {
+    let device = Default::default();
+    let scores = Tensor::<B, 4>::from_floats([[[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]]], &device);
+    let mask = Tensor::<B, 4, Bool>::from_bool(
+        TensorData::from([[[[true, false, false], [true, true, true]]]]),
+        &device,
+    );
+    let (a, b) = (2.0_f32.exp(), 3.0_f32.exp());
+    let third = 1.0 / 3.0;
+    let expected = [0.0, a / (a + b), b / (a + b), third, third, third];
+    // Probabilities ≤ 1 rounded once to the type: f16 keeps 11 significant bits (≤ 5e-4
+    // apart), bf16 8 (≤ 4e-3); the tolerances leave room for the softmax's own rounding.
+    for (dtype, tolerance) in [
+        (FloatDType::F32, 1e-6),
+        (FloatDType::F16, 2e-3),
+        (FloatDType::BF16, 1e-2),
+    ] {
+        assert!(B::supports_dtype(&device, DType::from(dtype)));
+        let probs = masked_softmax(scores.clone().cast(dtype), mask.clone())
+            .cast(FloatDType::F32)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert!(probs.iter().all(|p| p.is_finite()), "{dtype:?}: {probs:?}");
+        for (p, e) in probs.iter().zip(expected) {
+            assert!((p - e).abs() < tolerance, "{dtype:?}: {probs:?}");
+        }
     }
 }
 

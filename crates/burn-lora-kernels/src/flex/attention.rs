@@ -1,0 +1,245 @@
+//! Grouped-query attention as one autodiff node: Flex's batched products, the masked softmax
+//! and the head merge in one pass each, and the backward likewise.
+
+use burn::backend::flex::FlexTensor;
+use burn::backend::Flex;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
+
+use super::exp::exp;
+use super::fused::{build, cast, contiguous, is, values, FusedOp};
+
+/// Values per parallel chunk, in whole rows.
+const CHUNK: usize = 1 << 13;
+
+/// `softmax(q kᵀ · scale, masked) v`, heads merged (see [`crate::grouped_attention`]); the
+/// inputs are `[query, key, value]`. The caller checks the shapes.
+#[derive(Debug)]
+pub(crate) struct GroupedAttention {
+    /// `[batch, 1, seq, keys]`, one byte per value, contiguous; non-zero where masked.
+    mask: FlexTensor,
+    kv_heads: usize,
+    scale: f32,
+}
+
+impl GroupedAttention {
+    /// The operation for a mask of backend `B`, or `None` when `B`'s masks are not Flex's
+    /// one-byte tensors.
+    pub(crate) fn new<B: Backend>(
+        mask: B::BoolTensorPrimitive,
+        kv_heads: usize,
+        scale: f32,
+    ) -> Option<Self> {
+        if !is::<B::BoolTensorPrimitive, FlexTensor>() {
+            return None;
+        }
+        let mask = contiguous(&cast::<_, FlexTensor>(mask));
+        (mask.dtype().size() == 1).then_some(Self {
+            mask,
+            kv_heads,
+            scale,
+        })
+    }
+
+    fn mask(&self) -> &[u8] {
+        let (start, end) = self.mask.layout().contiguous_offsets().unwrap_or((0, 0));
+        &self.mask.bytes()[start..end]
+    }
+}
+
+type T4 = Tensor<Flex, 4>;
+
+fn tensor(t: FlexTensor) -> T4 {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn primitive(t: T4) -> FlexTensor {
+    t.into_primitive().tensor()
+}
+
+/// Rows of `width` per chunk.
+fn chunk(width: usize) -> usize {
+    (CHUNK / width.max(1)).max(1) * width.max(1)
+}
+
+impl FusedOp<3> for GroupedAttention {
+    /// The query in groups (`[batch, kv_heads, group · seq, head_dim]`), key, value and the
+    /// attention weights (`[batch, kv_heads, group · seq, keys]`), contiguous.
+    type State = [FlexTensor; 4];
+
+    const DIFFERENTIABLE: [bool; 3] = [true, true, true];
+
+    fn forward(&self, [query, key, value]: [FlexTensor; 3]) -> (FlexTensor, Self::State) {
+        let [batch, heads, seq, head_dim] = query.shape().dims();
+        let keys = key.shape().dims::<4>()[2];
+        let group = heads / self.kv_heads;
+        let rows = group * seq;
+        let query = contiguous(&primitive(tensor(query).reshape([
+            batch,
+            self.kv_heads,
+            rows,
+            head_dim,
+        ])));
+        let (key, value) = (contiguous(&key), contiguous(&value));
+        let scores = contiguous(&primitive(
+            tensor(query.clone()).matmul(tensor(key.clone()).swap_dims(2, 3)),
+        ));
+        let (raw, mask) = (values(&scores), self.mask());
+        let probs = build(scores.shape().as_slice(), chunk(keys), |start, out| {
+            for (r, out) in out.chunks_exact_mut(keys.max(1)).enumerate() {
+                let row = start / keys.max(1) + r;
+                let (b, i) = (row / (self.kv_heads * rows), row % seq);
+                let mask = &mask[(b * seq + i) * keys..][..keys];
+                let at = row * keys..(row + 1) * keys;
+                softmax_row(&raw[at], mask, self.scale, out);
+            }
+        });
+        let context = contiguous(&primitive(
+            tensor(probs.clone()).matmul(tensor(value.clone())),
+        ));
+        let output = merge_heads(&context, [batch, heads, seq, head_dim]);
+        (output, [query, key, value, probs])
+    }
+
+    /// With `P` the weights and `dC` the gradient of the context (split back into heads):
+    /// `∂v = Pᵀ dC`, `dP = dC vᵀ`, `dS = P ⊙ (dP − Σ_keys P ⊙ dP) · scale` (zero where masked,
+    /// as the fill's backward makes it), `∂q = dS k`, `∂k = dSᵀ q`, summed over each group's
+    /// query heads by the products.
+    fn backward(
+        &self,
+        [query, key, value, probs]: Self::State,
+        grad: FlexTensor,
+        [need_query, need_key, need_value]: [bool; 3],
+    ) -> [Option<FlexTensor>; 3] {
+        let [batch, kv_heads, rows, head_dim] = query.shape().dims();
+        let keys = key.shape().dims::<4>()[2];
+        let seq = grad.shape().dims::<3>()[1];
+        let heads = kv_heads * rows / seq.max(1);
+        let context_grad = tensor(split_heads(
+            &contiguous(&grad),
+            [batch, heads, seq, head_dim],
+        ))
+        .reshape([batch, kv_heads, rows, head_dim]);
+        let value_grad = need_value.then(|| {
+            primitive(
+                tensor(probs.clone())
+                    .swap_dims(2, 3)
+                    .matmul(context_grad.clone()),
+            )
+        });
+        if !(need_query || need_key) {
+            return [None, None, value_grad];
+        }
+        let probs_grad = contiguous(&primitive(
+            context_grad.matmul(tensor(value).swap_dims(2, 3)),
+        ));
+        let (p, dp, mask) = (values(&probs), values(&probs_grad), self.mask());
+        let scores_grad = tensor(build(
+            probs.shape().as_slice(),
+            chunk(keys),
+            |start, out| {
+                for (r, out) in out.chunks_exact_mut(keys.max(1)).enumerate() {
+                    let row = start / keys.max(1) + r;
+                    let (b, i) = (row / (kv_heads * rows), row % seq);
+                    let mask = &mask[(b * seq + i) * keys..][..keys];
+                    let at = row * keys..(row + 1) * keys;
+                    softmax_row_backward(&p[at.clone()], &dp[at], mask, self.scale, out);
+                }
+            },
+        ));
+        let query_grad = need_query.then(|| {
+            primitive(
+                scores_grad
+                    .clone()
+                    .matmul(tensor(key))
+                    .reshape([batch, heads, seq, head_dim]),
+            )
+        });
+        let key_grad =
+            need_key.then(|| primitive(scores_grad.swap_dims(2, 3).matmul(tensor(query))));
+        [query_grad, key_grad, value_grad]
+    }
+}
+
+/// `[batch, heads, seq, head_dim]` (contiguous) into `[batch, seq, heads · head_dim]`.
+fn merge_heads(context: &FlexTensor, [batch, heads, seq, head_dim]: [usize; 4]) -> FlexTensor {
+    let c = values(context);
+    build(
+        &[batch, seq, heads * head_dim],
+        chunk(heads * head_dim),
+        |start, out| {
+            for (r, out) in out.chunks_exact_mut((heads * head_dim).max(1)).enumerate() {
+                let token = start / (heads * head_dim).max(1) + r;
+                let (b, i) = (token / seq, token % seq);
+                for (h, out) in out.chunks_exact_mut(head_dim.max(1)).enumerate() {
+                    out.copy_from_slice(&c[((b * heads + h) * seq + i) * head_dim..][..head_dim]);
+                }
+            }
+        },
+    )
+}
+
+/// `[batch, seq, heads · head_dim]` (contiguous) into `[batch, heads, seq, head_dim]`.
+fn split_heads(merged: &FlexTensor, [batch, heads, seq, head_dim]: [usize; 4]) -> FlexTensor {
+    let m = values(merged);
+    build(
+        &[batch, heads, seq, head_dim],
+        chunk(head_dim),
+        |start, out| {
+            for (r, out) in out.chunks_exact_mut(head_dim.max(1)).enumerate() {
+                let row = start / head_dim.max(1) + r;
+                let (b, h, i) = (row / (heads * seq), row / seq % heads, row % seq);
+                out.copy_from_slice(&m[((b * seq + i) * heads + h) * head_dim..][..head_dim]);
+            }
+        },
+    )
+}
+
+/// One row of weights: `softmax(raw · scale)` over the keys not masked, zero on the masked
+/// ones; uniform when every key is masked (as the finite fill of Burn's path makes it).
+fn softmax_row(raw: &[f32], mask: &[u8], scale: f32, out: &mut [f32]) {
+    let max = raw
+        .iter()
+        .zip(mask)
+        .filter(|(_, &m)| m == 0)
+        .map(|(&s, _)| s * scale)
+        .fold(None, |max: Option<f32>, s| {
+            Some(max.map_or(s, |m| m.max(s)))
+        });
+    let Some(max) = max else {
+        out.fill(1.0 / out.len() as f32);
+        return;
+    };
+    let sum = exponentials(raw, mask, scale, max, out);
+    let inverse = 1.0 / sum;
+    for out in out.iter_mut() {
+        *out *= inverse;
+    }
+}
+
+/// One row of `dS = P ⊙ (dP − Σ P ⊙ dP) · scale`, zero where masked.
+fn softmax_row_backward(p: &[f32], dp: &[f32], mask: &[u8], scale: f32, out: &mut [f32]) {
+    let dot: f32 = p.iter().zip(dp).map(|(p, dp)| p * dp).sum();
+    for (((out, &p), &dp), &m) in out.iter_mut().zip(p).zip(dp).zip(mask) {
+        *out = if m == 0 { p * (dp - dot) * scale } else { 0.0 };
+    }
+}
+
+/// `out = e^(raw · scale − max)` where not masked, 0 where masked; returns the sum.
+#[allow(clippy::extra_unused_type_parameters)]
+#[macerator::with_simd]
+fn exponentials<S: macerator::Simd>(
+    raw: &[f32],
+    mask: &[u8],
+    scale: f32,
+    max: f32,
+    out: &mut [f32],
+) -> f32 {
+    let mut sum = 0.0;
+    for ((out, &s), &m) in out.iter_mut().zip(raw).zip(mask) {
+        let e = exp(s * scale - max);
+        *out = if m == 0 { e } else { 0.0 };
+        sum += *out;
+    }
+    sum
+}
