@@ -2,8 +2,8 @@
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::linear;
 use burn::tensor::{ElementConversion, Tensor};
+use burn_lora_kernels::linear;
 
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};

@@ -16,3 +16,19 @@ pub(crate) fn is_flex<B: Backend>() -> bool {
         false
     }
 }
+
+/// Whether `B` is Flex or `Autodiff<Flex>`: backends whose products run on the host's `gemm`.
+pub(crate) fn is_flex_based<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    {
+        is_flex::<B>()
+            || core::any::TypeId::of::<B::FloatTensorPrimitive>()
+                == core::any::TypeId::of::<
+                    burn::tensor::ops::FloatTensor<burn::backend::Autodiff<burn::backend::Flex>>,
+                >()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        false
+    }
+}

@@ -52,25 +52,29 @@ pub fn linear<B: Backend, const D: usize>(
     let dims = input.dims();
     let [d_input, d_output] = weight.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
-    if !fast_paths_enabled()
-        || dims[D - 1] != d_input
-        || rows == 0
-        || rows > MAX_ROWS
-        || !crate::host::is_flex::<B>()
-    {
+    if !fast_paths_enabled() || dims[D - 1] != d_input || rows == 0 {
         return module::linear(input, weight, bias);
     }
-    let matrix = input.clone().reshape([rows, d_input]);
-    let Some(output) = fast_matmul(&matrix, &weight) else {
-        return module::linear(input, weight, bias);
-    };
-    let output = match bias {
-        Some(bias) => output + bias.unsqueeze(),
-        None => output,
-    };
     let mut out_dims = dims;
     out_dims[D - 1] = d_output;
-    output.reshape(out_dims)
+    if rows <= MAX_ROWS && crate::host::is_flex::<B>() {
+        let matrix = input.clone().reshape([rows, d_input]);
+        if let Some(output) = fast_matmul(&matrix, &weight) {
+            let output = match bias {
+                Some(bias) => output + bias.unsqueeze(),
+                None => output,
+            };
+            return output.reshape(out_dims);
+        }
+    }
+    if D > 2 && crate::host::is_flex_based::<B>() {
+        // Flex multiplies a batch of matrices by a broadcast weight one matrix at a time, and
+        // packs the weight again for each; as one matrix of all the rows it packs it once (and
+        // the backward's products, recorded on the matrix, do the same).
+        let matrix = input.reshape([rows, d_input]);
+        return module::linear(matrix, weight, bias).reshape(out_dims);
+    }
+    module::linear(input, weight, bias)
 }
 
 #[cfg(feature = "flex")]
