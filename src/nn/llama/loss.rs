@@ -1,6 +1,5 @@
 //! [`causal_lm_loss`]: next-token cross-entropy with masked labels.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
@@ -40,13 +39,21 @@ pub fn causal_lm_nll<B: Backend>(
     if seq < 2 {
         return (Tensor::zeros([1], &device), Tensor::zeros([1], &device));
     }
-    let logits = logits.slice([0..batch, 0..seq - 1, 0..vocab]);
-    let labels = labels.slice([0..batch, 1..seq]);
-    let counted = labels.clone().not_equal_elem(IGNORE_INDEX).float();
-    let targets = labels.clamp(0, vocab as i64 - 1).unsqueeze_dim::<3>(2);
-    let picked = log_softmax(logits, 2)
-        .gather(2, targets)
-        .squeeze_dim::<2>(2);
+    // Position t predicts label t + 1; the last position predicts nothing. Every position is
+    // scored (slicing the logits would copy them) and the last left out by the count.
+    let next = Tensor::cat(
+        vec![
+            labels.slice([0..batch, 1..seq]),
+            Tensor::full([batch, 1], IGNORE_INDEX, &device),
+        ],
+        1,
+    );
+    let counted = next.clone().not_equal_elem(IGNORE_INDEX).float();
+    let targets = next.clamp(0, vocab as i64 - 1);
+    // Fused on Flex: no tensor of the logits' size but the logits and their gradient.
+    let picked = burn_lora_kernels::with_fast_paths::<B, _>(|| {
+        burn_lora_kernels::picked_log_probs(logits, targets)
+    });
     let total = (picked * counted.clone()).sum().neg();
     (total, counted.sum())
 }

@@ -4,6 +4,7 @@ mod attention;
 mod exp;
 mod few_rows;
 mod fused;
+mod log_probs;
 mod rms_norm;
 mod rotary;
 mod silu_mul;
@@ -11,6 +12,7 @@ mod slice;
 
 pub(crate) use attention::GroupedAttention;
 pub(crate) use fused::run;
+pub(crate) use log_probs::PickedLogProbs;
 pub(crate) use rms_norm::RmsNorm;
 pub(crate) use rotary::RotaryHeads;
 pub(crate) use silu_mul::SiluMul;

@@ -4,13 +4,13 @@
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Bool, DType, FloatDType, Int, Tensor, TensorData, TensorPrimitive};
 use proptest::prelude::*;
 
 use super::{assert_close, random, values, B};
 use crate::{
-    attention_context, attention_probs, grouped_attention, masked_softmax, rms_norm, rotary,
-    rotary_heads, silu_mul, with_fast_paths,
+    attention_context, attention_probs, grouped_attention, masked_softmax, picked_log_probs,
+    rms_norm, rotary, rotary_heads, silu_mul, with_fast_paths,
 };
 
 type A = Autodiff<Flex>;
@@ -153,6 +153,52 @@ proptest! {
         let actual = with_fast_paths::<B, _>(|| values(grouped_attention(q, k, v, mask, scale)));
         assert_close(actual, expected)?;
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Any number of classes, targets anywhere in them, logits scaled up to ±300 (where the
+    /// maximum's subtraction matters): Burn's log-probabilities and gradient.
+    #[test]
+    fn picked_log_probs_match_burns_forward_and_backward(
+        batch in 1usize..3,
+        seq in 1usize..6,
+        classes in 1usize..40,
+        spread in prop::sample::select(vec![1.0f32, 10.0, 100.0]),
+        seed in 0u64..1000,
+    ) {
+        let logits = random_ad([batch, seq, classes], seed) * spread;
+        let targets: Vec<i64> = (0..batch * seq)
+            .map(|i| ((seed as usize + 7 * i) % classes) as i64)
+            .collect();
+        let targets =
+            Tensor::<A, 2, Int>::from_data(TensorData::new(targets, [batch, seq]), &Default::default());
+        let upstream = random_ad([batch, seq], seed + 1);
+        let run = |fast: bool| {
+            let logits = logits.clone().detach().require_grad();
+            let forward = || picked_log_probs(logits.clone(), targets.clone());
+            let picked = if fast { with_fast_paths::<A, _>(forward) } else { forward() };
+            let grads = (picked.clone() * upstream.clone()).sum().backward();
+            let grad = logits.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+            (picked.into_data().to_vec::<f32>().unwrap(), grad)
+        };
+        let (burns, fused) = (run(false), run(true));
+        // Log-probabilities down to −600 in f32: relative rounding of 1e-7 is 6e-5 there.
+        for (f, b) in fused.0.iter().zip(&burns.0) {
+            prop_assert!((f - b).abs() <= 1e-4 * (1.0 + b.abs()), "{} against Burn's {}", f, b);
+        }
+        assert_close(fused.1, burns.1)?;
+    }
+}
+
+/// Targets outside the classes take Burn's path, which decides what they mean.
+#[test]
+fn out_of_range_targets_are_left_to_burn() {
+    let targets =
+        Tensor::<A, 2, Int>::from_data(TensorData::new(vec![0i64, 5], [1, 2]), &Default::default());
+    assert!(crate::flex::PickedLogProbs::new::<A>(targets.clone().into_primitive(), 5).is_none());
+    assert!(crate::flex::PickedLogProbs::new::<A>(targets.into_primitive(), 6).is_some());
 }
 
 /// Rows of scores, the second with every key masked (a padding position of a left-padded
