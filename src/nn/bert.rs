@@ -326,8 +326,12 @@ impl<B: Backend> Bert<B> {
             + e.token_type_embeddings.forward(token_types);
         let x = e.dropout.forward(e.layer_norm.forward(x));
         let padding = attention_mask.equal_elem(0);
-        self.encoder
-            .forward(TransformerEncoderInput::new(x).mask_pad(padding))
+        // The encoder's products on Flex as one matrix per layer (`burn_lora_kernels::linear`),
+        // on the backend's threads; the encoder alone stays bit for bit Burn's.
+        burn_lora_kernels::with_fast_paths::<B, _>(|| {
+            self.encoder
+                .forward(TransformerEncoderInput::new(x).mask_pad(padding))
+        })
     }
 
     /// Mean of the hidden states over the tokens, padding excluded:
