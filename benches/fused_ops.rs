@@ -1,0 +1,110 @@
+//! The fused operations of `burn-lora-kernels` against Burn's decomposed operations, forward and
+//! backward on `Autodiff<Flex>`, at the shapes of one SmolLM2-135M layer in a LoRA training step
+//! (batch 8 × 96 tokens, width 576, 9 query heads and 3 key/value heads of 64, feed-forward
+//! 1536, vocabulary 49,152).
+//!
+//! Each operation is timed as `burn` (Burn's operations: the function outside
+//! `with_fast_paths`) and `fused` (inside it), both on the backend's compute threads; one
+//! iteration is the forward, `(y · g).sum()` with a fixed random `g`, and the backward. The
+//! `mul_sum` row is that wrapper alone, the floor under every other row.
+//!
+//! `cargo bench --bench fused_ops` (shorter: append `-- --warm-up-time 1 --measurement-time 3`).
+
+mod bench_util;
+
+use burn::tensor::{Bool, Distribution, Int, Tensor};
+use burn_lora_kernels::{
+    grouped_attention, on_compute_threads, picked_log_probs, rms_norm, rotary_heads, silu_mul,
+    with_fast_paths,
+};
+use burn_lora_support::backend::{self, Train};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+type B = Train;
+
+const BATCH: usize = 8;
+const SEQ: usize = 96;
+const WIDTH: usize = 576;
+const HEADS: usize = 9;
+const KV_HEADS: usize = 3;
+const HEAD_DIM: usize = 64;
+const HIDDEN: usize = 1536;
+const VOCAB: usize = 49_152;
+
+fn random<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), &backend::device())
+}
+
+/// Times `forward` (tracked inputs to output) with its backward, as Burn's operations and
+/// fused.
+fn bench_op<const D: usize>(
+    c: &mut Criterion,
+    name: &str,
+    forward: impl Fn() -> Tensor<B, D> + Sync,
+) {
+    let upstream = forward()
+        .detach()
+        .random_like(Distribution::Normal(0.0, 1.0));
+    let mut group = c.benchmark_group(format!("fused_ops/{}/{name}", backend::NAME));
+    group.sample_size(20);
+    for fused in [false, true] {
+        let id = BenchmarkId::from_parameter(if fused { "fused" } else { "burn" });
+        group.bench_function(id, |b| {
+            b.iter(|| {
+                on_compute_threads(|| {
+                    let step = || (forward() * upstream.clone()).sum().backward();
+                    if fused {
+                        with_fast_paths::<B, _>(step)
+                    } else {
+                        step()
+                    }
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+fn fused_ops(c: &mut Criterion) {
+    let device = backend::device();
+    let x = random([BATCH, SEQ, WIDTH]).require_grad();
+    bench_op(c, "mul_sum", || x.clone());
+    let gamma = random([WIDTH]);
+    bench_op(c, "rms_norm", || rms_norm(x.clone(), gamma.clone(), 1e-5));
+
+    let query = random([BATCH, SEQ, HEADS * HEAD_DIM]).require_grad();
+    let angles = random([BATCH, 1, SEQ, HEAD_DIM]);
+    let (cos, sin) = (angles.clone().cos(), angles.sin());
+    bench_op(c, "rotary_heads", || {
+        rotary_heads(query.clone(), cos.clone(), sin.clone(), HEADS)
+    });
+
+    let gate = random([BATCH, SEQ, HIDDEN]).require_grad();
+    let up = random([BATCH, SEQ, HIDDEN]).require_grad();
+    bench_op(c, "silu_mul", || silu_mul(gate.clone(), up.clone()));
+
+    let q = random([BATCH, HEADS, SEQ, HEAD_DIM]).require_grad();
+    let k = random([BATCH, KV_HEADS, SEQ, HEAD_DIM]).require_grad();
+    let v = random([BATCH, KV_HEADS, SEQ, HEAD_DIM]).require_grad();
+    // Causal: position i attends to keys 0..=i.
+    let mask = Tensor::<B, 2, Bool>::triu_mask([SEQ, SEQ], 1, &device)
+        .reshape([1, 1, SEQ, SEQ])
+        .repeat_dim(0, BATCH);
+    let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+    bench_op(c, "grouped_attention", || {
+        grouped_attention(q.clone(), k.clone(), v.clone(), mask.clone(), scale)
+    });
+
+    let logits = random([BATCH, SEQ, VOCAB]).require_grad();
+    let targets = Tensor::<B, 2, Int>::random(
+        [BATCH, SEQ],
+        Distribution::Uniform(0.0, VOCAB as f64),
+        &device,
+    );
+    bench_op(c, "picked_log_probs", || {
+        picked_log_probs(logits.clone(), targets.clone())
+    });
+}
+
+criterion_group!(benches, fused_ops);
+criterion_main!(benches);
