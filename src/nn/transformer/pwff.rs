@@ -95,7 +95,11 @@ impl<B: Backend> PositionWiseFeedForward<B> {
     /// - output: `[..., d_model]`
     pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
         let x = self.linear_inner.forward(input);
-        let x = self.activation.forward(x);
+        // The exact GELU fused on Flex inside `with_fast_paths` (BERT's activation).
+        let x = match &self.activation {
+            Activation::Gelu(_) => burn_lora_kernels::gelu(x),
+            activation => activation.forward(x),
+        };
         let x = self.dropout.forward(x);
         self.linear_outer.forward(x)
     }

@@ -4,6 +4,7 @@ mod attention;
 mod exp;
 mod few_rows;
 mod fused;
+mod gelu;
 mod log_probs;
 mod rms_norm;
 mod rotary;
@@ -12,6 +13,7 @@ mod slice;
 
 pub(crate) use attention::GroupedAttention;
 pub(crate) use fused::run;
+pub(crate) use gelu::Gelu;
 pub(crate) use log_probs::PickedLogProbs;
 pub(crate) use rms_norm::RmsNorm;
 pub(crate) use rotary::RotaryHeads;

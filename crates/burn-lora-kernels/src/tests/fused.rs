@@ -2,14 +2,14 @@
 //! backward on `Autodiff<Flex>`.
 
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::activation::silu;
+use burn::tensor::activation::{gelu as burns_gelu, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, FloatDType, Int, Tensor, TensorData, TensorPrimitive};
 use proptest::prelude::*;
 
 use super::{assert_close, random, values, B};
 use crate::{
-    attention_context, attention_probs, grouped_attention, masked_softmax, picked_log_probs,
+    attention_context, attention_probs, gelu, grouped_attention, masked_softmax, picked_log_probs,
     rms_norm, rotary, rotary_heads, silu_mul, with_fast_paths,
 };
 
@@ -303,6 +303,26 @@ fn tracked_rotary_tables_are_left_to_burn() {
         cos.grad(&grads).is_some(),
         "the tracked table got no gradient"
     );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Values in ±9 (where `erf` saturates and `φ` vanishes): Burn's GELU and its gradient.
+    #[test]
+    fn gelu_matches_burns_forward_and_backward(
+        dims in prop::array::uniform2(1usize..40),
+        seed in 0u64..1000,
+    ) {
+        let x = random_ad(dims, seed) * 3.0;
+        let upstream = random_ad(dims, seed + 1);
+        let burns = forward_backward(|[x]| burns_gelu(x), core::array::from_ref(&x), &upstream);
+        let fused = with_fast_paths::<A, _>(|| {
+            forward_backward(|[x]| gelu(x), core::array::from_ref(&x), &upstream)
+        });
+        assert_close(fused.0, burns.0)?;
+        assert_close(fused.1[0].clone(), burns.1[0].clone())?;
+    }
 }
 
 /// The fused path runs on Flex and `Autodiff<Flex>` in `f32`, and gives other float types back.
