@@ -44,12 +44,16 @@ pub fn grouped_attention<B: Backend>(
         key.into_primitive().tensor(),
         value.into_primitive().tensor(),
     ];
-    match fused::<B>(
-        inputs,
-        mask.clone().into_primitive(),
-        kv_heads,
-        scale as f32,
-    ) {
+    let fused = run_fused!(
+        B,
+        crate::flex::GroupedAttention::new::<B>(
+            mask.clone().into_primitive(),
+            kv_heads,
+            scale as f32
+        ),
+        inputs
+    );
+    match fused {
         Ok(output) => Tensor::from_primitive(TensorPrimitive::Float(output)),
         Err([query, key, value]) => {
             let float = |t| TensorPrimitive::Float(t);
@@ -133,27 +137,4 @@ pub fn masked_softmax<B: Backend>(scores: Tensor<B, 4>, mask: Tensor<B, 4, Bool>
         _ => f64::from(f32::MIN),
     };
     softmax(scores.mask_fill(mask, fill), 3)
-}
-
-#[cfg(feature = "flex")]
-fn fused<B: Backend>(
-    inputs: [B::FloatTensorPrimitive; 3],
-    mask: B::BoolTensorPrimitive,
-    kv_heads: usize,
-    scale: f32,
-) -> Result<B::FloatTensorPrimitive, [B::FloatTensorPrimitive; 3]> {
-    match crate::flex::GroupedAttention::new::<B>(mask, kv_heads, scale) {
-        Some(op) => crate::flex::run::<B, _, 3>(op, inputs),
-        None => Err(inputs),
-    }
-}
-
-#[cfg(not(feature = "flex"))]
-fn fused<B: Backend>(
-    inputs: [B::FloatTensorPrimitive; 3],
-    _mask: B::BoolTensorPrimitive,
-    _kv_heads: usize,
-    _scale: f32,
-) -> Result<B::FloatTensorPrimitive, [B::FloatTensorPrimitive; 3]> {
-    Err(inputs)
 }

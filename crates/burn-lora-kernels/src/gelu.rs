@@ -19,22 +19,8 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     if !fast_paths_enabled() {
         return burns(x);
     }
-    match fused::<B>(x.into_primitive().tensor()) {
+    match run_fused!(B, Some(crate::flex::Gelu), [x.into_primitive().tensor()]) {
         Ok(output) => Tensor::from_primitive(TensorPrimitive::Float(output)),
-        Err(x) => burns(Tensor::from_primitive(TensorPrimitive::Float(x))),
+        Err([x]) => burns(Tensor::from_primitive(TensorPrimitive::Float(x))),
     }
-}
-
-#[cfg(feature = "flex")]
-fn fused<B: Backend>(
-    x: B::FloatTensorPrimitive,
-) -> Result<B::FloatTensorPrimitive, B::FloatTensorPrimitive> {
-    crate::flex::run::<B, _, 1>(crate::flex::Gelu, [x]).map_err(|[x]| x)
-}
-
-#[cfg(not(feature = "flex"))]
-fn fused<B: Backend>(
-    x: B::FloatTensorPrimitive,
-) -> Result<B::FloatTensorPrimitive, B::FloatTensorPrimitive> {
-    Err(x)
 }

@@ -22,6 +22,23 @@
 //! - [`slice_assign`] in place when the destination's buffer is not shared (Flex copies the
 //!   whole destination on every `slice_assign`); exact, so it runs outside the scope too.
 
+/// `Ok(output)` of the fused operation `$op` (an `Option`: `None` when it does not apply) on
+/// `$inputs`, primitives of backend `$backend`, with the `flex` feature, when the backend is
+/// Flex or `Autodiff<Flex>`; `Err($inputs)` otherwise, for Burn's path. Without the feature `$op`
+/// is not compiled (it names Flex's operations).
+macro_rules! run_fused {
+    ($backend:ty, $op:expr, $inputs:expr) => {{
+        #[cfg(feature = "flex")]
+        let result = match $op {
+            Some(op) => crate::flex::run::<$backend, _, _>(op, $inputs),
+            None => Err($inputs),
+        };
+        #[cfg(not(feature = "flex"))]
+        let result = Err($inputs);
+        result
+    }};
+}
+
 mod attention;
 #[cfg(feature = "flex")]
 mod flex;

@@ -28,9 +28,14 @@ pub fn picked_log_probs<B: Backend>(
     if !fast_paths_enabled() || targets.dims() != [batch, seq] || classes == 0 {
         return burns(logits, targets);
     }
-    match fused::<B>(logits.into_primitive().tensor(), targets.clone(), classes) {
+    let fused = run_fused!(
+        B,
+        crate::flex::PickedLogProbs::new::<B>(targets.clone().into_primitive(), classes),
+        [logits.into_primitive().tensor()]
+    );
+    match fused {
         Ok(output) => Tensor::from_primitive(TensorPrimitive::Float(output)),
-        Err(logits) => burns(
+        Err([logits]) => burns(
             Tensor::from_primitive(TensorPrimitive::Float(logits)),
             targets,
         ),
@@ -41,25 +46,4 @@ fn burns<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor
     log_softmax(logits, 2)
         .gather(2, targets.unsqueeze_dim::<3>(2))
         .squeeze_dim::<2>(2)
-}
-
-#[cfg(feature = "flex")]
-fn fused<B: Backend>(
-    logits: B::FloatTensorPrimitive,
-    targets: Tensor<B, 2, Int>,
-    classes: usize,
-) -> Result<B::FloatTensorPrimitive, B::FloatTensorPrimitive> {
-    match crate::flex::PickedLogProbs::new::<B>(targets.into_primitive(), classes) {
-        Some(op) => crate::flex::run::<B, _, 1>(op, [logits]).map_err(|[logits]| logits),
-        None => Err(logits),
-    }
-}
-
-#[cfg(not(feature = "flex"))]
-fn fused<B: Backend>(
-    logits: B::FloatTensorPrimitive,
-    _targets: Tensor<B, 2, Int>,
-    _classes: usize,
-) -> Result<B::FloatTensorPrimitive, B::FloatTensorPrimitive> {
-    Err(logits)
 }

@@ -28,7 +28,13 @@ pub fn rms_norm<B: Backend, const D: usize>(
         return burns(x, gamma, epsilon);
     }
     let inputs = [x.into_primitive().tensor(), gamma.into_primitive().tensor()];
-    match fused::<B>(epsilon as f32, inputs) {
+    match run_fused!(
+        B,
+        Some(crate::flex::RmsNorm {
+            epsilon: epsilon as f32
+        }),
+        inputs
+    ) {
         Ok(output) => Tensor::from_primitive(TensorPrimitive::Float(output)),
         Err([x, gamma]) => burns(
             Tensor::from_primitive(TensorPrimitive::Float(x)),
@@ -47,20 +53,4 @@ fn burns<B: Backend, const D: usize>(
     let dtype = x.dtype();
     let rms = (x.clone().cast(DType::F32).square().mean_dim(D - 1) + epsilon).sqrt();
     (x / rms.cast(dtype)) * gamma.unsqueeze()
-}
-
-#[cfg(feature = "flex")]
-fn fused<B: Backend>(
-    epsilon: f32,
-    inputs: [B::FloatTensorPrimitive; 2],
-) -> Result<B::FloatTensorPrimitive, [B::FloatTensorPrimitive; 2]> {
-    crate::flex::run::<B, _, 2>(crate::flex::RmsNorm { epsilon }, inputs)
-}
-
-#[cfg(not(feature = "flex"))]
-fn fused<B: Backend>(
-    _epsilon: f32,
-    inputs: [B::FloatTensorPrimitive; 2],
-) -> Result<B::FloatTensorPrimitive, [B::FloatTensorPrimitive; 2]> {
-    Err(inputs)
 }

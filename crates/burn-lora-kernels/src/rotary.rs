@@ -61,7 +61,7 @@ pub fn rotary_heads<B: Backend>(
         cos.into_primitive().tensor(),
         sin.into_primitive().tensor(),
     ];
-    match fused::<B>(heads, inputs) {
+    match run_fused!(B, Some(crate::flex::RotaryHeads { heads }), inputs) {
         Ok(output) => Tensor::from_primitive(TensorPrimitive::Float(output)),
         Err([x, cos, sin]) => {
             let float = |t| TensorPrimitive::Float(t);
@@ -72,20 +72,4 @@ pub fn rotary_heads<B: Backend>(
             )
         }
     }
-}
-
-#[cfg(feature = "flex")]
-fn fused<B: Backend>(
-    heads: usize,
-    inputs: [B::FloatTensorPrimitive; 3],
-) -> Result<B::FloatTensorPrimitive, [B::FloatTensorPrimitive; 3]> {
-    crate::flex::run::<B, _, 3>(crate::flex::RotaryHeads { heads }, inputs)
-}
-
-#[cfg(not(feature = "flex"))]
-fn fused<B: Backend>(
-    _heads: usize,
-    inputs: [B::FloatTensorPrimitive; 3],
-) -> Result<B::FloatTensorPrimitive, [B::FloatTensorPrimitive; 3]> {
-    Err(inputs)
 }

@@ -22,25 +22,11 @@ pub fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>
         return silu(gate) * up;
     }
     let inputs = [gate.into_primitive().tensor(), up.into_primitive().tensor()];
-    match fused::<B>(inputs) {
+    match run_fused!(B, Some(crate::flex::SiluMul), inputs) {
         Ok(output) => Tensor::from_primitive(TensorPrimitive::Float(output)),
         Err([gate, up]) => {
             let tensor = |t| Tensor::<B, D>::from_primitive(TensorPrimitive::Float(t));
             silu(tensor(gate)) * tensor(up)
         }
     }
-}
-
-#[cfg(feature = "flex")]
-fn fused<B: Backend>(
-    inputs: [B::FloatTensorPrimitive; 2],
-) -> Result<B::FloatTensorPrimitive, [B::FloatTensorPrimitive; 2]> {
-    crate::flex::run::<B, _, 2>(crate::flex::SiluMul, inputs)
-}
-
-#[cfg(not(feature = "flex"))]
-fn fused<B: Backend>(
-    inputs: [B::FloatTensorPrimitive; 2],
-) -> Result<B::FloatTensorPrimitive, [B::FloatTensorPrimitive; 2]> {
-    Err(inputs)
 }
