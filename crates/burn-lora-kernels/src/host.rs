@@ -8,8 +8,7 @@ use burn::tensor::backend::Backend;
 pub(crate) fn is_flex<B: Backend>() -> bool {
     #[cfg(feature = "flex")]
     {
-        core::any::TypeId::of::<B::FloatTensorPrimitive>()
-            == core::any::TypeId::of::<burn::backend::flex::FlexTensor>()
+        crate::flex::is::<B::FloatTensorPrimitive, burn::backend::flex::FlexTensor>()
     }
     #[cfg(not(feature = "flex"))]
     {
@@ -21,11 +20,7 @@ pub(crate) fn is_flex<B: Backend>() -> bool {
 pub(crate) fn is_flex_based<B: Backend>() -> bool {
     #[cfg(feature = "flex")]
     {
-        is_flex::<B>()
-            || core::any::TypeId::of::<B::FloatTensorPrimitive>()
-                == core::any::TypeId::of::<
-                    burn::tensor::ops::FloatTensor<burn::backend::Autodiff<burn::backend::Flex>>,
-                >()
+        is_flex::<B>() || crate::flex::is::<B::FloatTensorPrimitive, crate::flex::AutodiffTensor>()
     }
     #[cfg(not(feature = "flex"))]
     {

@@ -13,12 +13,15 @@
 //! - [`matmul`] and [`linear`] with up to 16 rows (decoding): the weights stream from memory
 //!   once, split over the threads (`gemm` runs one row on one thread, and a few rows at a third
 //!   of the memory's speed).
+//! - [`linear`] of more rows folds the batch dimensions into one matrix on Flex and
+//!   `Autodiff<Flex>` (Flex's batched product packs a broadcast weight again for every matrix).
 //! - Fused operations with their own backward, on Flex and on `Autodiff<Flex>`: one pass over
 //!   memory where Burn's decomposition makes several, and one node in the autodiff graph where
-//!   it records one per operation: [`gelu`] (exact), [`grouped_attention`] (around Flex's products), [`picked_log_probs`] (a cross-entropy's core), [`rms_norm`], [`rotary_heads`] (rotary positions applied
-//!   while splitting a projection into heads), [`silu_mul`] (SwiGLU's product). The arithmetic
-//!   costs nothing beside the memory traffic; what they save is passes, copies of strided views
-//!   and fresh buffers.
+//!   it records one per operation: [`gelu`] (exact), [`grouped_attention`] (around Flex's
+//!   products), [`picked_log_probs`] (a cross-entropy's core), [`rms_norm`], [`rotary_heads`]
+//!   (rotary positions applied while splitting a projection into heads), [`silu_mul`]
+//!   (SwiGLU's product). The arithmetic costs nothing beside the memory traffic; what they save
+//!   is passes, copies of strided views and fresh buffers.
 //! - [`slice_assign`] in place when the destination's buffer is not shared (Flex copies the
 //!   whole destination on every `slice_assign`); exact, so it runs outside the scope too.
 

@@ -1,4 +1,5 @@
-//! Matrix products of a few rows (decoding) at the speed of the memory.
+//! Matrix products of a few rows (decoding) at the speed of the memory, and `linear` of many
+//! rows as one matrix.
 //!
 //! Both functions are Burn's operations outside [`with_fast_paths`](crate::with_fast_paths).
 //!
@@ -38,6 +39,10 @@ pub fn matmul<B: Backend>(lhs: Tensor<B, 2>, rhs: Tensor<B, 2>) -> Tensor<B, 2> 
 
 /// `x W + b`, as [`burn::tensor::module::linear`] (within rounding inside
 /// [`with_fast_paths`](crate::with_fast_paths)).
+///
+/// Inside the scope, on Flex, up to 16 rows take the few-rows kernel; on Flex and
+/// `Autodiff<Flex>`, an input of more dimensions is multiplied as one `[rows, d_input]` matrix
+/// (forward and backward), where Flex's batched product would pack `W` again for every matrix.
 ///
 /// # Shapes
 /// - input: `[..., d_input]`

@@ -10,9 +10,9 @@ use crate::scope::fast_paths_enabled;
 /// block (SwiGLU, Shazeer 2020).
 ///
 /// Inside [`with_fast_paths`](crate::with_fast_paths), on Flex or `Autodiff<Flex>` with `f32`
-/// tensors of one shape, it is one pass forward and one backward node (two passes, one per
-/// input that needs a gradient); Burn's decomposition is five passes and four nodes. Elsewhere
-/// it is `burn::tensor::activation::silu(gate) * up`.
+/// tensors of one shape, it is one pass forward and one backward node (one pass writing both
+/// gradients); Burn's decomposition is five passes and four nodes. Elsewhere it is
+/// `burn::tensor::activation::silu(gate) * up`.
 ///
 /// # Shapes
 /// - gate, up: `[..]`, the same

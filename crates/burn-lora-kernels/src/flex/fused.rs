@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 /// `Autodiff<Flex>`'s float tensor (burn-autodiff's `AutodiffTensor`, which it names only
 /// through the backend).
-type AutodiffTensor = burn::tensor::ops::FloatTensor<Autodiff<Flex>>;
+pub(crate) type AutodiffTensor = burn::tensor::ops::FloatTensor<Autodiff<Flex>>;
 
 /// A fused operation of `N` float inputs and one output, on `f32` host tensors.
 pub(crate) trait FusedOp<const N: usize>: Debug + Send + Sized + 'static {
@@ -107,6 +107,7 @@ impl<Op: FusedOp<N>, const N: usize> Backward<Flex, N> for Node<Op> {
     }
 }
 
+/// Whether `T` and `U` are one type.
 pub(crate) fn is<T: 'static, U: 'static>() -> bool {
     TypeId::of::<T>() == TypeId::of::<U>()
 }
@@ -141,7 +142,8 @@ pub(crate) fn values(tensor: &FlexTensor) -> &[f32] {
 /// A new tensor of `shape`, its values written by `fill` on chunks of `chunk` values (the last
 /// may be shorter) given each chunk's first index, the chunks in parallel.
 ///
-/// The buffer comes zeroed from the allocator (`calloc`: fresh pages, nothing written twice).
+/// The buffer comes zeroed from the allocator (`calloc`), which is safe Rust's way to a buffer
+/// that `fill` then writes.
 pub(crate) fn build(
     shape: &[usize],
     chunk: usize,

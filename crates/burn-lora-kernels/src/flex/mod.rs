@@ -12,7 +12,7 @@ mod silu_mul;
 mod slice;
 
 pub(crate) use attention::GroupedAttention;
-pub(crate) use fused::run;
+pub(crate) use fused::{is, run, AutodiffTensor};
 pub(crate) use gelu::Gelu;
 pub(crate) use log_probs::PickedLogProbs;
 pub(crate) use rms_norm::RmsNorm;
