@@ -8,7 +8,7 @@
 //! decoder spends most of a step there, at a third of the speed at which the weights stream
 //! from memory. On Flex, products of up to 16 rows of `f32` run the kernel of `flex::few_rows`
 //! instead (a `Linear`'s row-major weight, or a transposed view such as tied embeddings), split
-//! over Rayon's threads; every other product is Burn's.
+//! over threads that stay awake between products; every other product is Burn's.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::module;

@@ -9,8 +9,10 @@
 //! parallel operation hands its work to the pool and sleeps until the pool wakes it again: two
 //! thread wake-ups per operation, tens of microseconds each on a virtual machine, which a
 //! decoding step, a few hundred small operations, pays hundreds of times. Run from one of the
-//! pool's own threads, a parallel operation shares its work with the other threads, which are
-//! still spinning from the previous one, and no thread sleeps.
+//! pool's own threads, a parallel operation shares its work with the other threads, and the
+//! caller does not sleep; those threads still fall asleep a few microseconds after their last
+//! job, so the few-rows products, a step's largest work, run on helpers of their own that stay
+//! awake between them (`flex::team`).
 
 use core::cell::Cell;
 

@@ -7,39 +7,105 @@
 //! into one contiguous range per thread and reads each weight once, in the order it lies in
 //! memory.
 //!
+//! The ranges run on the [`team`](super::team)'s helpers, which stay awake between the products
+//! of a step (Rayon's threads fall asleep between them, and waking them cost more than a small
+//! product).
+//!
 //! The loops are plain Rust, compiled once per instruction set by `macerator::with_simd` and
 //! chosen at run time (AVX-512, AVX2, SSE, or scalar), so a binary still runs on a CPU without
 //! the wider ones. Multiplies and adds are separate (no fused multiply-add, which would fall back
 //! to a slow library call on CPUs without it): the sums differ from `gemm`'s by rounding only.
 
-use rayon::prelude::*;
+use std::sync::Arc;
 
+use burn::backend::flex::FlexTensor;
+
+use super::team::team;
 pub(crate) use crate::matmul::MAX_ROWS;
 /// Column ranges are multiples of this: one AVX-512 register of `f32`.
 const LANES: usize = 16;
+/// Rows of a transposed `W` dotted with every row of `x` before the next ones are read.
+const COLUMN_BLOCK: usize = 8;
 /// Rows of a row-major `W` read together.
 const DEPTH_STEP: usize = 4;
 /// Below this many weights a thread would start for too little work.
 const MIN_WEIGHTS_PER_THREAD: usize = 1 << 15;
 
-/// `x · W` for `x` `[m, k]` row-major (`x.len() == m · k`) and `W` `[k, n]` row-major in `w`,
-/// rows `stride` apart; returns `[m, n]` row-major. The caller checks the sizes ([`fits`]).
-pub(crate) fn product(
-    x: &[f32],
-    [m, k, n]: [usize; 3],
-    w: &[f32],
+/// How a matrix `W` `[k, n]` lies in a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// Row `i` of `W` at `i · stride` (a `Linear`'s weight, or a column slice of one).
+    RowMajor,
+    /// Column `j` of `W` at `j · stride`: `Wᵀ` row-major (tied embeddings read transposed).
+    Transposed,
+}
+
+/// A matrix `W` `[k, n]` in a Flex tensor's buffer, which a helper thread can hold: its rows
+/// (or columns, [`Layout::Transposed`]) start at `start` of the buffer's `f32` values and lie
+/// `stride` apart.
+#[derive(Clone, Debug)]
+pub(crate) struct SharedMatrix {
+    tensor: FlexTensor,
+    start: usize,
     stride: usize,
+    layout: Layout,
+}
+
+impl SharedMatrix {
+    /// `W` `[k, n]` in `tensor`'s `f32` values, or `None` when the buffer does not hold it.
+    pub(crate) fn new(
+        tensor: FlexTensor,
+        start: usize,
+        stride: usize,
+        layout: Layout,
+        [k, n]: [usize; 2],
+    ) -> Option<Self> {
+        let matrix = Self {
+            tensor,
+            start,
+            stride,
+            layout,
+        };
+        let values = matrix.tensor.storage::<f32>().get(start..)?;
+        let lines = match layout {
+            Layout::RowMajor => [k, n],
+            Layout::Transposed => [n, k],
+        };
+        fits(values, lines, stride).then_some(matrix)
+    }
+
+    /// The buffer's values from the matrix's first one.
+    fn values(&self) -> &[f32] {
+        // In bounds: `new` checked it.
+        &self.tensor.storage::<f32>()[self.start..]
+    }
+}
+
+/// `x · W` for `x` `[m, k]` row-major (`x.len() == m · k`) and `W` `[k, n]`; returns `[m, n]`
+/// row-major, its columns split in up to `threads` ranges.
+pub(crate) fn product(
+    x: Arc<[f32]>,
+    [m, k, n]: [usize; 3],
+    w: &SharedMatrix,
     threads: usize,
 ) -> Vec<f32> {
     let ranges = column_ranges(n, k, threads);
-    let parts: Vec<Vec<f32>> = ranges
-        .par_iter()
+    let jobs = ranges
+        .iter()
         .map(|&(start, end)| {
-            let mut part = vec![0.0; m * (end - start)];
-            row_major(x, [m, k], w, stride, start..end, &mut part);
-            part
+            let (x, w) = (Arc::clone(&x), w.clone());
+            Box::new(move || {
+                let mut part = vec![0.0; m * (end - start)];
+                let kernel = match w.layout {
+                    Layout::RowMajor => row_major,
+                    Layout::Transposed => transposed,
+                };
+                kernel(&x, [m, k], w.values(), w.stride, start..end, &mut part);
+                part
+            }) as Box<dyn FnOnce() -> Vec<f32> + Send>
         })
         .collect();
+    let parts = team().run(jobs);
     let mut out = vec![0.0; m * n];
     for (&(start, end), part) in ranges.iter().zip(&parts) {
         let width = end - start;
@@ -50,14 +116,14 @@ pub(crate) fn product(
     out
 }
 
-/// Whether `w` holds a row-major `[k, n]` matrix with rows `stride` apart.
-pub(crate) fn fits(w: &[f32], [k, n]: [usize; 2], stride: usize) -> bool {
-    k > 0
-        && n > 0
-        && stride >= n
-        && (k - 1)
+/// Whether `w` holds `lines` lines of `width` values each, `stride` apart.
+fn fits(w: &[f32], [lines, width]: [usize; 2], stride: usize) -> bool {
+    lines > 0
+        && width > 0
+        && stride >= width
+        && (lines - 1)
             .checked_mul(stride)
-            .and_then(|last| last.checked_add(n))
+            .and_then(|last| last.checked_add(width))
             .is_some_and(|end| end <= w.len())
 }
 
@@ -118,4 +184,51 @@ fn row_major<S: macerator::Simd>(
             }
         }
     }
+}
+
+/// Columns `columns` of `x · W` for a transposed `W` (`Wᵀ` `[n, k]` row-major, rows `stride`
+/// apart), into `out` (`[m, columns.len()]`): each output is the dot product of a row of `x`
+/// and a row of `Wᵀ`.
+///
+/// `Wᵀ` is read in the order it lies in memory, [`COLUMN_BLOCK`] rows at a time; each block is
+/// read from memory for the first row of `x` and from the L1 cache for the others.
+#[allow(clippy::extra_unused_type_parameters)]
+#[macerator::with_simd]
+fn transposed<S: macerator::Simd>(
+    x: &[f32],
+    rows_and_depth: [usize; 2],
+    w: &[f32],
+    stride: usize,
+    columns: core::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let [m, k] = rows_and_depth;
+    let width = columns.len();
+    for block in (columns.start..columns.end).step_by(COLUMN_BLOCK) {
+        let block_end = (block + COLUMN_BLOCK).min(columns.end);
+        for r in 0..m {
+            let a = &x[r * k..(r + 1) * k];
+            let y = &mut out[r * width..(r + 1) * width];
+            for j in block..block_end {
+                y[j - columns.start] = dot(a, &w[j * stride..j * stride + k]);
+            }
+        }
+    }
+}
+
+/// `Σ a[i] · b[i]`, in [`LANES`] partial sums (inlined into the caller's instruction set).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0.0f32; LANES];
+    let whole = a.len() / LANES * LANES;
+    for (a, b) in a[..whole]
+        .chunks_exact(LANES)
+        .zip(b[..whole].chunks_exact(LANES))
+    {
+        for ((sum, &a), &b) in sums.iter_mut().zip(a).zip(b) {
+            *sum += a * b;
+        }
+    }
+    let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(a, b)| a * b).sum();
+    sums.iter().sum::<f32>() + tail
 }

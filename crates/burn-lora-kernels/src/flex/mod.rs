@@ -10,6 +10,7 @@ mod rms_norm;
 mod rotary;
 mod silu_mul;
 mod slice;
+mod team;
 
 pub(crate) use attention::GroupedAttention;
 pub(crate) use fused::{is, run, AutodiffTensor};
@@ -21,22 +22,17 @@ pub(crate) use silu_mul::SiluMul;
 pub(crate) use slice::slice_assign_in_place;
 
 use core::any::Any;
+use std::sync::Arc;
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
-use rayon::prelude::*;
 
 use few_rows::MAX_ROWS;
 
-/// A transposed `W` is split into at least this many columns per thread.
-const MIN_COLUMNS_PER_THREAD: usize = 256;
-
 /// `lhs · rhs` on Flex for up to [`MAX_ROWS`] rows of `f32`, or `None` for Burn's product:
-/// - a row-major `rhs` (a `Linear`'s weight, or a column slice of one) by the few-rows kernel;
-/// - a transposed `rhs` (tied embeddings) at one row, by `gemm` on one block of `rhs`'s columns
-///   per thread (contiguous rows of the buffer, where `gemm` runs dot products at the speed of
-///   the memory, but on one thread).
+/// the few-rows kernels, for a row-major `rhs` (a `Linear`'s weight, or a column slice of one)
+/// and for a transposed one (tied embeddings).
 pub(crate) fn few_rows_matmul<B: Backend>(
     lhs: &Tensor<B, 2>,
     rhs: &Tensor<B, 2>,
@@ -54,46 +50,24 @@ pub(crate) fn few_rows_matmul<B: Backend>(
         return None;
     }
     let layout = w_tensor.layout();
-    match *layout.strides() {
-        [stride, 1] if stride >= 0 => {
-            let (x_start, x_end) = x_tensor.layout().contiguous_offsets()?;
-            let x = x_tensor.storage::<f32>().get(x_start..x_end)?;
-            let w = w_tensor.storage::<f32>().get(layout.start_offset()..)?;
-            let stride = stride as usize;
-            if !few_rows::fits(w, [k, n], stride) {
-                return None;
-            }
-            let threads = rayon::current_num_threads();
-            let values = few_rows::product(x, [m, k, n], w, stride, threads);
-            Some(Tensor::from_data(
-                TensorData::new(values, [m, n]),
-                &lhs.device(),
-            ))
-        }
-        [1, _] if m == 1 => {
-            let threads = rayon::current_num_threads().min(n / MIN_COLUMNS_PER_THREAD);
-            (threads > 1).then(|| split_columns(lhs, rhs, threads))
-        }
-        _ => None,
-    }
-}
-
-/// `lhs · rhs` with `rhs`'s columns in `threads` blocks, each multiplied by Burn on its own
-/// thread; each output value is the same dot product as in one product.
-fn split_columns<B: Backend>(
-    lhs: &Tensor<B, 2>,
-    rhs: &Tensor<B, 2>,
-    threads: usize,
-) -> Tensor<B, 2> {
-    let [_, n] = rhs.dims();
-    let blocks: Vec<Tensor<B, 2>> = (0..threads)
-        .into_par_iter()
-        .map(|block| {
-            let start = n * block / threads;
-            let end = n * (block + 1) / threads;
-            lhs.clone()
-                .matmul(rhs.clone().narrow(1, start, end - start))
-        })
-        .collect();
-    Tensor::cat(blocks, 1)
+    let (w_layout, stride) = match *layout.strides() {
+        [stride, 1] if stride >= 0 => (few_rows::Layout::RowMajor, stride as usize),
+        [1, stride] if stride >= 0 => (few_rows::Layout::Transposed, stride as usize),
+        _ => return None,
+    };
+    let (x_start, x_end) = x_tensor.layout().contiguous_offsets()?;
+    let x: Arc<[f32]> = x_tensor.storage::<f32>().get(x_start..x_end)?.into();
+    let w = few_rows::SharedMatrix::new(
+        w_tensor.clone(),
+        layout.start_offset(),
+        stride,
+        w_layout,
+        [k, n],
+    )?;
+    let threads = rayon::current_num_threads();
+    let values = few_rows::product(x, [m, k, n], &w, threads);
+    Some(Tensor::from_data(
+        TensorData::new(values, [m, n]),
+        &lhs.device(),
+    ))
 }

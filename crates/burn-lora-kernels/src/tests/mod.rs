@@ -63,15 +63,13 @@ fn flex_is_recognised_and_its_decorators_are_not() {
 }
 
 #[test]
-fn the_kernel_takes_few_rows_of_f32_in_either_orientation_and_nothing_else() {
+fn the_kernels_take_few_rows_of_f32_in_either_orientation_and_nothing_else() {
     let w = random([64, 100], 1);
     assert!(few_rows_matmul(&random([1, 64], 2), &w).is_some());
     assert!(few_rows_matmul(&random([16, 64], 2), &w).is_some());
     let tied = random([600, 64], 3).transpose();
     assert!(few_rows_matmul(&random([1, 64], 2), &tied).is_some());
-    // A transposed weight at more rows, or too narrow to split: Burn's product.
-    assert!(few_rows_matmul(&random([2, 64], 2), &tied).is_none());
-    assert!(few_rows_matmul(&random([1, 64], 2), &random([100, 64], 3).transpose()).is_none());
+    assert!(few_rows_matmul(&random([16, 64], 2), &tied).is_some());
     // Too many rows, a permuted input, another float type, autodiff: Burn's product.
     assert!(few_rows_matmul(&random([17, 64], 2), &w).is_none());
     assert!(few_rows_matmul(&random([64, 2], 2).transpose(), &w).is_none());
