@@ -95,7 +95,7 @@ fn fused_ops(c: &mut Criterion) {
         .repeat_dim(0, BATCH);
     let scale = 1.0 / (HEAD_DIM as f64).sqrt();
     bench_op(c, "grouped_attention", || {
-        grouped_attention(q.clone(), k.clone(), v.clone(), mask.clone(), scale)
+        grouped_attention(q.clone(), k.clone(), v.clone(), Some(mask.clone()), scale)
     });
 
     let logits = random([BATCH, SEQ, VOCAB]).require_grad();

@@ -377,6 +377,85 @@ fn a_cache_continues_the_sequence_as_one_forward_does() {
     assert_eq!(cache.len(), 5, "a refused step leaves the cache as it was");
 }
 
+/// Steps of one token per row continue from the cache's positions and padding (no mask while
+/// no row is padded, the padded keys masked on the device otherwise), within and past a
+/// sliding window, and after rows leave the batch: the logits of one whole forward.
+#[test]
+fn one_token_steps_continue_as_one_forward_does() {
+    let (_temp, dir) = copy_fixture("llama_tiny");
+    edit_config(&dir, |c| {
+        c.insert("model_type".into(), json!("mistral"));
+        c.insert("sliding_window".into(), json!(3));
+    });
+    let windowed = CausalLm::<B>::from_pretrained(&dir, &Default::default()).unwrap();
+    let rows: [&[i64]; 3] = [
+        &[5, 17, 42, 99, 3, 7],
+        &[0, 0, 8, 9, 10, 11],
+        &[4, 6, 8, 9, 2, 1],
+    ];
+    let masks: [&[i64]; 3] = [&[1; 6], &[0, 0, 1, 1, 1, 1], &[1; 6]];
+    for lm in [llama(), windowed] {
+        for (batch, prompt) in [(vec![0], 2), (vec![0, 1], 3), (vec![0, 1, 2], 3)] {
+            let pick = |of: &[&[i64]; 3], range: std::ops::Range<usize>| -> Vec<Vec<i64>> {
+                batch
+                    .iter()
+                    .map(|&r| of[r][range.clone()].to_vec())
+                    .collect()
+            };
+            let tensor = |values: Vec<Vec<i64>>| {
+                let refs: Vec<&[i64]> = values.iter().map(Vec::as_slice).collect();
+                ids(&refs)
+            };
+            let whole = lm
+                .forward(
+                    CausalLmInput::new(tensor(pick(&rows, 0..6)))
+                        .attention_mask(tensor(pick(&masks, 0..6))),
+                )
+                .unwrap();
+            let mut cache = lm.new_cache();
+            let mut steps = vec![lm
+                .forward_cache(
+                    CausalLmInput::new(tensor(pick(&rows, 0..prompt)))
+                        .attention_mask(tensor(pick(&masks, 0..prompt))),
+                    &mut cache,
+                )
+                .unwrap()];
+            for position in prompt..6 {
+                let step = CausalLmInput::new(tensor(pick(&rows, position..position + 1)));
+                steps.push(lm.forward_cache(step, &mut cache).unwrap());
+            }
+            let stepwise = Tensor::cat(steps, 1);
+            let vocab = whole.dims()[2];
+            for (index, &row) in batch.iter().enumerate() {
+                // A padded row's padding positions are whatever a fully masked row computes.
+                let first = masks[row].iter().position(|&m| m == 1).unwrap();
+                let real = |t: Tensor<B, 3>| t.slice([index..index + 1, first..6, 0..vocab]);
+                let diff = crate::common::max_abs_diff(real(whole.clone()), real(stepwise.clone()));
+                assert!(diff < 1e-5, "rows {batch:?}, row {row}: off by {diff}");
+            }
+        }
+        // Rows leave the batch (the padded one first): the others go on as before.
+        let mut cache = lm.new_cache();
+        lm.forward_cache(
+            CausalLmInput::new(ids(&[rows[0], rows[1]]).slice([0..2, 0..3]))
+                .attention_mask(ids(&[masks[0], masks[1]]).slice([0..2, 0..3])),
+            &mut cache,
+        )
+        .unwrap();
+        cache.select_rows(&[0]).unwrap();
+        let mut steps = Vec::new();
+        for position in 3..6 {
+            let step = CausalLmInput::new(ids(&[&rows[0][position..position + 1]]));
+            steps.push(lm.forward_cache(step, &mut cache).unwrap());
+        }
+        let alone = lm.forward(CausalLmInput::new(ids(&[rows[0]]))).unwrap();
+        let vocab = alone.dims()[2];
+        let diff =
+            crate::common::max_abs_diff(alone.slice([0..1, 3..6, 0..vocab]), Tensor::cat(steps, 1));
+        assert!(diff < 1e-5, "after select_rows: off by {diff}");
+    }
+}
+
 #[test]
 fn generation_stops_at_a_stop_token_and_sampling_follows_the_seed() {
     let lm = llama();

@@ -19,13 +19,14 @@ use crate::scope::fast_paths_enabled;
 /// # Shapes
 /// - query: `[batch, heads, seq, head_dim]`
 /// - key, value: `[batch, kv_heads, keys, head_dim]`, `heads` a multiple of `kv_heads`
-/// - mask: `[batch, 1, seq, keys]`, `true` where attention is forbidden
+/// - mask: `[batch, 1, seq, keys]`, `true` where attention is forbidden; `None` lets every query
+///   see every key (a one-token decoding step without padding)
 /// - output: `[batch, seq, heads · head_dim]`
 pub fn grouped_attention<B: Backend>(
     query: Tensor<B, 4>,
     key: Tensor<B, 4>,
     value: Tensor<B, 4>,
-    mask: Tensor<B, 4, Bool>,
+    mask: Option<Tensor<B, 4, Bool>>,
     scale: f64,
 ) -> Tensor<B, 3> {
     let [batch, heads, seq, head_dim] = query.dims();
@@ -35,7 +36,9 @@ pub fn grouped_attention<B: Backend>(
         && key_batch == batch
         && key_dim == head_dim
         && value.dims() == key.dims()
-        && mask.dims() == [batch, 1, seq, keys];
+        && mask
+            .as_ref()
+            .is_none_or(|mask| mask.dims() == [batch, 1, seq, keys]);
     if !fast_paths_enabled() || !fits {
         return attention_context(attention_probs(query, key, mask, scale), value, heads);
     }
@@ -47,7 +50,7 @@ pub fn grouped_attention<B: Backend>(
     let fused = run_fused!(
         B,
         crate::flex::GroupedAttention::new::<B>(
-            mask.clone().into_primitive(),
+            mask.clone().map(Tensor::into_primitive),
             kv_heads,
             scale as f32
         ),
@@ -76,12 +79,12 @@ pub fn grouped_attention<B: Backend>(
 /// # Shapes
 /// - query: `[batch, heads, seq, head_dim]`
 /// - key: `[batch, kv_heads, keys, head_dim]`
-/// - mask: `[batch, 1, seq, keys]`, `true` where attention is forbidden
+/// - mask: `[batch, 1, seq, keys]`, `true` where attention is forbidden; `None` for none
 /// - output: `[batch, kv_heads, group · seq, keys]`, `group = heads / kv_heads`
 pub fn attention_probs<B: Backend>(
     query: Tensor<B, 4>,
     key: Tensor<B, 4>,
-    mask: Tensor<B, 4, Bool>,
+    mask: Option<Tensor<B, 4, Bool>>,
     scale: f64,
 ) -> Tensor<B, 4> {
     let [batch, heads, seq, head_dim] = query.dims();
@@ -89,12 +92,11 @@ pub fn attention_probs<B: Backend>(
     let group = heads / kv_heads;
     let query = query.reshape([batch, kv_heads, group * seq, head_dim]);
     let scores = query.matmul(key.swap_dims(2, 3)).mul_scalar(scale);
-    let mask = if group == 1 {
-        mask
-    } else {
-        mask.repeat_dim(2, group)
-    };
-    masked_softmax(scores, mask)
+    match mask {
+        Some(mask) if group == 1 => masked_softmax(scores, mask),
+        Some(mask) => masked_softmax(scores, mask.repeat_dim(2, group)),
+        None => softmax(scores, 3),
+    }
 }
 
 /// The attended values of [`attention_probs`]' weights, the `heads` query heads merged, with

@@ -121,7 +121,8 @@ impl<B: Backend> GroupedQueryAttention<B> {
     /// # Shapes
     /// - x: `[batch, seq, d_model]`
     /// - rope: tables of `[batch, 1, seq, head_dim]`
-    /// - mask: `[batch, 1, seq, past + seq]`, `true` where attention is forbidden
+    /// - mask: `[batch, 1, seq, past + seq]`, `true` where attention is forbidden; `None` when
+    ///   every position may see every key (one new token per row, no padding)
     /// - output: `[batch, seq, d_model]`
     ///
     /// # Errors
@@ -131,7 +132,7 @@ impl<B: Backend> GroupedQueryAttention<B> {
         &self,
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
-        mask: Tensor<B, 4, Bool>,
+        mask: Option<Tensor<B, 4, Bool>>,
         cache: Option<&mut KvCache<B>>,
         adapters: Option<&AdapterBatch>,
     ) -> LoraResult<Tensor<B, 3>> {
@@ -156,14 +157,14 @@ impl<B: Backend> GroupedQueryAttention<B> {
     /// # Shapes
     /// - query: `[batch, n_heads, seq, head_dim]`
     /// - key, value: `[batch, n_kv_heads, keys, head_dim]`
-    /// - mask: `[batch, 1, seq, keys]`
+    /// - mask: `[batch, 1, seq, keys]`, or none
     /// - output: `[batch, seq, n_heads · head_dim]`
     fn attend(
         &self,
         query: Tensor<B, 4>,
         key: Tensor<B, 4>,
         value: Tensor<B, 4>,
-        mask: Tensor<B, 4, Bool>,
+        mask: Option<Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         if !self.dropout.is_active::<B>(&query.device()) {

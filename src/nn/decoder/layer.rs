@@ -100,7 +100,8 @@ impl<B: Backend> DecoderLayer<B> {
     ///
     /// # Shapes
     /// - x: `[batch, seq, d_model]`
-    /// - mask: `[batch, 1, seq, past + seq]`, `true` where attention is forbidden
+    /// - mask: `[batch, 1, seq, past + seq]`, `true` where attention is forbidden; `None` when
+    ///   every position may see every key (one new token per row, no padding)
     /// - output: `[batch, seq, d_model]`
     ///
     /// # Errors
@@ -109,7 +110,7 @@ impl<B: Backend> DecoderLayer<B> {
         &self,
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
-        mask: Tensor<B, 4, Bool>,
+        mask: Option<Tensor<B, 4, Bool>>,
         cache: Option<&mut KvCache<B>>,
         adapters: Option<&AdapterBatch>,
     ) -> LoraResult<Tensor<B, 3>> {

@@ -1,7 +1,7 @@
 //! [`CausalLmCache`]: what a causal LM keeps between the steps of a generation.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::error::{LoraError, Result};
 use crate::nn::decoder::KvCache;
@@ -10,12 +10,21 @@ use crate::nn::decoder::KvCache;
 /// each step of a generation feeds only its new tokens
 /// ([`CausalLm::forward_cache`](super::CausalLm::forward_cache)).
 ///
+/// A step of one new token per row continues from what the cache keeps, with no work on the
+/// host that grows with the sequence: each row's next position id, and the padded positions as
+/// a mask on the device, extended on the device (none at all while no row has padding).
+///
 /// Create it with [`CausalLm::new_cache`](super::CausalLm::new_cache).
 #[derive(Clone, Debug)]
 pub struct CausalLmCache<B: Backend> {
     layers: Vec<KvCache<B>>,
-    /// `[batch, len]`, row-major: 1 for a token, 0 for padding.
-    mask: Vec<i64>,
+    /// Each row's padding mask, 1 for a token and 0 for padding, `len` values per row.
+    mask: Vec<Vec<i64>>,
+    /// Each row's count of tokens (not padding): the position id of its next token.
+    tokens: Vec<i64>,
+    /// `true` at the padded positions, `[batch, len]`, on the device; `None` while no position
+    /// of any row is padding.
+    padding: Option<Tensor<B, 2, Bool>>,
     batch: usize,
     len: usize,
 }
@@ -25,6 +34,8 @@ impl<B: Backend> CausalLmCache<B> {
         Self {
             layers: (0..layers).map(|_| KvCache::new()).collect(),
             mask: Vec::new(),
+            tokens: Vec::new(),
+            padding: None,
             batch: 0,
             len: 0,
         }
@@ -62,27 +73,72 @@ impl<B: Backend> CausalLmCache<B> {
         Ok(())
     }
 
-    /// The padding mask of every position, the cached ones followed by `new` (`[batch, seq]`).
+    /// The padding mask of every position, the cached ones followed by `new` (`[batch, seq]`,
+    /// row-major), row-major `[batch, len + seq]`.
     pub(crate) fn extended_mask(&self, new: &[i64], seq: usize) -> Vec<i64> {
         if self.len == 0 {
             return new.to_vec();
         }
         self.mask
-            .chunks(self.len)
+            .iter()
             .zip(new.chunks(seq))
             .flat_map(|(old, new)| old.iter().chain(new).copied())
             .collect()
+    }
+
+    /// Each row's next position id, `[batch, 1]`, for a step of one token per row.
+    pub(crate) fn next_positions(&self, device: &B::Device) -> Tensor<B, 2, Int> {
+        Tensor::from_data(
+            TensorData::new(self.tokens.clone(), [self.batch, 1]),
+            device,
+        )
+    }
+
+    /// The attention mask of a step of one token per row that is not padding, `[batch, 1, 1,
+    /// len + 1]` (`true` at the padded keys), or `None` when no key is padding.
+    pub(crate) fn step_mask(&self) -> Option<Tensor<B, 4, Bool>> {
+        let padding = self.padding.as_ref()?;
+        let device = padding.device();
+        let [batch, len] = padding.dims();
+        let token = padding_of(vec![1; batch], [batch, 1], &device);
+        Some(Tensor::cat(vec![padding.clone(), token], 1).reshape([batch, 1, 1, len + 1]))
     }
 
     pub(crate) fn layers_mut(&mut self) -> &mut [KvCache<B>] {
         &mut self.layers
     }
 
-    /// Records the mask of all `len` positions after a forward filled the layers.
-    pub(crate) fn commit(&mut self, mask: Vec<i64>, len: usize) {
-        self.batch = mask.len() / len.max(1);
-        self.mask = mask;
-        self.len = len;
+    /// Records a forward that filled the layers with `seq` new positions per row, whose padding
+    /// mask is `new` (`[batch, seq]`, row-major), on `device`.
+    pub(crate) fn commit(&mut self, new: &[i64], seq: usize, device: &B::Device) {
+        let batch = new.len() / seq.max(1);
+        if self.len == 0 {
+            self.mask = vec![Vec::new(); batch];
+            self.tokens = vec![0; batch];
+        }
+        for ((row, tokens), new) in self
+            .mask
+            .iter_mut()
+            .zip(&mut self.tokens)
+            .zip(new.chunks(seq))
+        {
+            row.extend_from_slice(new);
+            *tokens += new.iter().sum::<i64>();
+        }
+        let padded = new.contains(&0);
+        self.padding = match self.padding.take() {
+            Some(padding) => Some(Tensor::cat(
+                vec![padding, padding_of(new.to_vec(), [batch, seq], device)],
+                1,
+            )),
+            None if padded => {
+                let all = self.mask.iter().flatten().copied().collect();
+                Some(padding_of(all, [batch, self.len + seq], device))
+            }
+            None => None,
+        };
+        self.batch = batch;
+        self.len += seq;
     }
 
     /// Keeps only the given sequences, in that order (a generation dropping finished rows).
@@ -96,25 +152,84 @@ impl<B: Backend> CausalLmCache<B> {
                 self.batch
             )));
         }
-        let Some(device) = self.device() else {
-            return Ok(());
-        };
-        let indices: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-        let indices =
-            Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [rows.len()]), &device);
-        for layer in &mut self.layers {
-            layer.select_rows(indices.clone());
+        if let Some(device) = self.device() {
+            let indices: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            let indices =
+                Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [rows.len()]), &device);
+            for layer in &mut self.layers {
+                layer.select_rows(indices.clone());
+            }
         }
-        // Every `r < self.batch` (checked above) and the mask holds `batch * len` values.
-        self.mask = rows
-            .iter()
-            .flat_map(|&r| self.mask[r * self.len..(r + 1) * self.len].iter().copied())
-            .collect();
+        // Every `r < self.batch` (checked above) has a mask and a count.
+        self.mask = rows.iter().map(|&r| self.mask[r].clone()).collect();
+        self.tokens = rows.iter().map(|&r| self.tokens[r]).collect();
+        // Built again from the host's mask rather than selected on the device: Flex 0.21's
+        // `select` of a bool tensor returns bools that it then refuses to concatenate with others.
+        let padded = self.mask.iter().flatten().any(|&m| m == 0);
+        self.padding = self.padding.take().filter(|_| padded).map(|padding| {
+            let all = self.mask.iter().flatten().copied().collect();
+            padding_of(all, [rows.len(), self.len], &padding.device())
+        });
         self.batch = rows.len();
         Ok(())
     }
 
     fn device(&self) -> Option<B::Device> {
         self.layers.iter().find_map(KvCache::device)
+    }
+}
+
+/// `true` where a padding mask (`[rows, cols]`, row-major, 1 for a token) is 0, in the backend's
+/// own bool type (so that it concatenates with the masks the backend computes).
+fn padding_of<B: Backend>(
+    mask: Vec<i64>,
+    shape: [usize; 2],
+    device: &B::Device,
+) -> Tensor<B, 2, Bool> {
+    Tensor::<B, 2, Int>::from_data(TensorData::new(mask, shape), device).equal_elem(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    fn bools(mask: Option<Tensor<Flex, 4, Bool>>) -> Option<Vec<bool>> {
+        mask.map(|mask| mask.into_data().to_vec().unwrap())
+    }
+
+    #[test]
+    fn a_step_has_no_mask_until_some_row_is_padded_and_positions_count_tokens() {
+        let device = Default::default();
+        let mut cache = CausalLmCache::<Flex>::new(1);
+        cache.commit(&[1, 1, 1, 1], 2, &device);
+        assert_eq!(bools(cache.step_mask()), None);
+        let ints =
+            |t: Tensor<Flex, 2, Int>| t.into_data().convert::<i64>().to_vec::<i64>().unwrap();
+        let positions = ints(cache.next_positions(&device));
+        assert_eq!(positions, vec![2, 2]);
+
+        let mut padded = CausalLmCache::<Flex>::new(1);
+        padded.commit(&[1, 1, 0, 1], 2, &device);
+        padded.commit(&[1, 1], 1, &device);
+        assert_eq!(
+            bools(padded.step_mask()),
+            Some(vec![false, false, false, false, true, false, false, false])
+        );
+        let positions = ints(padded.next_positions(&device));
+        assert_eq!(positions, vec![3, 2]);
+        assert_eq!(
+            padded.extended_mask(&[1, 1], 1),
+            vec![1, 1, 1, 1, 0, 1, 1, 1]
+        );
+        // The padded row leaves: no mask again. Keeping it keeps its padding.
+        let mut unpadded = padded.clone();
+        unpadded.select_rows(&[0]).unwrap();
+        assert_eq!(bools(unpadded.step_mask()), None);
+        padded.select_rows(&[1]).unwrap();
+        assert_eq!(
+            bools(padded.step_mask()),
+            Some(vec![true, false, false, false])
+        );
     }
 }

@@ -168,7 +168,9 @@ impl<B: Backend> CausalLm<B> {
                     .transpose()?;
             }
             let count = running.len();
-            input = CausalLmInput::new(int_tensor(next, [count, 1], &device)).last_position_only();
+            input = CausalLmInput::new(int_tensor(next, [count, 1], &device))
+                .last_position_only()
+                .ids_in_vocabulary();
             if let Some(batch) = &running_adapters {
                 input = input.adapters(batch.clone());
             }

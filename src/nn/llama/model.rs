@@ -91,6 +91,9 @@ pub struct CausalLmInput<B: Backend> {
     position_ids: Option<Tensor<B, 2, Int>>,
     adapters: Option<AdapterBatch>,
     last_only: bool,
+    /// The ids are known to be in the vocabulary (sampled from the model's own logits), so
+    /// the forward does not read them back to check them.
+    ids_in_vocabulary: bool,
 }
 
 impl<B: Backend> CausalLmInput<B> {
@@ -102,6 +105,7 @@ impl<B: Backend> CausalLmInput<B> {
             position_ids: None,
             adapters: None,
             last_only: false,
+            ids_in_vocabulary: false,
         }
     }
 
@@ -156,6 +160,13 @@ impl<B: Backend> CausalLmInput<B> {
     /// the padding of a right-padded one. A row of padding alone is an error.
     pub fn last_position_only(mut self) -> Self {
         self.last_only = true;
+        self
+    }
+
+    /// Marks the ids as taken from the model's own logits (a generation's new tokens), which
+    /// are in the vocabulary: the forward skips their check, a read of the ids to the host.
+    pub(crate) fn ids_in_vocabulary(mut self) -> Self {
+        self.ids_in_vocabulary = true;
         self
     }
 }
@@ -238,12 +249,14 @@ impl<B: Backend> CausalLm<B> {
             return invalid(format!("an empty batch of shape [{batch}, {seq}]"));
         }
         let device = input.input_ids.device();
-        check_ids(
-            &input.input_ids,
-            self.config.vocab_size,
-            "token id",
-            "vocabulary",
-        )?;
+        if !input.ids_in_vocabulary {
+            check_ids(
+                &input.input_ids,
+                self.config.vocab_size,
+                "token id",
+                "vocabulary",
+            )?;
+        }
         let mask = match &input.attention_mask {
             Some(mask) => host_mask(mask, [batch, seq])?,
             None => vec![1; batch * seq],
@@ -271,20 +284,31 @@ impl<B: Backend> CausalLm<B> {
         if let Some(batch_adapters) = &input.adapters {
             self.check_adapters(batch_adapters, batch)?;
         }
-        let keys = match cache.as_deref() {
-            Some(cache) => cache.extended_mask(&mask, seq),
-            None => mask,
-        };
-        let layout = DecoderMask::new(batch, past, seq, keys.clone());
-        let positions = match input.position_ids {
-            Some(positions) => {
-                check_positions(&positions, [batch, seq])?;
-                positions
+        if let Some(positions) = &input.position_ids {
+            check_positions(positions, [batch, seq])?;
+        }
+        let window = self.config.sliding_window;
+        // One new token per row, none of it padding, after cached positions and within the
+        // sliding window: the positions and the mask continue from what the cache keeps.
+        let step = cache.as_deref().filter(|_| {
+            past > 0 && seq == 1 && window.is_none_or(|w| past < w) && mask.iter().all(|&m| m == 1)
+        });
+        let (positions, attention_mask) = match step {
+            Some(cache) => (cache.next_positions(&device), cache.step_mask()),
+            None => {
+                let keys = match cache.as_deref() {
+                    Some(cache) => cache.extended_mask(&mask, seq),
+                    None => mask.clone(),
+                };
+                let layout = DecoderMask::new(batch, past, seq, keys);
+                (
+                    layout.position_ids(&device),
+                    Some(layout.attention_mask(window, &device)),
+                )
             }
-            None => layout.position_ids(&device),
         };
+        let positions = input.position_ids.unwrap_or(positions);
         let rope = self.rope.tables(positions);
-        let attention_mask = layout.attention_mask(self.config.sliding_window, &device);
         let adapters = input.adapters.as_ref();
 
         let embed = &self.model.embed_tokens;
@@ -298,7 +322,7 @@ impl<B: Backend> CausalLm<B> {
             hidden = layer.forward(hidden, &rope, attention_mask.clone(), layer_cache, adapters)?;
         }
         if let Some(cache) = cache {
-            cache.commit(keys, past + seq);
+            cache.commit(&mask, seq, &device);
         }
         let hidden = crate::nn::decoder::rms_norm(&self.model.norm, hidden);
         let hidden = match last_positions {

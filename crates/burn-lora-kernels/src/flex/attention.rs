@@ -16,34 +16,66 @@ const CHUNK: usize = 1 << 13;
 /// inputs are `[query, key, value]`. The caller checks the shapes.
 #[derive(Debug)]
 pub(crate) struct GroupedAttention {
-    /// `[batch, 1, seq, keys]`, one byte per value, contiguous; non-zero where masked.
-    mask: FlexTensor,
+    /// `[batch, 1, seq, keys]`, one byte per value, contiguous; non-zero where masked. `None`:
+    /// nothing is masked.
+    mask: Option<FlexTensor>,
     kv_heads: usize,
     scale: f32,
 }
 
 impl GroupedAttention {
-    /// The operation for a mask of backend `B`, or `None` when `B`'s masks are not Flex's
-    /// one-byte tensors.
+    /// The operation for a mask of backend `B` (or none), or `None` when `B`'s masks are not
+    /// Flex's one-byte tensors.
     pub(crate) fn new<B: Backend>(
-        mask: B::BoolTensorPrimitive,
+        mask: Option<B::BoolTensorPrimitive>,
         kv_heads: usize,
         scale: f32,
     ) -> Option<Self> {
-        if !is::<B::BoolTensorPrimitive, FlexTensor>() {
-            return None;
-        }
-        let mask = contiguous(&cast::<_, FlexTensor>(mask));
-        (mask.dtype().size() == 1).then_some(Self {
+        let mask = match mask {
+            Some(mask) => {
+                if !is::<B::BoolTensorPrimitive, FlexTensor>() {
+                    return None;
+                }
+                let mask = contiguous(&cast::<_, FlexTensor>(mask));
+                if mask.dtype().size() != 1 {
+                    return None;
+                }
+                Some(mask)
+            }
+            None => None,
+        };
+        Some(Self {
             mask,
             kv_heads,
             scale,
         })
     }
 
-    fn mask(&self) -> &[u8] {
-        let (start, end) = self.mask.layout().contiguous_offsets().unwrap_or((0, 0));
-        &self.mask.bytes()[start..end]
+    /// The mask of each query, `[batch · seq]` rows of `keys` bytes; zeros without a mask.
+    fn mask_rows(&self, keys: usize) -> MaskRows<'_> {
+        match &self.mask {
+            Some(mask) => {
+                let (start, end) = mask.layout().contiguous_offsets().unwrap_or((0, 0));
+                MaskRows::Given(&mask.bytes()[start..end], keys)
+            }
+            None => MaskRows::None(vec![0; keys]),
+        }
+    }
+}
+
+/// The mask rows of an attention: given, or none (a row of zeros for every query).
+enum MaskRows<'a> {
+    Given(&'a [u8], usize),
+    None(Vec<u8>),
+}
+
+impl MaskRows<'_> {
+    /// The row of query `query` (`b · seq + i`).
+    fn row(&self, query: usize) -> &[u8] {
+        match self {
+            Self::Given(mask, keys) => &mask[query * keys..][..*keys],
+            Self::None(zeros) => zeros,
+        }
     }
 }
 
@@ -84,12 +116,12 @@ impl FusedOp<3> for GroupedAttention {
         let scores = contiguous(&primitive(
             tensor(query.clone()).matmul(tensor(key.clone()).swap_dims(2, 3)),
         ));
-        let (raw, mask) = (values(&scores), self.mask());
+        let (raw, mask) = (values(&scores), self.mask_rows(keys));
         let probs = build(scores.shape().as_slice(), chunk(keys), |start, out| {
             for (r, out) in out.chunks_exact_mut(keys.max(1)).enumerate() {
                 let row = start / keys.max(1) + r;
                 let (b, i) = (row / (self.kv_heads * rows), row % seq);
-                let mask = &mask[(b * seq + i) * keys..][..keys];
+                let mask = mask.row(b * seq + i);
                 let at = row * keys..(row + 1) * keys;
                 softmax_row(&raw[at], mask, self.scale, out);
             }
@@ -133,7 +165,7 @@ impl FusedOp<3> for GroupedAttention {
         let probs_grad = contiguous(&primitive(
             context_grad.matmul(tensor(value).swap_dims(2, 3)),
         ));
-        let (p, dp, mask) = (values(&probs), values(&probs_grad), self.mask());
+        let (p, dp, mask) = (values(&probs), values(&probs_grad), self.mask_rows(keys));
         let scores_grad = tensor(build(
             probs.shape().as_slice(),
             chunk(keys),
@@ -141,7 +173,7 @@ impl FusedOp<3> for GroupedAttention {
                 for (r, out) in out.chunks_exact_mut(keys.max(1)).enumerate() {
                     let row = start / keys.max(1) + r;
                     let (b, i) = (row / (kv_heads * rows), row % seq);
-                    let mask = &mask[(b * seq + i) * keys..][..keys];
+                    let mask = mask.row(b * seq + i);
                     let at = row * keys..(row + 1) * keys;
                     softmax_row_backward(&p[at.clone()], &dp[at], mask, self.scale, out);
                 }

@@ -110,7 +110,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
     /// Grouped heads, cached keys beyond the queries, random masks (rows fully masked
-    /// included): Burn's output and the gradients of query, key and value.
+    /// included) or none: Burn's output and the gradients of query, key and value.
     #[test]
     fn grouped_attention_matches_burns_forward_and_backward(
         batch in 1usize..3,
@@ -119,13 +119,15 @@ proptest! {
         seq in 1usize..7,
         past in 0usize..4,
         head_dim in 1usize..9,
+        masked in any::<bool>(),
         seed in 0u64..1000,
     ) {
         let (heads, keys) = (kv_heads * group, past + seq);
         let query = random_ad([batch, heads, seq, head_dim], seed);
         let key = random_ad([batch, kv_heads, keys, head_dim], seed + 1);
         let value = random_ad([batch, kv_heads, keys, head_dim], seed + 2);
-        let mask: Tensor<A, 4, Bool> = random_ad([batch, 1, seq, keys], seed + 3).greater_elem(1.0);
+        let mask: Option<Tensor<A, 4, Bool>> =
+            masked.then(|| random_ad([batch, 1, seq, keys], seed + 3).greater_elem(1.0));
         let upstream = random_ad([batch, seq, heads * head_dim], seed + 4);
         let scale = 1.0 / (head_dim as f64).sqrt();
         let inputs = [query, key, value];
@@ -147,7 +149,7 @@ proptest! {
         }
         // Without autodiff.
         let [q, k, v] = inputs.map(|t| t.inner());
-        let mask = mask.inner();
+        let mask = mask.map(|mask| mask.inner());
         let expected =
             values(attention_context(attention_probs(q.clone(), k.clone(), mask.clone(), scale), v.clone(), heads));
         let actual = with_fast_paths::<B, _>(|| values(grouped_attention(q, k, v, mask, scale)));
