@@ -94,14 +94,32 @@ impl<B: Backend> CausalLmCache<B> {
         )
     }
 
-    /// The attention mask of a step of one token per row that is not padding, `[batch, 1, 1,
-    /// len + 1]` (`true` at the padded keys), or `None` when no key is padding.
-    pub(crate) fn step_mask(&self) -> Option<Tensor<B, 4, Bool>> {
-        let padding = self.padding.as_ref()?;
-        let device = padding.device();
-        let [batch, len] = padding.dims();
-        let token = padding_of(vec![1; batch], [batch, 1], &device);
-        Some(Tensor::cat(vec![padding.clone(), token], 1).reshape([batch, 1, 1, len + 1]))
+    /// The padding of every position once `new` (`[batch, seq]`, row-major, 1 for a token) is
+    /// appended, `true` where padded, `[batch, len + seq]`: the kept one extended on the device,
+    /// built from the host's mask when `new` brings the first padding, `None` while there is
+    /// none. A step of one token per row attends with it; [`commit`](Self::commit) keeps it.
+    pub(crate) fn padding_with(
+        &self,
+        new: &[i64],
+        seq: usize,
+        device: &B::Device,
+    ) -> Option<Tensor<B, 2, Bool>> {
+        let batch = new.len() / seq.max(1);
+        match &self.padding {
+            Some(padding) => Some(Tensor::cat(
+                vec![
+                    padding.clone(),
+                    padding_of(new.to_vec(), [batch, seq], device),
+                ],
+                1,
+            )),
+            None if new.contains(&0) => Some(padding_of(
+                self.extended_mask(new, seq),
+                [batch, self.len + seq],
+                device,
+            )),
+            None => None,
+        }
     }
 
     pub(crate) fn layers_mut(&mut self) -> &mut [KvCache<B>] {
@@ -109,8 +127,9 @@ impl<B: Backend> CausalLmCache<B> {
     }
 
     /// Records a forward that filled the layers with `seq` new positions per row, whose padding
-    /// mask is `new` (`[batch, seq]`, row-major), on `device`.
-    pub(crate) fn commit(&mut self, new: &[i64], seq: usize, device: &B::Device) {
+    /// mask is `new` (`[batch, seq]`, row-major), and `padding`, what
+    /// [`padding_with`](Self::padding_with) gave for it.
+    pub(crate) fn commit(&mut self, new: &[i64], seq: usize, padding: Option<Tensor<B, 2, Bool>>) {
         let batch = new.len() / seq.max(1);
         if self.len == 0 {
             self.mask = vec![Vec::new(); batch];
@@ -125,18 +144,7 @@ impl<B: Backend> CausalLmCache<B> {
             row.extend_from_slice(new);
             *tokens += new.iter().sum::<i64>();
         }
-        let padded = new.contains(&0);
-        self.padding = match self.padding.take() {
-            Some(padding) => Some(Tensor::cat(
-                vec![padding, padding_of(new.to_vec(), [batch, seq], device)],
-                1,
-            )),
-            None if padded => {
-                let all = self.mask.iter().flatten().copied().collect();
-                Some(padding_of(all, [batch, self.len + seq], device))
-            }
-            None => None,
-        };
+        self.padding = padding;
         self.batch = batch;
         self.len += seq;
     }
@@ -194,26 +202,36 @@ mod tests {
     use super::*;
     use burn::backend::Flex;
 
-    fn bools(mask: Option<Tensor<Flex, 4, Bool>>) -> Option<Vec<bool>> {
+    fn bools(mask: Option<Tensor<Flex, 2, Bool>>) -> Option<Vec<bool>> {
         mask.map(|mask| mask.into_data().to_vec().unwrap())
+    }
+
+    /// The padding of a step of one token per row, as `CausalLm` asks for it.
+    fn step_mask(cache: &CausalLmCache<Flex>) -> Option<Tensor<Flex, 2, Bool>> {
+        cache.padding_with(&vec![1; cache.batch()], 1, &Default::default())
+    }
+
+    fn commit(cache: &mut CausalLmCache<Flex>, new: &[i64], seq: usize) {
+        let padding = cache.padding_with(new, seq, &Default::default());
+        cache.commit(new, seq, padding);
     }
 
     #[test]
     fn a_step_has_no_mask_until_some_row_is_padded_and_positions_count_tokens() {
         let device = Default::default();
         let mut cache = CausalLmCache::<Flex>::new(1);
-        cache.commit(&[1, 1, 1, 1], 2, &device);
-        assert_eq!(bools(cache.step_mask()), None);
+        commit(&mut cache, &[1, 1, 1, 1], 2);
+        assert_eq!(bools(step_mask(&cache)), None);
         let ints =
             |t: Tensor<Flex, 2, Int>| t.into_data().convert::<i64>().to_vec::<i64>().unwrap();
         let positions = ints(cache.next_positions(&device));
         assert_eq!(positions, vec![2, 2]);
 
         let mut padded = CausalLmCache::<Flex>::new(1);
-        padded.commit(&[1, 1, 0, 1], 2, &device);
-        padded.commit(&[1, 1], 1, &device);
+        commit(&mut padded, &[1, 1, 0, 1], 2);
+        commit(&mut padded, &[1, 1], 1);
         assert_eq!(
-            bools(padded.step_mask()),
+            bools(step_mask(&padded)),
             Some(vec![false, false, false, false, true, false, false, false])
         );
         let positions = ints(padded.next_positions(&device));
@@ -225,10 +243,10 @@ mod tests {
         // The padded row leaves: no mask again. Keeping it keeps its padding.
         let mut unpadded = padded.clone();
         unpadded.select_rows(&[0]).unwrap();
-        assert_eq!(bools(unpadded.step_mask()), None);
+        assert_eq!(bools(step_mask(&unpadded)), None);
         padded.select_rows(&[1]).unwrap();
         assert_eq!(
-            bools(padded.step_mask()),
+            bools(step_mask(&padded)),
             Some(vec![true, false, false, false])
         );
     }

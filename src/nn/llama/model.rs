@@ -240,7 +240,7 @@ impl<B: Backend> CausalLm<B> {
 
     fn run_here(
         &self,
-        input: CausalLmInput<B>,
+        mut input: CausalLmInput<B>,
         mut cache: Option<&mut CausalLmCache<B>>,
     ) -> Result<Tensor<B, 3>> {
         let [batch, seq] = input.input_ids.dims();
@@ -293,21 +293,30 @@ impl<B: Backend> CausalLm<B> {
         let step = cache.as_deref().filter(|_| {
             past > 0 && seq == 1 && window.is_none_or(|w| past < w) && mask.iter().all(|&m| m == 1)
         });
+        let padding = cache
+            .as_deref()
+            .and_then(|cache| cache.padding_with(&mask, seq, &device));
         let (positions, attention_mask) = match step {
-            Some(cache) => (cache.next_positions(&device), cache.step_mask()),
+            Some(cache) => (
+                input
+                    .position_ids
+                    .take()
+                    .unwrap_or_else(|| cache.next_positions(&device)),
+                padding.clone().map(|p| p.reshape([batch, 1, 1, past + 1])),
+            ),
             None => {
                 let keys = match cache.as_deref() {
                     Some(cache) => cache.extended_mask(&mask, seq),
                     None => mask.clone(),
                 };
                 let layout = DecoderMask::new(batch, past, seq, keys);
-                (
-                    layout.position_ids(&device),
-                    Some(layout.attention_mask(window, &device)),
-                )
+                let positions = input
+                    .position_ids
+                    .take()
+                    .unwrap_or_else(|| layout.position_ids(&device));
+                (positions, Some(layout.attention_mask(window, &device)))
             }
         };
-        let positions = input.position_ids.unwrap_or(positions);
         let rope = self.rope.tables(positions);
         let adapters = input.adapters.as_ref();
 
@@ -322,7 +331,7 @@ impl<B: Backend> CausalLm<B> {
             hidden = layer.forward(hidden, &rope, attention_mask.clone(), layer_cache, adapters)?;
         }
         if let Some(cache) = cache {
-            cache.commit(&mask, seq, &device);
+            cache.commit(&mask, seq, padding);
         }
         let hidden = crate::nn::decoder::rms_norm(&self.model.norm, hidden);
         let hidden = match last_positions {
