@@ -1,7 +1,8 @@
 //! The fused operations of `burn-lora-kernels` against Burn's decomposed operations, forward and
 //! backward on `Autodiff<Flex>`, at the shapes of one SmolLM2-135M layer in a LoRA training step
 //! (batch 8 × 96 tokens, width 576, 9 query heads and 3 key/value heads of 64, feed-forward
-//! 1536, vocabulary 49,152); GELU at MiniLM's step (batch 16 × 64, feed-forward 1536).
+//! 1536, vocabulary 49,152); GELU and the masked softmax at MiniLM's step (batch 16 × 64,
+//! feed-forward 1536, 12 heads).
 //!
 //! Each operation is timed as `burn` (Burn's operations: the function outside
 //! `with_fast_paths`) and `fused` (inside it), both on the backend's compute threads; one
@@ -14,8 +15,8 @@ mod bench_util;
 
 use burn::tensor::{Bool, Distribution, Int, Tensor};
 use burn_lora_kernels::{
-    gelu, grouped_attention, on_compute_threads, picked_log_probs, rms_norm, rotary_heads,
-    silu_mul, with_fast_paths,
+    gelu, grouped_attention, masked_softmax_filled, on_compute_threads, picked_log_probs, rms_norm,
+    rotary_heads, silu_mul, with_fast_paths,
 };
 use burn_lora_support::backend::{self, Train};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -96,6 +97,17 @@ fn fused_ops(c: &mut Criterion) {
     let scale = 1.0 / (HEAD_DIM as f64).sqrt();
     bench_op(c, "grouped_attention", || {
         grouped_attention(q.clone(), k.clone(), v.clone(), Some(mask.clone()), scale)
+    });
+
+    // MiniLM's attention weights: 16 × 12 heads × 64 × 64 scores, BERT's padding mask (a
+    // quarter of the keys padded) broadcast over heads and queries, its fill of −10⁴.
+    let scores = random([16, 12, 64, 64]).require_grad();
+    let padding = Tensor::<B, 1, Int>::arange(0..64, &device)
+        .reshape([1, 1, 1, 64])
+        .repeat_dim(0, 16)
+        .greater_equal_elem(48);
+    bench_op(c, "masked_softmax_filled", || {
+        masked_softmax_filled(scores.clone(), Some(padding.clone()), -1.0e4)
     });
 
     let logits = random([BATCH, SEQ, VOCAB]).require_grad();

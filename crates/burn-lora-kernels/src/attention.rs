@@ -123,14 +123,16 @@ pub fn attention_context<B: Backend>(
 }
 
 /// `softmax(scores)` over the last dimension with the masked scores (`true` in `mask`) set to
-/// the most negative finite value of the scores' float type.
+/// the most negative finite value of the scores' float type: [`masked_softmax_filled`] with
+/// that fill.
 ///
 /// A finite fill keeps a row whose keys are all masked (the padding positions of a left-padded
 /// prompt) finite, with uniform weights that nothing reads, in every float type: `f32::MIN`
 /// rounds to −∞ in f16 and bf16, and a row of −∞ turns NaN in the softmax.
 ///
 /// # Shapes
-/// - scores, mask, output: `[batch, heads, queries, keys]`
+/// - scores, output: `[batch, heads, queries, keys]`
+/// - mask: `[batch, heads or 1, queries or 1, keys]`
 pub fn masked_softmax<B: Backend>(scores: Tensor<B, 4>, mask: Tensor<B, 4, Bool>) -> Tensor<B, 4> {
     let fill = match scores.dtype() {
         DType::F16 => f64::from(half::f16::MIN),
@@ -138,5 +140,60 @@ pub fn masked_softmax<B: Backend>(scores: Tensor<B, 4>, mask: Tensor<B, 4, Bool>
         DType::F64 => f64::MIN,
         _ => f64::from(f32::MIN),
     };
-    softmax(scores.mask_fill(mask, fill), 3)
+    masked_softmax_filled(scores, Some(mask), fill)
+}
+
+/// `softmax(scores.mask_fill(mask, fill), 3)`: the softmax over the last dimension with the
+/// masked scores (`true` in `mask`) set to `fill`; `None` masks nothing. A row with every key
+/// masked is uniform.
+///
+/// Inside [`with_fast_paths`](crate::with_fast_paths), on Flex or `Autodiff<Flex>` in `f32`,
+/// it is one pass over each row forward and one backward node (a pass); Burn's path is the fill
+/// and the softmax's five operations, a node each, and the fill and its backward read a
+/// broadcast mask element by element.
+///
+/// # Shapes
+/// - scores, output: `[batch, heads, queries, keys]`
+/// - mask: `[batch, heads or 1, queries or 1, keys]`, broadcast over the dimensions of size 1
+pub fn masked_softmax_filled<B: Backend>(
+    scores: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    fill: f64,
+) -> Tensor<B, 4> {
+    let [batch, heads, queries, keys] = scores.dims();
+    let fits = mask.as_ref().is_none_or(|mask| {
+        let [mask_batch, mask_heads, mask_queries, mask_keys] = mask.dims();
+        mask_batch == batch
+            && (mask_heads == 1 || mask_heads == heads)
+            && (mask_queries == 1 || mask_queries == queries)
+            && mask_keys == keys
+    });
+    if !fast_paths_enabled() || !fits {
+        return filled_softmax(scores, mask, fill);
+    }
+    let fused = run_fused!(
+        B,
+        crate::flex::MaskedSoftmax::new::<B>(mask.clone().map(Tensor::into_primitive), fill as f32),
+        [scores.into_primitive().tensor()]
+    );
+    match fused {
+        Ok(output) => Tensor::from_primitive(TensorPrimitive::Float(output)),
+        Err([scores]) => filled_softmax(
+            Tensor::from_primitive(TensorPrimitive::Float(scores)),
+            mask,
+            fill,
+        ),
+    }
+}
+
+/// [`masked_softmax_filled`] with Burn's operations.
+fn filled_softmax<B: Backend>(
+    scores: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    fill: f64,
+) -> Tensor<B, 4> {
+    match mask {
+        Some(mask) => softmax(scores.mask_fill(mask, fill), 3),
+        None => softmax(scores, 3),
+    }
 }

@@ -18,7 +18,7 @@
 //! - Fused operations with their own backward, on Flex and on `Autodiff<Flex>`: one pass over
 //!   memory where Burn's decomposition makes several, and one node in the autodiff graph where
 //!   it records one per operation: [`gelu`] (exact), [`grouped_attention`] (around Flex's
-//!   products), [`picked_log_probs`] (a cross-entropy's core), [`rms_norm`], [`rotary_heads`]
+//!   products), [`masked_softmax_filled`] (attention weights), [`picked_log_probs`] (a cross-entropy's core), [`rms_norm`], [`rotary_heads`]
 //!   (rotary positions applied while splitting a projection into heads), [`silu_mul`]
 //!   (SwiGLU's product). The arithmetic costs nothing beside the memory traffic; what they save
 //!   is passes, copies of strided views and fresh buffers.
@@ -55,7 +55,9 @@ mod scope;
 mod silu_mul;
 mod slice;
 
-pub use attention::{attention_context, attention_probs, grouped_attention, masked_softmax};
+pub use attention::{
+    attention_context, attention_probs, grouped_attention, masked_softmax, masked_softmax_filled,
+};
 pub use gelu::gelu;
 pub use log_probs::picked_log_probs;
 pub use matmul::{linear, matmul};

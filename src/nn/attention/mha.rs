@@ -3,7 +3,7 @@
 use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Initializer, Module, ModuleDisplay};
 use burn::nn::{Gelu, LinearConfig};
-use burn::tensor::activation::{quiet_softmax, softmax};
+use burn::tensor::activation::quiet_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
 
@@ -194,25 +194,29 @@ impl<B: Backend> MultiHeadAttention<B> {
         mask_pad: Option<Tensor<B, 2, Bool>>,
         mask_attn: Option<Tensor<B, 3, Bool>>,
     ) -> Tensor<B, 4> {
-        if let Some(mask_pad) = mask_pad {
-            let [batch_size, seq_length] = mask_pad.dims();
-            scores = scores.mask_fill(
-                mask_pad.reshape([batch_size, 1, 1, seq_length]),
-                self.min_float,
-            );
-        }
-        if let Some(mask_attn) = mask_attn {
-            let [batch_size, seq_length_1, seq_length_2] = mask_attn.dims();
-            scores = scores.mask_fill(
-                mask_attn.reshape([batch_size, 1, seq_length_1, seq_length_2]),
-                self.min_float,
-            );
-        }
+        let mask_pad = mask_pad.map(|mask| {
+            let [batch_size, seq_length] = mask.dims();
+            mask.reshape([batch_size, 1, 1, seq_length])
+        });
+        let mask_attn = mask_attn.map(|mask| {
+            let [batch_size, seq_length_1, seq_length_2] = mask.dims();
+            mask.reshape([batch_size, 1, seq_length_1, seq_length_2])
+        });
         if self.quiet_softmax {
-            quiet_softmax(scores, 3)
-        } else {
-            softmax(scores, 3)
+            for mask in [mask_pad, mask_attn].into_iter().flatten() {
+                scores = scores.mask_fill(mask, self.min_float);
+            }
+            return quiet_softmax(scores, 3);
         }
+        // The fill and the softmax in one operation on the CPU backends' fast paths.
+        let mask = match (mask_pad, mask_attn) {
+            (Some(mask_pad), Some(mask_attn)) => {
+                scores = scores.mask_fill(mask_pad, self.min_float);
+                Some(mask_attn)
+            }
+            (mask_pad, mask_attn) => mask_pad.or(mask_attn),
+        };
+        burn_lora_kernels::masked_softmax_filled(scores, mask, self.min_float)
     }
 
     /// Projects and splits into heads: `[batch, seq, d_model]` → `[batch, n_heads, seq, d_k]`.

@@ -6,19 +6,15 @@ use burn::backend::Flex;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
 
-use super::exp::exp;
-use super::fused::{build, cast, contiguous, is, values, FusedOp};
-
-/// Values per parallel chunk, in whole rows.
-const CHUNK: usize = 1 << 13;
+use super::fused::{build, contiguous, values, FusedOp};
+use super::softmax::{chunk, softmax_row, softmax_row_backward, HostMask, MaskRows};
 
 /// `softmax(q kᵀ · scale, masked) v`, heads merged (see [`crate::grouped_attention`]); the
 /// inputs are `[query, key, value]`. The caller checks the shapes.
 #[derive(Debug)]
 pub(crate) struct GroupedAttention {
-    /// `[batch, 1, seq, keys]`, one byte per value, contiguous; non-zero where masked. `None`:
-    /// nothing is masked.
-    mask: Option<FlexTensor>,
+    /// `[batch, 1, seq, keys]`; `None`: nothing is masked.
+    mask: Option<HostMask>,
     kv_heads: usize,
     scale: f32,
 }
@@ -32,16 +28,7 @@ impl GroupedAttention {
         scale: f32,
     ) -> Option<Self> {
         let mask = match mask {
-            Some(mask) => {
-                if !is::<B::BoolTensorPrimitive, FlexTensor>() {
-                    return None;
-                }
-                let mask = contiguous(&cast::<_, FlexTensor>(mask));
-                if mask.dtype().size() != 1 {
-                    return None;
-                }
-                Some(mask)
-            }
+            Some(mask) => Some(HostMask::new::<B>(mask)?),
             None => None,
         };
         Some(Self {
@@ -49,33 +36,6 @@ impl GroupedAttention {
             kv_heads,
             scale,
         })
-    }
-
-    /// The mask of each query, `[batch · seq]` rows of `keys` bytes; zeros without a mask.
-    fn mask_rows(&self, keys: usize) -> MaskRows<'_> {
-        match &self.mask {
-            Some(mask) => {
-                let (start, end) = mask.layout().contiguous_offsets().unwrap_or((0, 0));
-                MaskRows::Given(&mask.bytes()[start..end], keys)
-            }
-            None => MaskRows::None(vec![0; keys]),
-        }
-    }
-}
-
-/// The mask rows of an attention: given, or none (a row of zeros for every query).
-enum MaskRows<'a> {
-    Given(&'a [u8], usize),
-    None(Vec<u8>),
-}
-
-impl MaskRows<'_> {
-    /// The row of query `query` (`b · seq + i`).
-    fn row(&self, query: usize) -> &[u8] {
-        match self {
-            Self::Given(mask, keys) => &mask[query * keys..][..*keys],
-            Self::None(zeros) => zeros,
-        }
     }
 }
 
@@ -87,11 +47,6 @@ fn tensor(t: FlexTensor) -> T4 {
 
 fn primitive(t: T4) -> FlexTensor {
     t.into_primitive().tensor()
-}
-
-/// Rows of `width` per chunk.
-fn chunk(width: usize) -> usize {
-    (CHUNK / width.max(1)).max(1) * width.max(1)
 }
 
 impl FusedOp<3> for GroupedAttention {
@@ -116,14 +71,14 @@ impl FusedOp<3> for GroupedAttention {
         let scores = contiguous(&primitive(
             tensor(query.clone()).matmul(tensor(key.clone()).swap_dims(2, 3)),
         ));
-        let (raw, mask) = (values(&scores), self.mask_rows(keys));
+        let (raw, mask) = (values(&scores), MaskRows::new(self.mask.as_ref(), keys));
         let probs = build(scores.shape().as_slice(), chunk(keys), |start, out| {
             for (r, out) in out.chunks_exact_mut(keys.max(1)).enumerate() {
                 let row = start / keys.max(1) + r;
                 let (b, i) = (row / (self.kv_heads * rows), row % seq);
-                let mask = mask.row(b * seq + i);
+                let mask = mask.row(b, 0, i);
                 let at = row * keys..(row + 1) * keys;
-                softmax_row(&raw[at], mask, self.scale, out);
+                softmax_row(&raw[at], mask, self.scale, f32::MIN, out);
             }
         });
         let context = contiguous(&primitive(
@@ -165,7 +120,11 @@ impl FusedOp<3> for GroupedAttention {
         let probs_grad = contiguous(&primitive(
             context_grad.matmul(tensor(value).swap_dims(2, 3)),
         ));
-        let (p, dp, mask) = (values(&probs), values(&probs_grad), self.mask_rows(keys));
+        let (p, dp, mask) = (
+            values(&probs),
+            values(&probs_grad),
+            MaskRows::new(self.mask.as_ref(), keys),
+        );
         let scores_grad = tensor(build(
             probs.shape().as_slice(),
             chunk(keys),
@@ -173,7 +132,7 @@ impl FusedOp<3> for GroupedAttention {
                 for (r, out) in out.chunks_exact_mut(keys.max(1)).enumerate() {
                     let row = start / keys.max(1) + r;
                     let (b, i) = (row / (kv_heads * rows), row % seq);
-                    let mask = mask.row(b * seq + i);
+                    let mask = mask.row(b, 0, i);
                     let at = row * keys..(row + 1) * keys;
                     softmax_row_backward(&p[at.clone()], &dp[at], mask, self.scale, out);
                 }
@@ -225,53 +184,4 @@ fn split_heads(merged: &FlexTensor, [batch, heads, seq, head_dim]: [usize; 4]) -
             }
         },
     )
-}
-
-/// One row of weights: `softmax(raw · scale)` over the keys not masked, zero on the masked
-/// ones; uniform when every key is masked (as the finite fill of Burn's path makes it).
-fn softmax_row(raw: &[f32], mask: &[u8], scale: f32, out: &mut [f32]) {
-    let max = raw
-        .iter()
-        .zip(mask)
-        .filter(|(_, &m)| m == 0)
-        .map(|(&s, _)| s * scale)
-        .fold(None, |max: Option<f32>, s| {
-            Some(max.map_or(s, |m| m.max(s)))
-        });
-    let Some(max) = max else {
-        out.fill(1.0 / out.len() as f32);
-        return;
-    };
-    let sum = exponentials(raw, mask, scale, max, out);
-    let inverse = 1.0 / sum;
-    for out in out.iter_mut() {
-        *out *= inverse;
-    }
-}
-
-/// One row of `dS = P ⊙ (dP − Σ P ⊙ dP) · scale`, zero where masked.
-fn softmax_row_backward(p: &[f32], dp: &[f32], mask: &[u8], scale: f32, out: &mut [f32]) {
-    let dot: f32 = p.iter().zip(dp).map(|(p, dp)| p * dp).sum();
-    for (((out, &p), &dp), &m) in out.iter_mut().zip(p).zip(dp).zip(mask) {
-        *out = if m == 0 { p * (dp - dot) * scale } else { 0.0 };
-    }
-}
-
-/// `out = e^(raw · scale − max)` where not masked, 0 where masked; returns the sum.
-#[allow(clippy::extra_unused_type_parameters)]
-#[macerator::with_simd]
-fn exponentials<S: macerator::Simd>(
-    raw: &[f32],
-    mask: &[u8],
-    scale: f32,
-    max: f32,
-    out: &mut [f32],
-) -> f32 {
-    let mut sum = 0.0;
-    for ((out, &s), &m) in out.iter_mut().zip(raw).zip(mask) {
-        let e = exp(s * scale - max);
-        *out = if m == 0 { e } else { 0.0 };
-        sum += *out;
-    }
-    sum
 }

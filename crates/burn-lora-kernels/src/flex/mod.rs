@@ -10,6 +10,7 @@ mod rms_norm;
 mod rotary;
 mod silu_mul;
 mod slice;
+mod softmax;
 mod team;
 
 pub(crate) use attention::GroupedAttention;
@@ -20,6 +21,7 @@ pub(crate) use rms_norm::RmsNorm;
 pub(crate) use rotary::RotaryHeads;
 pub(crate) use silu_mul::SiluMul;
 pub(crate) use slice::slice_assign_in_place;
+pub(crate) use softmax::MaskedSoftmax;
 
 use core::any::Any;
 use std::sync::Arc;

@@ -9,8 +9,9 @@ use proptest::prelude::*;
 
 use super::{assert_close, random, values, B};
 use crate::{
-    attention_context, attention_probs, gelu, grouped_attention, masked_softmax, picked_log_probs,
-    rms_norm, rotary, rotary_heads, silu_mul, with_fast_paths,
+    attention_context, attention_probs, gelu, grouped_attention, masked_softmax,
+    masked_softmax_filled, picked_log_probs, rms_norm, rotary, rotary_heads, silu_mul,
+    with_fast_paths,
 };
 
 type A = Autodiff<Flex>;
@@ -155,6 +156,82 @@ proptest! {
         let actual = with_fast_paths::<B, _>(|| values(grouped_attention(q, k, v, mask, scale)));
         assert_close(actual, expected)?;
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Masks broadcast over heads, over queries or over both, random (rows fully masked
+    /// included) or none; fills far below the scores (BERT's −10⁴, `f32::MIN`) and within
+    /// their range, where the masked keys keep a weight: Burn's output and gradient.
+    #[test]
+    fn masked_softmax_filled_matches_burns_forward_and_backward(
+        batch in 1usize..3,
+        heads in 1usize..4,
+        queries in 1usize..6,
+        keys in 1usize..40,
+        per_head in any::<bool>(),
+        per_query in any::<bool>(),
+        masked in any::<bool>(),
+        fill in prop::sample::select(vec![-1.0e4f64, f64::from(f32::MIN), -1.5, 0.5]),
+        seed in 0u64..1000,
+    ) {
+        let scores = random_ad([batch, heads, queries, keys], seed);
+        let mask_dims = [
+            batch,
+            if per_head { heads } else { 1 },
+            if per_query { queries } else { 1 },
+            keys,
+        ];
+        let mask: Option<Tensor<A, 4, Bool>> =
+            masked.then(|| random_ad(mask_dims, seed + 1).greater_elem(0.5));
+        let upstream = random_ad([batch, heads, queries, keys], seed + 2);
+        let burns_op = |[s]: [Tensor<A, 4>; 1]| match mask.clone() {
+            Some(mask) => burn::tensor::activation::softmax(s.mask_fill(mask, fill), 3),
+            None => burn::tensor::activation::softmax(s, 3),
+        };
+        let burns = forward_backward(burns_op, core::array::from_ref(&scores), &upstream);
+        let fused = with_fast_paths::<A, _>(|| forward_backward(
+            |[s]| masked_softmax_filled(s, mask.clone(), fill),
+            core::array::from_ref(&scores),
+            &upstream,
+        ));
+        assert_close(fused.0, burns.0)?;
+        assert_close(fused.1[0].clone(), burns.1[0].clone())?;
+        // Without autodiff.
+        let (plain, mask) = (scores.inner(), mask.map(|mask| mask.inner()));
+        let expected = values(match mask.clone() {
+            Some(mask) => burn::tensor::activation::softmax(plain.clone().mask_fill(mask, fill), 3),
+            None => burn::tensor::activation::softmax(plain.clone(), 3),
+        });
+        let actual =
+            with_fast_paths::<B, _>(|| values(masked_softmax_filled(plain, mask, fill)));
+        assert_close(actual, expected)?;
+    }
+}
+
+/// The masked softmax runs fused on Flex and `Autodiff<Flex>` for a broadcast mask, and a mask
+/// that does not broadcast to the scores is left to Burn.
+#[test]
+fn masked_softmax_is_fused_for_broadcast_flex_masks() {
+    let scores = random_ad([2, 3, 4, 5], 7);
+    let mask = random_ad([2, 1, 1, 5], 8).greater_elem(0.0);
+    let op = || crate::flex::MaskedSoftmax::new::<A>(Some(mask.clone().into_primitive()), -1e4);
+    let fused =
+        crate::flex::run::<A, _, 1>(op().unwrap(), [scores.clone().into_primitive().tensor()]);
+    assert!(fused.is_ok());
+    let plain = scores.clone().inner().into_primitive().tensor();
+    let op = crate::flex::MaskedSoftmax::new::<B>(Some(mask.clone().into_primitive()), -1e4);
+    assert!(crate::flex::run::<B, _, 1>(op.unwrap(), [plain]).is_ok());
+    // A mask over 4 keys for scores over 5: Burn's path, and Burn's error.
+    let wrong = random_ad([2, 1, 1, 4], 9).greater_elem(0.0);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        with_fast_paths::<A, _>(|| masked_softmax_filled(scores, Some(wrong), -1e4))
+    }));
+    assert!(
+        result.is_err(),
+        "Burn refuses a mask that does not broadcast"
+    );
 }
 
 proptest! {
