@@ -1,8 +1,8 @@
 //! The fused operations of `burn-lora-kernels` against Burn's decomposed operations, forward and
 //! backward on `Autodiff<Flex>`, at the shapes of one SmolLM2-135M layer in a LoRA training step
 //! (batch 8 × 96 tokens, width 576, 9 query heads and 3 key/value heads of 64, feed-forward
-//! 1536, vocabulary 49,152); GELU and the masked softmax at MiniLM's step (batch 16 × 64,
-//! feed-forward 1536, 12 heads).
+//! 1536, vocabulary 49,152); LayerNorm, GELU and the masked softmax at MiniLM's step (batch
+//! 16 × 64, width 384, feed-forward 1536, 12 heads).
 //!
 //! Each operation is timed as `burn` (Burn's operations: the function outside
 //! `with_fast_paths`) and `fused` (inside it), both on the backend's compute threads; one
@@ -15,8 +15,8 @@ mod bench_util;
 
 use burn::tensor::{Bool, Distribution, Int, Tensor};
 use burn_lora_kernels::{
-    gelu, grouped_attention, masked_softmax_filled, on_compute_threads, picked_log_probs, rms_norm,
-    rotary_heads, silu_mul, with_fast_paths,
+    gelu, grouped_attention, layer_norm, masked_softmax_filled, on_compute_threads,
+    picked_log_probs, rms_norm, rotary_heads, silu_mul, with_fast_paths,
 };
 use burn_lora_support::backend::{self, Train};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -83,6 +83,17 @@ fn fused_ops(c: &mut Criterion) {
     let gate = random([BATCH, SEQ, HIDDEN]).require_grad();
     let up = random([BATCH, SEQ, HIDDEN]).require_grad();
     bench_op(c, "silu_mul", || silu_mul(gate.clone(), up.clone()));
+    // MiniLM's LayerNorm (with a bias), batch 16 × 64 × 384.
+    let hidden_state = random([16, 64, 384]).require_grad();
+    let (norm_gamma, norm_beta) = (random([384]).require_grad(), random([384]).require_grad());
+    bench_op(c, "layer_norm", || {
+        layer_norm(
+            hidden_state.clone(),
+            norm_gamma.clone(),
+            Some(norm_beta.clone()),
+            1e-12,
+        )
+    });
     // MiniLM's feed-forward activation, batch 16 × 64 × 1536.
     let hidden = random([16, 64, HIDDEN]).require_grad();
     bench_op(c, "gelu", || gelu(hidden.clone()));

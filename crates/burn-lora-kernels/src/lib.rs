@@ -18,9 +18,10 @@
 //! - Fused operations with their own backward, on Flex and on `Autodiff<Flex>`: one pass over
 //!   memory where Burn's decomposition makes several, and one node in the autodiff graph where
 //!   it records one per operation: [`gelu`] (exact), [`grouped_attention`] (around Flex's
-//!   products), [`masked_softmax_filled`] (attention weights), [`picked_log_probs`] (a cross-entropy's core), [`rms_norm`], [`rotary_heads`]
-//!   (rotary positions applied while splitting a projection into heads), [`silu_mul`]
-//!   (SwiGLU's product). The arithmetic costs nothing beside the memory traffic; what they save
+//!   products), [`layer_norm`], [`masked_softmax_filled`] (attention weights),
+//!   [`picked_log_probs`] (a cross-entropy's core), [`rms_norm`], [`rotary_heads`] (rotary
+//!   positions applied while splitting a projection into heads), [`silu_mul`] (SwiGLU's
+//!   product). The arithmetic costs nothing beside the memory traffic; what they save
 //!   is passes, copies of strided views and fresh buffers.
 //! - [`slice_assign`] in place when the destination's buffer is not shared (Flex copies the
 //!   whole destination on every `slice_assign`); exact, so it runs outside the scope too.
@@ -47,6 +48,7 @@ mod attention;
 mod flex;
 mod gelu;
 mod host;
+mod layer_norm;
 mod log_probs;
 mod matmul;
 mod rms_norm;
@@ -59,6 +61,7 @@ pub use attention::{
     attention_context, attention_probs, grouped_attention, masked_softmax, masked_softmax_filled,
 };
 pub use gelu::gelu;
+pub use layer_norm::layer_norm;
 pub use log_probs::picked_log_probs;
 pub use matmul::{linear, matmul};
 pub use rms_norm::rms_norm;

@@ -33,6 +33,9 @@ pub struct TransformerEncoderLayer<B: Backend> {
     pub norm_1: LayerNorm<B>,
     /// Layer norm around the attention sub-layer (the layer's last step in post-norm).
     pub norm_2: LayerNorm<B>,
+    /// The epsilon of `norm_1` and `norm_2` (Burn's `LayerNorm` keeps its own private), for
+    /// the fused LayerNorm of [`burn_lora_kernels::layer_norm`].
+    pub layer_norm_eps: f64,
     /// Dropout on the residual branches.
     pub dropout: Dropout,
     /// Pre-norm if `true`, post-norm otherwise.
@@ -68,6 +71,7 @@ impl<B: Backend> TransformerEncoderLayer<B> {
             pwff,
             norm_1,
             norm_2,
+            layer_norm_eps: config.layer_norm_eps,
             dropout,
             norm_first: config.norm_first,
         })
@@ -112,8 +116,8 @@ impl<B: Backend> TransformerEncoderLayer<B> {
         mask_attn: Option<Tensor<B, 3, Bool>>,
         mut cache: Option<&mut TransformerEncoderLayerAutoregressiveCache<B>>,
     ) -> Tensor<B, 3> {
-        let norm_1 = |x| self.norm_1.forward(x);
-        let norm_2 = |x| self.norm_2.forward(x);
+        let norm_1 = |x| layer_norm(&self.norm_1, self.layer_norm_eps, x);
+        let norm_2 = |x| layer_norm(&self.norm_2, self.layer_norm_eps, x);
 
         // Attention residual branch.
         let x = input;
@@ -155,4 +159,15 @@ impl<B: Backend> TransformerEncoderLayer<B> {
         }
         x
     }
+}
+
+/// `norm.forward(x)` for a `norm` of epsilon `epsilon`, fused on Flex inside `with_fast_paths`
+/// ([`burn_lora_kernels::layer_norm`]); elsewhere exactly Burn's.
+fn layer_norm<B: Backend>(norm: &LayerNorm<B>, epsilon: f64, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    burn_lora_kernels::layer_norm(
+        x,
+        norm.gamma.val(),
+        norm.beta.as_ref().map(|beta| beta.val()),
+        epsilon,
+    )
 }

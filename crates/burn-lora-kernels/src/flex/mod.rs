@@ -1,10 +1,12 @@
 //! The paths for Flex's tensors: their buffers are host memory, read here as slices.
 
 mod attention;
+mod dot;
 mod exp;
 mod few_rows;
 mod fused;
 mod gelu;
+mod layer_norm;
 mod log_probs;
 mod rms_norm;
 mod rotary;
@@ -16,6 +18,7 @@ mod team;
 pub(crate) use attention::GroupedAttention;
 pub(crate) use fused::{is, run, AutodiffTensor};
 pub(crate) use gelu::Gelu;
+pub(crate) use layer_norm::LayerNorm;
 pub(crate) use log_probs::PickedLogProbs;
 pub(crate) use rms_norm::RmsNorm;
 pub(crate) use rotary::RotaryHeads;

@@ -4,6 +4,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{TensorData, TensorMetadata};
 use rayon::prelude::*;
 
+use super::dot::sum_of_products;
 use super::fused::{build, contiguous, values, FusedOp};
 
 /// Values per parallel chunk, in whole rows.
@@ -96,26 +97,6 @@ fn inverse_rms(row: &[f32], epsilon: f32) -> f32 {
 
 // Compiled once per instruction set and chosen at run time; `S` is used through the target
 // features `with_simd` enables, not by name.
-
-/// `Σ a ⊙ b`, in 16 partial sums (one vector register) so that the loop vectorises.
-#[allow(clippy::extra_unused_type_parameters)]
-#[macerator::with_simd]
-fn sum_of_products<S: macerator::Simd>(a: &[f32], b: &[f32]) -> f32 {
-    let mut partial = [0.0f32; 16];
-    let (a_blocks, b_blocks) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = a_blocks
-        .remainder()
-        .iter()
-        .zip(b_blocks.remainder())
-        .map(|(a, b)| a * b)
-        .sum();
-    for (a, b) in a_blocks.zip(b_blocks) {
-        for i in 0..16 {
-            partial[i] += a[i] * b[i];
-        }
-    }
-    partial.iter().sum::<f32>() + tail
-}
 
 /// `out = row · inverse_rms · γ`.
 #[allow(clippy::extra_unused_type_parameters)]

@@ -5,6 +5,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::TensorMetadata;
 
+use super::dot::sum_of_products;
 use super::exp::exp;
 use super::fused::{build, cast, contiguous, is, values, FusedOp};
 
@@ -172,7 +173,7 @@ pub(super) fn softmax_row_backward(
     scale: f32,
     out: &mut [f32],
 ) {
-    let dot: f32 = p.iter().zip(dp).map(|(p, dp)| p * dp).sum();
+    let dot = sum_of_products(p, dp);
     for (((out, &p), &dp), &m) in out.iter_mut().zip(p).zip(dp).zip(mask) {
         *out = if m == 0 { p * (dp - dot) * scale } else { 0.0 };
     }
@@ -202,7 +203,7 @@ fn filled_max<S: macerator::Simd>(raw: &[f32], mask: &[u8], scale: f32, fill: f3
     partial.iter().fold(tail, |max, &p| max.max(p))
 }
 
-/// `out = e^(v − max)` with `v` as in [`softmax_row`]; returns the sum.
+/// `out = e^(v − max)` with `v` as in [`softmax_row`]; returns the sum, in 16 partial sums.
 #[allow(clippy::extra_unused_type_parameters)]
 #[macerator::with_simd]
 fn exponentials<S: macerator::Simd>(
@@ -213,11 +214,31 @@ fn exponentials<S: macerator::Simd>(
     max: f32,
     out: &mut [f32],
 ) -> f32 {
-    let mut sum = 0.0;
-    for ((out, &s), &m) in out.iter_mut().zip(raw).zip(mask) {
+    let exponential = |s: f32, m: u8| {
         let x = if m == 0 { s * scale } else { fill } - max;
-        *out = if x < UNDERFLOW { 0.0 } else { exp(x) };
-        sum += *out;
+        if x < UNDERFLOW {
+            0.0
+        } else {
+            exp(x)
+        }
+    };
+    let blocks = raw.len() / 16 * 16;
+    let (out_blocks, out_tail) = out.split_at_mut(blocks);
+    let mut partial = [0.0f32; 16];
+    for ((out, raw), mask) in out_blocks
+        .chunks_exact_mut(16)
+        .zip(raw.chunks_exact(16))
+        .zip(mask.chunks_exact(16))
+    {
+        for i in 0..16 {
+            out[i] = exponential(raw[i], mask[i]);
+            partial[i] += out[i];
+        }
     }
-    sum
+    let mut tail = 0.0;
+    for ((out, &s), &m) in out_tail.iter_mut().zip(&raw[blocks..]).zip(&mask[blocks..]) {
+        *out = exponential(s, m);
+        tail += *out;
+    }
+    partial.iter().sum::<f32>() + tail
 }

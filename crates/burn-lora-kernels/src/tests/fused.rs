@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 use super::{assert_close, random, values, B};
 use crate::{
-    attention_context, attention_probs, gelu, grouped_attention, masked_softmax,
+    attention_context, attention_probs, gelu, grouped_attention, layer_norm, masked_softmax,
     masked_softmax_filled, picked_log_probs, rms_norm, rotary, rotary_heads, silu_mul,
     with_fast_paths,
 };
@@ -104,6 +104,76 @@ proptest! {
         if let (Some(fused), Some(burns)) = (fused.2, burns.2) {
             assert_close(fused, burns)?;
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Rows of any width (a row of one value included: its variance is 0), with and without a
+    /// bias, the scale and the bias tracked or not, rows far from zero (the variance taken
+    /// about the mean): Burn's `layer_norm`'s output and gradients, computed in `f64`. Rows
+    /// near 40 are where the reference needs `f64`: each value carries 4e-6 of rounding there,
+    /// and Burn's own `f32` decomposition was seen 1.7e-4 away from the exact result (the fused
+    /// pass 1.1e-5).
+    #[test]
+    fn layer_norm_matches_burns_forward_and_backward(
+        rows in 1usize..12,
+        width in 1usize..70,
+        bias in any::<bool>(),
+        tracked_gamma in any::<bool>(),
+        tracked_beta in any::<bool>(),
+        offset in prop::sample::select(vec![0.0f32, 40.0]),
+        seed in 0u64..1000,
+    ) {
+        let x = random_ad([2, rows, width], seed) + offset;
+        let gamma = random_ad([width], seed + 1);
+        let beta = random_ad([width], seed + 2);
+        let upstream = random_ad([2, rows, width], seed + 3);
+        let run = |fast: bool| {
+            let dtype = if fast { FloatDType::F32 } else { FloatDType::F64 };
+            let input = |t: &Tensor<A, 1>, tracked: bool| {
+                let t = t.clone().detach().cast(dtype);
+                if tracked { t.require_grad() } else { t }
+            };
+            let x = x.clone().detach().cast(dtype).require_grad();
+            let gamma = input(&gamma, tracked_gamma);
+            let beta = input(&beta, tracked_beta);
+            let forward =
+                || layer_norm(x.clone(), gamma.clone(), bias.then(|| beta.clone()), 1e-5);
+            let y = if fast { with_fast_paths::<A, _>(forward) } else { forward() };
+            let grads = (y.clone() * upstream.clone().cast(dtype)).sum().backward();
+            let f32s = |t: Tensor<Flex, 1>| values(t.cast(FloatDType::F32));
+            let grad = |t: &Tensor<A, 1>| t.grad(&grads).map(f32s);
+            let x_grad = x.grad(&grads).map(|g| values(g.cast(FloatDType::F32)));
+            (values(y.inner().cast(FloatDType::F32)), x_grad.unwrap(), grad(&gamma), grad(&beta))
+        };
+        let (exact, fused) = (run(false), run(true));
+        assert_close(fused.0, exact.0)?;
+        assert_close(fused.1, exact.1)?;
+        prop_assert_eq!(fused.2.is_some(), tracked_gamma);
+        prop_assert_eq!(fused.3.is_some(), tracked_beta && bias);
+        for (fused, exact) in [(fused.2, exact.2), (fused.3, exact.3)] {
+            if let (Some(fused), Some(exact)) = (fused, exact) {
+                assert_close(fused, exact)?;
+            }
+        }
+        // Without autodiff.
+        let plain = |t: &Tensor<A, 3>| t.clone().inner();
+        let (gamma, beta) = (gamma.inner(), bias.then(|| beta.inner()));
+        let f64s = |t: Tensor<B, 3>| t.cast(FloatDType::F64);
+        let expected = values(
+            layer_norm(
+                f64s(plain(&x)),
+                gamma.clone().cast(FloatDType::F64),
+                beta.clone().map(|beta| beta.cast(FloatDType::F64)),
+                1e-5,
+            )
+            .cast(FloatDType::F32),
+        );
+        let actual =
+            with_fast_paths::<B, _>(|| values(layer_norm(plain(&x), gamma, beta, 1e-5)));
+        assert_close(actual, expected)?;
     }
 }
 
@@ -429,4 +499,24 @@ fn silu_mul_is_fused_for_f32_on_flex_with_and_without_autodiff() {
         let input = Tensor::<A, 2>::from_primitive(TensorPrimitive::Float(input));
         assert_eq!(input.into_data(), expected);
     }
+}
+
+/// LayerNorm runs fused on Flex and `Autodiff<Flex>` in `f32`.
+#[test]
+fn layer_norm_is_fused_for_f32_on_flex_with_and_without_autodiff() {
+    let op = || crate::flex::LayerNorm { epsilon: 1e-5 };
+    let x = random_ad([4, 6], 1);
+    let (gamma, beta) = (random_ad([6], 2), random_ad([6], 3));
+    let inputs = [
+        x.clone().into_primitive().tensor(),
+        gamma.clone().into_primitive().tensor(),
+        beta.clone().into_primitive().tensor(),
+    ];
+    assert!(crate::flex::run::<A, _, 3>(op(), inputs).is_ok());
+    let inputs = [
+        x.inner().into_primitive().tensor(),
+        gamma.inner().into_primitive().tensor(),
+        beta.inner().into_primitive().tensor(),
+    ];
+    assert!(crate::flex::run::<B, _, 3>(op(), inputs).is_ok());
 }
