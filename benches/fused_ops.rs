@@ -15,7 +15,7 @@ mod bench_util;
 
 use burn::tensor::{Bool, Distribution, Int, Tensor};
 use burn_lora_kernels::{
-    gelu, grouped_attention, layer_norm, masked_softmax_filled, on_compute_threads,
+    gelu, grouped_attention, layer_norm, linear, masked_softmax_filled, on_compute_threads,
     picked_log_probs, rms_norm, rotary_heads, silu_mul, with_fast_paths,
 };
 use burn_lora_support::backend::{self, Train};
@@ -93,6 +93,14 @@ fn fused_ops(c: &mut Criterion) {
             Some(norm_beta.clone()),
             1e-12,
         )
+    });
+    // MiniLM's feed-forward projection, 16 · 64 rows × 384 → 1536 (as one matrix on both
+    // paths), the weight frozen.
+    let rows = hidden_state.clone().reshape([16 * 64, 384]);
+    let ff_weight = random([384, HIDDEN]);
+    let ff_bias = random([HIDDEN]);
+    bench_op(c, "linear", || {
+        linear(rows.clone(), ff_weight.clone(), Some(ff_bias.clone()))
     });
     // MiniLM's feed-forward activation, batch 16 × 64 × 1536.
     let hidden = random([16, 64, HIDDEN]).require_grad();

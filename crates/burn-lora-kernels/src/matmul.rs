@@ -12,7 +12,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::module;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorPrimitive};
 
 use crate::scope::fast_paths_enabled;
 
@@ -42,7 +42,8 @@ pub fn matmul<B: Backend>(lhs: Tensor<B, 2>, rhs: Tensor<B, 2>) -> Tensor<B, 2> 
 ///
 /// Inside the scope, on Flex, up to 16 rows take the few-rows kernel; on Flex and
 /// `Autodiff<Flex>`, an input of more dimensions is multiplied as one `[rows, d_input]` matrix
-/// (forward and backward), where Flex's batched product would pack `W` again for every matrix.
+/// (forward and backward), where Flex's batched product would pack `W` again for every matrix,
+/// in one autodiff node whose products (`gemm`, as Flex's) write buffers of their own.
 ///
 /// # Shapes
 /// - input: `[..., d_input]`
@@ -72,12 +73,27 @@ pub fn linear<B: Backend, const D: usize>(
             return output.reshape(out_dims);
         }
     }
-    if D > 2 && crate::host::is_flex_based::<B>() {
+    let bias_fits = bias.as_ref().is_none_or(|bias| bias.dims() == [d_output]);
+    if bias_fits && crate::host::is_flex_based::<B>() {
         // Flex multiplies a batch of matrices by a broadcast weight one matrix at a time, and
-        // packs the weight again for each; as one matrix of all the rows it packs it once (and
-        // the backward's products, recorded on the matrix, do the same).
+        // packs the weight again for each; as one matrix of all the rows it packs it once. The
+        // fused node runs the forward's and the backward's products into buffers of its own
+        // (Flex copies each product's output once more).
         let matrix = input.reshape([rows, d_input]);
-        return module::linear(matrix, weight, bias).reshape(out_dims);
+        let placeholder = || Tensor::<B, 1>::empty([0], &matrix.device());
+        let inputs = [
+            matrix.clone().into_primitive().tensor(),
+            weight.clone().into_primitive().tensor(),
+            bias.clone()
+                .unwrap_or_else(placeholder)
+                .into_primitive()
+                .tensor(),
+        ];
+        let output = match run_fused!(B, Some(crate::flex::Linear), inputs) {
+            Ok(output) => Tensor::from_primitive(TensorPrimitive::Float(output)),
+            Err(_) => module::linear(matrix, weight, bias),
+        };
+        return output.reshape(out_dims);
     }
     module::linear(input, weight, bias)
 }

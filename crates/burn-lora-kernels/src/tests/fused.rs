@@ -9,9 +9,9 @@ use proptest::prelude::*;
 
 use super::{assert_close, random, values, B};
 use crate::{
-    attention_context, attention_probs, gelu, grouped_attention, layer_norm, masked_softmax,
-    masked_softmax_filled, picked_log_probs, rms_norm, rotary, rotary_heads, silu_mul,
-    with_fast_paths,
+    attention_context, attention_probs, gelu, grouped_attention, layer_norm, linear,
+    masked_softmax, masked_softmax_filled, picked_log_probs, rms_norm, rotary, rotary_heads,
+    silu_mul, with_fast_paths,
 };
 
 type A = Autodiff<Flex>;
@@ -519,4 +519,97 @@ fn layer_norm_is_fused_for_f32_on_flex_with_and_without_autodiff() {
         beta.inner().into_primitive().tensor(),
     ];
     assert!(crate::flex::run::<B, _, 3>(op(), inputs).is_ok());
+}
+
+/// How `linear`'s weight is laid out in memory.
+#[derive(Debug, Clone, Copy)]
+enum WeightLayout {
+    RowMajor,
+    /// A transposed view (`[n, k]` in memory, read as `[k, n]`).
+    Transposed,
+    /// A view with a negative stride (`flip`): Flex's own product.
+    Flipped,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// `linear` under autodiff, as one fused node: rank-3 inputs of few rows and many, odd
+    /// widths, with and without a bias, the weight and the bias tracked or frozen, the weight
+    /// row-major, transposed or flipped: Burn's output and every gradient.
+    #[test]
+    fn linear_matches_burns_forward_and_backward(
+        batch in 1usize..4,
+        seq in 1usize..24,
+        k in 1usize..48,
+        n in 1usize..48,
+        bias in any::<bool>(),
+        tracked_weight in any::<bool>(),
+        layout in prop::sample::select(vec![
+            WeightLayout::RowMajor,
+            WeightLayout::Transposed,
+            WeightLayout::Flipped,
+        ]),
+        seed in 0u64..1000,
+    ) {
+        let x = random_ad([batch, seq, k], seed);
+        let weight = match layout {
+            WeightLayout::RowMajor => random_ad([k, n], seed + 1),
+            WeightLayout::Transposed => random_ad([n, k], seed + 1).transpose(),
+            WeightLayout::Flipped => random_ad([k, n], seed + 1).flip([0]),
+        };
+        let b = random_ad([n], seed + 2);
+        let upstream = random_ad([batch, seq, n], seed + 3);
+        let run = |fast: bool| {
+            let x = x.clone().detach().require_grad();
+            let weight = if tracked_weight {
+                weight.clone().detach().require_grad()
+            } else {
+                weight.clone().detach()
+            };
+            let b = bias.then(|| b.clone().detach().require_grad());
+            let forward = || linear(x.clone(), weight.clone(), b.clone());
+            let y = if fast { with_fast_paths::<A, _>(forward) } else { forward() };
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            (
+                values(y.inner()),
+                values(x.grad(&grads).unwrap()),
+                weight.grad(&grads).map(values),
+                b.and_then(|b| b.grad(&grads)).map(values),
+            )
+        };
+        let (burns, fused) = (run(false), run(true));
+        assert_close(fused.0, burns.0)?;
+        assert_close(fused.1, burns.1)?;
+        prop_assert_eq!(fused.2.is_some(), tracked_weight);
+        prop_assert_eq!(fused.3.is_some(), bias);
+        for (fused, burns) in [(fused.2, burns.2), (fused.3, burns.3)] {
+            if let (Some(fused), Some(burns)) = (fused, burns) {
+                assert_close(fused, burns)?;
+            }
+        }
+    }
+}
+
+/// `linear` is one fused node on `Autodiff<Flex>`, and runs on plain Flex too.
+#[test]
+fn linear_is_fused_for_f32_on_flex_with_and_without_autodiff() {
+    let inputs = |x: Tensor<A, 2>, w: Tensor<A, 2>, b: Tensor<A, 1>| {
+        [
+            x.into_primitive().tensor(),
+            w.into_primitive().tensor(),
+            b.into_primitive().tensor(),
+        ]
+    };
+    let (x, w, b) = (
+        random_ad([20, 6], 1),
+        random_ad([6, 5], 2),
+        random_ad([5], 3),
+    );
+    let tracked = inputs(x.clone().require_grad(), w.clone(), b.clone());
+    assert!(crate::flex::run::<A, _, 3>(crate::flex::Linear, tracked).is_ok());
+    let plain = [x.inner(), w.inner()].map(|t| t.into_primitive().tensor());
+    let [x, w] = plain;
+    let plain = [x, w, b.inner().into_primitive().tensor()];
+    assert!(crate::flex::run::<B, _, 3>(crate::flex::Linear, plain).is_ok());
 }
