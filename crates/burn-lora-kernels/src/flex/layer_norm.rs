@@ -4,8 +4,8 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{TensorData, TensorMetadata};
 use rayon::prelude::*;
 
-use super::dot::{sum, sum_of_products, sum_of_squares_about};
 use super::fused::{build, contiguous, values, FusedOp};
+use super::reduce::{sum, sum_of_products_about, sum_of_squares_about};
 
 /// Values per parallel chunk, in whole rows.
 const CHUNK: usize = 1 << 14;
@@ -142,12 +142,13 @@ fn row_backward<S: macerator::Simd>(
     out: &mut [f32],
 ) {
     let width = row.len() as f32;
-    // `out` holds g meanwhile; Σ g ⊙ x̂ = inverse_std · (Σ g ⊙ x − mean · Σ g).
+    // `out` holds g meanwhile; Σ g ⊙ x̂ = inverse_std · Σ g ⊙ (x − mean), summed about the mean
+    // (Σ g ⊙ x − mean · Σ g would cancel for rows far from zero).
     for ((out, &dy), &g) in out.iter_mut().zip(dy).zip(gamma) {
         *out = dy * g;
     }
     let g_mean = sum(out) / width;
-    let gx_mean = (sum_of_products(out, row) - mean * sum(out)) * inverse_std / width;
+    let gx_mean = sum_of_products_about(out, row, mean) * inverse_std / width;
     for (out, &x) in out.iter_mut().zip(row) {
         let normalised = (x - mean) * inverse_std;
         *out = (*out - g_mean - normalised * gx_mean) * inverse_std;

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use super::exp::exp;
 use super::fused::{build, cast, contiguous, is, values, FusedOp};
+use super::reduce::maximum;
 
 /// `log softmax(logits)[target]` per row of `[rows, classes]` logits (see
 /// [`crate::picked_log_probs`]); the input is `[logits]`.
@@ -94,7 +95,7 @@ impl FusedOp<1> for PickedLogProbs {
 
 /// `max + log Σ exp(row − max)`.
 fn log_sum_exp(row: &[f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = maximum(row);
     if !max.is_finite() {
         return max;
     }

@@ -1,7 +1,6 @@
 //! The paths for Flex's tensors: their buffers are host memory, read here as slices.
 
 mod attention;
-mod dot;
 mod exp;
 mod few_rows;
 mod fused;
@@ -10,6 +9,7 @@ mod gemm;
 mod layer_norm;
 mod linear;
 mod log_probs;
+mod reduce;
 mod rms_norm;
 mod rotary;
 mod silu_mul;

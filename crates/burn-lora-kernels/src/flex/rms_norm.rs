@@ -4,8 +4,8 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{TensorData, TensorMetadata};
 use rayon::prelude::*;
 
-use super::dot::sum_of_products;
 use super::fused::{build, contiguous, values, FusedOp};
+use super::reduce::sum_of_products;
 
 /// Values per parallel chunk, in whole rows.
 const CHUNK: usize = 1 << 14;

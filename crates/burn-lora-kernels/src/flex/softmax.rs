@@ -5,9 +5,9 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::TensorMetadata;
 
-use super::dot::sum_of_products;
 use super::exp::exp;
 use super::fused::{build, cast, contiguous, is, values, FusedOp};
+use super::reduce::sum_of_products;
 
 /// Values per parallel chunk, in whole rows.
 const CHUNK: usize = 1 << 13;
