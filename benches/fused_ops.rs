@@ -1,8 +1,8 @@
 //! The fused operations of `burn-lora-kernels` against Burn's decomposed operations, forward and
 //! backward on `Autodiff<Flex>`, at the shapes of one SmolLM2-135M layer in a LoRA training step
 //! (batch 8 × 96 tokens, width 576, 9 query heads and 3 key/value heads of 64, feed-forward
-//! 1536, vocabulary 49,152); LayerNorm, GELU and the masked softmax at MiniLM's step (batch
-//! 16 × 64, width 384, feed-forward 1536, 12 heads).
+//! 1536, vocabulary 49,152); LayerNorm, GELU, the split into heads and back and the masked
+//! softmax at MiniLM's step (batch 16 × 64, width 384, feed-forward 1536, 12 heads).
 //!
 //! Each operation is timed as `burn` (Burn's operations: the function outside
 //! `with_fast_paths`) and `fused` (inside it), both on the backend's compute threads; one
@@ -15,8 +15,9 @@ mod bench_util;
 
 use burn::tensor::{Bool, Distribution, Int, Tensor};
 use burn_lora_kernels::{
-    gelu, grouped_attention, layer_norm, linear, masked_softmax_filled, on_compute_threads,
-    picked_log_probs, rms_norm, rotary_heads, silu_mul, with_fast_paths,
+    gelu, grouped_attention, layer_norm, linear, masked_softmax_filled, merge_heads,
+    on_compute_threads, picked_log_probs, rms_norm, rotary_heads, silu_mul, split_heads,
+    with_fast_paths,
 };
 use burn_lora_support::backend::{self, Train};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -117,6 +118,11 @@ fn fused_ops(c: &mut Criterion) {
     bench_op(c, "grouped_attention", || {
         grouped_attention(q.clone(), k.clone(), v.clone(), Some(mask.clone()), scale)
     });
+
+    // MiniLM's projections into its 12 heads of 32, and its context out of them.
+    bench_op(c, "split_heads", || split_heads(hidden_state.clone(), 12));
+    let context = random([16, 12, 64, 32]).require_grad();
+    bench_op(c, "merge_heads", || merge_heads(context.clone()));
 
     // MiniLM's attention weights: 16 × 12 heads × 64 × 64 scores, BERT's padding mask (a
     // quarter of the keys padded) broadcast over heads and queries, its fill of −10⁴.

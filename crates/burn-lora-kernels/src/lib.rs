@@ -21,8 +21,8 @@
 //!   products), [`layer_norm`], [`masked_softmax_filled`] (attention weights),
 //!   [`picked_log_probs`] (a cross-entropy's core), [`rms_norm`], [`rotary_heads`] (rotary
 //!   positions applied while splitting a projection into heads), [`silu_mul`] (SwiGLU's
-//!   product). The arithmetic costs nothing beside the memory traffic; what they save
-//!   is passes, copies of strided views and fresh buffers.
+//!   product), [`split_heads`] and [`merge_heads`]. The arithmetic costs nothing beside the
+//!   memory traffic; what they save is passes, copies of strided views and fresh buffers.
 //! - [`slice_assign`] in place when the destination's buffer is not shared (Flex copies the
 //!   whole destination on every `slice_assign`); exact, so it runs outside the scope too.
 
@@ -47,6 +47,7 @@ mod attention;
 #[cfg(feature = "flex")]
 mod flex;
 mod gelu;
+mod heads;
 mod host;
 mod layer_norm;
 mod log_probs;
@@ -61,6 +62,7 @@ pub use attention::{
     attention_context, attention_probs, grouped_attention, masked_softmax, masked_softmax_filled,
 };
 pub use gelu::gelu;
+pub use heads::{merge_heads, split_heads};
 pub use layer_norm::layer_norm;
 pub use log_probs::picked_log_probs;
 pub use matmul::{linear, matmul};

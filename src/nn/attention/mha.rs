@@ -168,7 +168,6 @@ impl<B: Backend> MultiHeadAttention<B> {
         mask_pad: Option<Tensor<B, 2, Bool>>,
         mask_attn: Option<Tensor<B, 3, Bool>>,
     ) -> (Tensor<B, 4>, Tensor<B, 3>) {
-        let [batch_size, n_heads, seq_length_1, d_k] = query.dims();
         let scores = query
             .matmul(key.transpose())
             .div_scalar((self.d_k as f32).sqrt());
@@ -179,11 +178,7 @@ impl<B: Backend> MultiHeadAttention<B> {
             let scores = self.dropout.forward(scores);
             self.attn_weights(scores, mask_pad, mask_attn)
         };
-        let context = weights.clone().matmul(value).swap_dims(1, 2).reshape([
-            batch_size,
-            seq_length_1,
-            n_heads * d_k,
-        ]);
+        let context = burn_lora_kernels::merge_heads(weights.clone().matmul(value));
         (weights, context)
     }
 
@@ -221,11 +216,7 @@ impl<B: Backend> MultiHeadAttention<B> {
 
     /// Projects and splits into heads: `[batch, seq, d_model]` → `[batch, n_heads, seq, d_k]`.
     fn attention_linear(&self, x: Tensor<B, 3>, linear: &LoraLinear<B>) -> Tensor<B, 4> {
-        let [batch_size, seq_length, _] = x.dims();
-        linear
-            .forward(x)
-            .reshape([batch_size, seq_length, self.n_heads, self.d_k])
-            .swap_dims(1, 2)
+        burn_lora_kernels::split_heads(linear.forward(x), self.n_heads)
     }
 }
 

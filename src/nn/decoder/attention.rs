@@ -136,12 +136,10 @@ impl<B: Backend> GroupedQueryAttention<B> {
         cache: Option<&mut KvCache<B>>,
         adapters: Option<&AdapterBatch>,
     ) -> LoraResult<Tensor<B, 3>> {
-        let [batch, seq, _] = x.dims();
         let query = rope.apply_heads(project(&self.q_proj, x.clone(), adapters)?, self.n_heads);
         let key = rope.apply_heads(project(&self.k_proj, x.clone(), adapters)?, self.n_kv_heads);
-        let value = project(&self.v_proj, x, adapters)?
-            .reshape([batch, seq, self.n_kv_heads, self.head_dim])
-            .swap_dims(1, 2);
+        let value =
+            burn_lora_kernels::split_heads(project(&self.v_proj, x, adapters)?, self.n_kv_heads);
         let (key, value) = match cache {
             Some(cache) => cache.append(key, value)?,
             None => (key, value),

@@ -7,6 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
 
 use super::fused::{build, contiguous, values, FusedOp};
+use super::heads::{merge_heads, split_heads};
 use super::softmax::{chunk, softmax_row, softmax_row_backward, HostMask, MaskRows};
 
 /// `softmax(q kᵀ · scale, masked) v`, heads merged (see [`crate::grouped_attention`]); the
@@ -150,38 +151,4 @@ impl FusedOp<3> for GroupedAttention {
             need_key.then(|| primitive(scores_grad.swap_dims(2, 3).matmul(tensor(query))));
         [query_grad, key_grad, value_grad]
     }
-}
-
-/// `[batch, heads, seq, head_dim]` (contiguous) into `[batch, seq, heads · head_dim]`.
-fn merge_heads(context: &FlexTensor, [batch, heads, seq, head_dim]: [usize; 4]) -> FlexTensor {
-    let c = values(context);
-    build(
-        &[batch, seq, heads * head_dim],
-        chunk(heads * head_dim),
-        |start, out| {
-            for (r, out) in out.chunks_exact_mut((heads * head_dim).max(1)).enumerate() {
-                let token = start / (heads * head_dim).max(1) + r;
-                let (b, i) = (token / seq, token % seq);
-                for (h, out) in out.chunks_exact_mut(head_dim.max(1)).enumerate() {
-                    out.copy_from_slice(&c[((b * heads + h) * seq + i) * head_dim..][..head_dim]);
-                }
-            }
-        },
-    )
-}
-
-/// `[batch, seq, heads · head_dim]` (contiguous) into `[batch, heads, seq, head_dim]`.
-fn split_heads(merged: &FlexTensor, [batch, heads, seq, head_dim]: [usize; 4]) -> FlexTensor {
-    let m = values(merged);
-    build(
-        &[batch, heads, seq, head_dim],
-        chunk(head_dim),
-        |start, out| {
-            for (r, out) in out.chunks_exact_mut(head_dim.max(1)).enumerate() {
-                let row = start / head_dim.max(1) + r;
-                let (b, h, i) = (row / (heads * seq), row / seq % heads, row % seq);
-                out.copy_from_slice(&m[((b * seq + i) * heads + h) * head_dim..][..head_dim]);
-            }
-        },
-    )
 }

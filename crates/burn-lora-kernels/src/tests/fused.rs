@@ -10,8 +10,8 @@ use proptest::prelude::*;
 use super::{assert_close, random, values, B};
 use crate::{
     attention_context, attention_probs, gelu, grouped_attention, layer_norm, linear,
-    masked_softmax, masked_softmax_filled, picked_log_probs, rms_norm, rotary, rotary_heads,
-    silu_mul, with_fast_paths,
+    masked_softmax, masked_softmax_filled, merge_heads, picked_log_probs, rms_norm, rotary,
+    rotary_heads, silu_mul, split_heads, with_fast_paths,
 };
 
 type A = Autodiff<Flex>;
@@ -644,4 +644,79 @@ fn linear_is_fused_for_f32_on_flex_with_and_without_autodiff() {
     let [x, w] = plain;
     let plain = [x, w, b.inner().into_primitive().tensor()];
     assert!(crate::flex::run::<B, _, 3>(crate::flex::Linear, plain).is_ok());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Heads split and merged, from contiguous inputs and from transposed views, one head or
+    /// one position included (Burn's view then): Burn's `reshape` and `swap_dims`, values and
+    /// gradients, with and without autodiff.
+    #[test]
+    fn split_and_merge_heads_match_burns_forward_and_backward(
+        batch in 1usize..3,
+        heads in 1usize..5,
+        seq in 1usize..9,
+        head_dim in 1usize..9,
+        transposed in any::<bool>(),
+        seed in 0u64..1000,
+    ) {
+        let width = heads * head_dim;
+        let x = if transposed {
+            random_ad([batch, width, seq], seed).swap_dims(1, 2)
+        } else {
+            random_ad([batch, seq, width], seed)
+        };
+        // Through rank-3 views on both sides (the helper keeps the rank): contiguous, so free.
+        let upstream = random_ad([batch, heads, seq * head_dim], seed + 1);
+        let split_with = |split: &dyn Fn(Tensor<A, 3>) -> Tensor<A, 4>, x: Tensor<A, 3>| {
+            split(x).reshape([batch, heads, seq * head_dim])
+        };
+        let burns_split = |x: Tensor<A, 3>| {
+            x.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2)
+        };
+        let burns = forward_backward(
+            |[x]| split_with(&burns_split, x),
+            core::array::from_ref(&x),
+            &upstream,
+        );
+        let fused = with_fast_paths::<A, _>(|| forward_backward(
+            |[x]| split_with(&|x| split_heads(x, heads), x),
+            core::array::from_ref(&x),
+            &upstream,
+        ));
+        assert_close(fused.0, burns.0)?;
+        assert_close(fused.1[0].clone(), burns.1[0].clone())?;
+        // Merged back.
+        let split = random_ad([batch * heads, seq, head_dim], seed + 2);
+        let upstream = random_ad([batch, seq, width], seed + 3);
+        let as_heads = |x: Tensor<A, 3>| x.reshape([batch, heads, seq, head_dim]);
+        let burns = forward_backward(
+            |[x]| as_heads(x).swap_dims(1, 2).reshape([batch, seq, width]),
+            core::array::from_ref(&split),
+            &upstream,
+        );
+        let fused = with_fast_paths::<A, _>(|| forward_backward(
+            |[x]| merge_heads(as_heads(x)),
+            core::array::from_ref(&split),
+            &upstream,
+        ));
+        assert_close(fused.0, burns.0)?;
+        assert_close(fused.1[0].clone(), burns.1[0].clone())?;
+        // Without autodiff.
+        let plain = x.inner();
+        let expected = values(plain.clone().reshape([batch, seq, heads, head_dim]).swap_dims(1, 2));
+        let actual = with_fast_paths::<B, _>(|| values(split_heads(plain, heads)));
+        assert_close(actual, expected)?;
+    }
+}
+
+/// Splitting and merging heads are fused on Flex and `Autodiff<Flex>`.
+#[test]
+fn heads_are_split_and_merged_fused_on_flex() {
+    let x = random_ad([2, 3, 8], 1);
+    let split = crate::flex::SplitHeads { heads: 4 };
+    assert!(crate::flex::run::<A, _, 1>(split, [x.clone().into_primitive().tensor()]).is_ok());
+    let merged = [x.inner().reshape([2, 4, 3, 2]).into_primitive().tensor()];
+    assert!(crate::flex::run::<B, _, 1>(crate::flex::MergeHeads, merged).is_ok());
 }
