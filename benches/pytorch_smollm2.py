@@ -1,6 +1,6 @@
 """PyTorch + PEFT counterpart of benches/smollm2.rs, on the same work.
 
-usage: SMOLLM2_DIR=/path/to/hf-folder python benches/pytorch_smollm2.py [ROUNDS]
+usage: SMOLLM2_DIR=/path/to/hf-folder python benches/pytorch_smollm2.py [ROUNDS] [WORK]
 
 SmolLM2 in float32 on the CPU, torch.set_num_threads(2). Two PEFT LoRA adapters `a` and `b`
 (r=8, alpha 16, the seven projections). Prints the median of ROUNDS (default 3) of:
@@ -9,6 +9,7 @@ SmolLM2 in float32 on the CPU, torch.set_num_threads(2). Two PEFT LoRA adapters 
   model (the peer of burn-lora's merged adapter), as tokens/s;
 - train_step: one LoRA step (forward, loss, backward, AdamW with fused=True) on 8 x 96 random
   tokens, in seconds.
+WORK (`generate` or `train_step`) runs only that part; both by default.
 Run it alternately with `cargo bench --bench smollm2`: this machine drifts by 30 %.
 """
 import os
@@ -21,6 +22,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+WORK = sys.argv[2] if len(sys.argv) > 2 else None
+if WORK not in (None, "generate", "train_step"):
+    sys.exit(f"WORK is `generate` or `train_step`, not `{WORK}`")
 NEW_TOKENS = 64
 PROMPT_LEN = 16
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -78,6 +82,13 @@ def training_step(model, vocab):
 def main():
     model, vocab = lora_model()
     model.eval()
+    if WORK != "train_step":
+        generation(model, vocab)
+    if WORK != "generate":
+        print(f"train_step/lora_r8_8x96: {median(training_step(model, vocab)):.2f} s")
+
+
+def generation(model, vocab):
     with torch.inference_mode():
         for name, rows, kw in [("unmerged", 1, {}), ("unmerged", 8, {}),
                                ("mixed", 8, {"adapter_names": ["a", "b"] * 4})]:
@@ -88,8 +99,6 @@ def main():
         with model.disable_adapter():
             t = median(lambda: generate(model, ids))
         print(f"generate/bare/1: {NEW_TOKENS / t:.1f} tokens/s")
-
-    print(f"train_step/lora_r8_8x96: {median(training_step(model, vocab)):.2f} s")
 
 
 if __name__ == "__main__":

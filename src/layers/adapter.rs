@@ -3,7 +3,6 @@
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
-use burn_lora_kernels::linear;
 
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};
@@ -223,15 +222,7 @@ impl<B: Backend> LoraAdapter<B> {
     /// `s · ((x A) B)` without dropout: for a DoRA layer, which applies the adapter's dropout
     /// itself so that its base term sees the same dropped input.
     pub(crate) fn forward_factors<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
-        let hidden = linear(input, self.lora_a.val(), None);
-        let scale = self.scale();
-        // Scale the rank-wide hidden tensor, not the output: r values per row instead of d_output.
-        let hidden = if scale == 1.0 {
-            hidden
-        } else {
-            hidden.mul_scalar(scale)
-        };
-        linear(hidden, self.lora_b.val(), None)
+        burn_lora_kernels::low_rank(input, self.lora_a.val(), self.lora_b.val(), self.scale())
     }
 
     /// The adapter's dropout applied to `input` (the identity outside training or at

@@ -5,7 +5,7 @@ use burn::module::{Initializer, Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use burn_lora_kernels::linear;
+use burn_lora_kernels::{linear, lora_linear};
 
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter::LoraAdapter;
@@ -129,8 +129,23 @@ impl<B: Backend> LoraLinear<B> {
             .iter()
             .filter(|a| a.is_active())
             .peekable();
-        if active.peek().is_none() {
+        let Some(&first) = active.peek() else {
             return self.forward_base(input);
+        };
+        if active.clone().count() == 1 && !first.is_dora() {
+            // The base and the adapter as one operation (on Flex, one autodiff node).
+            let adapter_input = first
+                .dropout_is_active()
+                .then(|| first.dropout_input(input.clone()));
+            return lora_linear(
+                input,
+                self.weight.val(),
+                self.bias(),
+                adapter_input,
+                first.lora_a(),
+                first.lora_b(),
+                first.scale(),
+            );
         }
         let base = self.forward_base(input.clone());
         active.fold(base, |output, adapter| {

@@ -23,6 +23,9 @@
 //!   positions applied while splitting a projection into heads), [`silu_mul`] (SwiGLU's
 //!   product), [`split_heads`] and [`merge_heads`]. The arithmetic costs nothing beside the
 //!   memory traffic; what they save is passes, copies of strided views and fresh buffers.
+//! - [`lora_linear`], a linear layer and one low-rank adapter, as one node on Flex and
+//!   `Autodiff<Flex>`: the adapter's output and input gradient are added into the base's
+//!   buffers by the products themselves.
 //! - [`slice_assign`] in place when the destination's buffer is not shared (Flex copies the
 //!   whole destination on every `slice_assign`); exact, so it runs outside the scope too.
 
@@ -51,6 +54,7 @@ mod heads;
 mod host;
 mod layer_norm;
 mod log_probs;
+mod lora_linear;
 mod matmul;
 mod rms_norm;
 mod rotary;
@@ -65,6 +69,7 @@ pub use gelu::gelu;
 pub use heads::{merge_heads, split_heads};
 pub use layer_norm::layer_norm;
 pub use log_probs::picked_log_probs;
+pub use lora_linear::{lora_linear, low_rank};
 pub use matmul::{linear, matmul};
 pub use rms_norm::rms_norm;
 pub use rotary::{rotary, rotary_heads};

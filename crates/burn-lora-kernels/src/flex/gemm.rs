@@ -7,7 +7,8 @@
 //! becomes the tensor's buffer as it is.
 
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, TensorData};
+use burn::backend::Flex;
+use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 
 /// Products of at least this many multiply-adds run on Rayon's threads (Flex's threshold).
 const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
@@ -71,6 +72,71 @@ impl<'a> Matrix<'a> {
     }
 }
 
+/// The tensor of a two-dimensional primitive.
+pub(super) fn tensor(t: FlexTensor) -> Tensor<Flex, 2> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// The view of `t`, transposed where asked.
+fn view(t: &FlexTensor, transposed: bool) -> Option<Matrix<'_>> {
+    Matrix::new(t).map(|m| if transposed { m.t() } else { m })
+}
+
+/// `lhs · rhs` (each transposed first where asked), with Flex's own product for a view that
+/// [`Matrix`] does not take (a negative stride).
+pub(super) fn multiply(
+    lhs: &FlexTensor,
+    lhs_transposed: bool,
+    rhs: &FlexTensor,
+    rhs_transposed: bool,
+) -> FlexTensor {
+    match (view(lhs, lhs_transposed), view(rhs, rhs_transposed)) {
+        (Some(l), Some(r)) => product(l, r),
+        _ => None,
+    }
+    .unwrap_or_else(|| {
+        let burns = |t: &FlexTensor, transposed: bool| {
+            let t = tensor(t.clone());
+            if transposed {
+                t.transpose()
+            } else {
+                t
+            }
+        };
+        burns(lhs, lhs_transposed)
+            .matmul(burns(rhs, rhs_transposed))
+            .into_primitive()
+            .tensor()
+    })
+}
+
+/// `out += lhs · rhs` (each transposed first where asked) in `out`'s buffer, for a fresh
+/// row-major product `out`; through Burn's operations for what [`Matrix`] or `out` does not
+/// fit.
+pub(super) fn multiply_add(
+    lhs: &FlexTensor,
+    lhs_transposed: bool,
+    rhs: &FlexTensor,
+    rhs_transposed: bool,
+    out: &mut FlexTensor,
+) {
+    let in_place = out.dtype() == DType::F32
+        && out.is_contiguous()
+        && out.layout().start_offset() == 0
+        && match (view(lhs, lhs_transposed), view(rhs, rhs_transposed)) {
+            (Some(l), Some(r)) if out.shape().dims::<2>() == [l.dims[0], r.dims[1]] => {
+                product_into(l, r, out.storage_mut::<f32>(), true).is_some()
+            }
+            _ => false,
+        };
+    if !in_place {
+        let product = multiply(lhs, lhs_transposed, rhs, rhs_transposed);
+        *out = (tensor(out.clone()) + tensor(product))
+            .into_primitive()
+            .tensor();
+    }
+}
+
 /// `lhs · rhs` as a new row-major tensor, or `None` when the inner dimensions differ.
 ///
 /// # Shapes
@@ -78,53 +144,78 @@ impl<'a> Matrix<'a> {
 /// - rhs: `[k, n]`
 /// - output: `[m, n]`
 pub(crate) fn product(lhs: Matrix<'_>, rhs: Matrix<'_>) -> Option<FlexTensor> {
-    let ([m, k], [k_rhs, n]) = (lhs.dims, rhs.dims);
-    if k != k_rhs {
-        return None;
-    }
-    let len = m.checked_mul(n)?;
+    let [m, n] = [lhs.dims[0], rhs.dims[1]];
     // Zeroed: gemm then only writes (with `k = 0` it writes nothing, and zeros are the
     // product).
-    let mut out = vec![0.0f32; len];
-    if len > 0 && k > 0 {
-        let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD {
-            gemm::Parallelism::Rayon(0)
-        } else {
-            gemm::Parallelism::None
-        };
-        let stride = |s: usize| s as isize;
-        // SAFETY: `gemm` reads `lhs` at `start + i · row_stride + p · column_stride` for
-        // `i < m`, `p < k` (and `rhs` likewise for `p < k`, `j < n`), every one of which lies in
-        // its buffer (`Matrix::new` checked the last, the largest; the strides are
-        // non-negative and fit `isize`, as Flex's own layouts are `isize`); it writes `out` at
-        // `i · n + j` for `i < m`, `j < n`, inside its `m · n` values, and does not read it
-        // (`read_dst` false). The buffers are plain `f32` slices that nothing writes meanwhile
-        // (`out` is borrowed mutably here, the inputs shared).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                stride(n),
-                false,
-                lhs.values.as_ptr().add(lhs.start),
-                stride(lhs.strides[1]),
-                stride(lhs.strides[0]),
-                rhs.values.as_ptr().add(rhs.start),
-                stride(rhs.strides[1]),
-                stride(rhs.strides[0]),
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
-    }
+    let mut out = vec![0.0f32; m.checked_mul(n)?];
+    product_into(lhs, rhs, &mut out, false)?;
     Some(FlexTensor::from_data(TensorData::new(out, [m, n])))
+}
+
+/// `out = lhs · rhs`, or `out += lhs · rhs` when `accumulate`, `out` row-major; `None` (and
+/// `out` untouched) when the inner dimensions differ or `out` does not hold `m · n` values.
+///
+/// # Shapes
+/// - lhs: `[m, k]`
+/// - rhs: `[k, n]`
+/// - out: `m · n` values
+pub(crate) fn product_into(
+    lhs: Matrix<'_>,
+    rhs: Matrix<'_>,
+    out: &mut [f32],
+    accumulate: bool,
+) -> Option<()> {
+    let ([m, k], [k_rhs, n]) = (lhs.dims, rhs.dims);
+    if k != k_rhs || m.checked_mul(n)? != out.len() {
+        return None;
+    }
+    if out.is_empty() {
+        return Some(());
+    }
+    if k == 0 {
+        if !accumulate {
+            out.fill(0.0);
+        }
+        return Some(());
+    }
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    let stride = |s: usize| s as isize;
+    // SAFETY: `gemm` reads `lhs` at `start + i · row_stride + p · column_stride` for `i < m`,
+    // `p < k` (and `rhs` likewise for `p < k`, `j < n`), every one of which lies in its buffer
+    // (`Matrix::new` checked the last, the largest; the strides are non-negative and fit
+    // `isize`, as Flex's own layouts are `isize`); it reads (when `accumulate`) and writes `out`
+    // at `i · n + j` for `i < m`, `j < n`, inside its `m · n` values (checked above). The
+    // buffers are plain `f32` slices that nothing writes meanwhile (`out` is borrowed mutably
+    // here, so it is none of the inputs, which are shared).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            stride(n),
+            accumulate,
+            lhs.values.as_ptr().add(lhs.start),
+            stride(lhs.strides[1]),
+            stride(lhs.strides[0]),
+            rhs.values.as_ptr().add(rhs.start),
+            stride(rhs.strides[1]),
+            stride(rhs.strides[0]),
+            // dst = alpha · dst + beta · lhs · rhs.
+            if accumulate { 1.0f32 } else { 0.0f32 },
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Some(())
 }
 
 #[cfg(test)]

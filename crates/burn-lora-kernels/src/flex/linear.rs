@@ -1,12 +1,11 @@
 //! `x W + b` as one autodiff node whose products run on our own output buffers.
 
 use burn::backend::flex::FlexTensor;
-use burn::backend::Flex;
-use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::TensorMetadata;
 use rayon::prelude::*;
 
 use super::fused::{contiguous, values, FusedOp};
-use super::gemm::{product, Matrix};
+use super::gemm::{multiply, tensor};
 
 /// Output values per parallel chunk of the bias's addition, in whole rows.
 const CHUNK: usize = 1 << 14;
@@ -16,45 +15,6 @@ const CHUNK: usize = 1 << 14;
 #[derive(Debug)]
 pub(crate) struct Linear;
 
-type T2 = Tensor<Flex, 2>;
-
-fn tensor(t: FlexTensor) -> T2 {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
-
-/// The view of `t`, transposed where asked.
-fn view(t: &FlexTensor, transposed: bool) -> Option<Matrix<'_>> {
-    Matrix::new(t).map(|m| if transposed { m.t() } else { m })
-}
-
-/// `lhs · rhs` (each transposed first where asked), with Flex's own product for a view that
-/// [`Matrix`] does not take (a negative stride).
-fn multiply(
-    lhs: &FlexTensor,
-    lhs_transposed: bool,
-    rhs: &FlexTensor,
-    rhs_transposed: bool,
-) -> FlexTensor {
-    match (view(lhs, lhs_transposed), view(rhs, rhs_transposed)) {
-        (Some(l), Some(r)) => product(l, r),
-        _ => None,
-    }
-    .unwrap_or_else(|| {
-        let burns = |t: &FlexTensor, transposed: bool| {
-            let t = tensor(t.clone());
-            if transposed {
-                t.transpose()
-            } else {
-                t
-            }
-        };
-        burns(lhs, lhs_transposed)
-            .matmul(burns(rhs, rhs_transposed))
-            .into_primitive()
-            .tensor()
-    })
-}
-
 impl FusedOp<3> for Linear {
     /// `x` and `W`, as given (views share their buffers).
     type State = [FlexTensor; 2];
@@ -63,17 +23,7 @@ impl FusedOp<3> for Linear {
 
     fn forward(&self, [x, weight, bias]: [FlexTensor; 3]) -> (FlexTensor, Self::State) {
         let mut output = multiply(&x, false, &weight, false);
-        let columns = weight.shape().dims::<2>()[1];
-        if bias.shape().num_elements() > 0 && columns > 0 {
-            let bias = contiguous(&bias);
-            let b = values(&bias);
-            // A fresh product, owned here: no copy.
-            let chunk = (CHUNK / columns).max(1) * columns;
-            output
-                .storage_mut::<f32>()
-                .par_chunks_mut(chunk)
-                .for_each(|rows| rows.chunks_exact_mut(columns).for_each(|row| add(row, b)));
-        }
+        add_bias(&mut output, &bias);
         (output, [x, weight])
     }
 
@@ -86,16 +36,35 @@ impl FusedOp<3> for Linear {
     ) -> [Option<FlexTensor>; 3] {
         let x_grad = need_x.then(|| multiply(&grad, false, &weight, true));
         let weight_grad = need_weight.then(|| multiply(&x, true, &grad, false));
-        let bias_grad = need_bias.then(|| {
-            let columns = grad.shape().dims::<2>()[1];
-            tensor(grad)
-                .sum_dim(0)
-                .reshape([columns])
-                .into_primitive()
-                .tensor()
-        });
+        let bias_grad = need_bias.then(|| column_sums(grad));
         [x_grad, weight_grad, bias_grad]
     }
+}
+
+/// `output += bias` on every row of a fresh product (`output` owned: no copy); nothing for an
+/// empty `bias` (none).
+pub(super) fn add_bias(output: &mut FlexTensor, bias: &FlexTensor) {
+    let columns = output.shape().dims::<2>()[1];
+    if bias.shape().num_elements() == 0 || columns == 0 {
+        return;
+    }
+    let bias = contiguous(bias);
+    let b = values(&bias);
+    let chunk = (CHUNK / columns).max(1) * columns;
+    output
+        .storage_mut::<f32>()
+        .par_chunks_mut(chunk)
+        .for_each(|rows| rows.chunks_exact_mut(columns).for_each(|row| add(row, b)));
+}
+
+/// `Σ_rows grad`, a bias's gradient: `[rows, columns]` to `[columns]`.
+pub(super) fn column_sums(grad: FlexTensor) -> FlexTensor {
+    let columns = grad.shape().dims::<2>()[1];
+    tensor(grad)
+        .sum_dim(0)
+        .reshape([columns])
+        .into_primitive()
+        .tensor()
 }
 
 // Compiled once per instruction set and chosen at run time; `S` is used through the target

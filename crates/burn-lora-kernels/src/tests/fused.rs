@@ -9,9 +9,9 @@ use proptest::prelude::*;
 
 use super::{assert_close, random, values, B};
 use crate::{
-    attention_context, attention_probs, gelu, grouped_attention, layer_norm, linear,
-    masked_softmax, masked_softmax_filled, merge_heads, picked_log_probs, rms_norm, rotary,
-    rotary_heads, silu_mul, split_heads, with_fast_paths,
+    attention_context, attention_probs, gelu, grouped_attention, layer_norm, linear, lora_linear,
+    low_rank, masked_softmax, masked_softmax_filled, merge_heads, picked_log_probs, rms_norm,
+    rotary, rotary_heads, silu_mul, split_heads, with_fast_paths,
 };
 
 type A = Autodiff<Flex>;
@@ -644,6 +644,130 @@ fn linear_is_fused_for_f32_on_flex_with_and_without_autodiff() {
     let [x, w] = plain;
     let plain = [x, w, b.inner().into_primitive().tensor()];
     assert!(crate::flex::run::<B, _, 3>(crate::flex::Linear, plain).is_ok());
+}
+
+/// A `[rows, columns]` factor of values in `[-1, 1)`, row-major or as a transposed view.
+fn factor(dims: [usize; 2], transposed: bool, seed: u64) -> Tensor<A, 2> {
+    if transposed {
+        Tensor::from_inner(random([dims[1], dims[0]], seed)).transpose()
+    } else {
+        Tensor::from_inner(random(dims, seed))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// `lora_linear` under autodiff, as one fused node: few rows and many, odd widths, rank 0
+    /// to 5, with and without a bias, the adapter's input `x` itself or another tensor (its
+    /// dropout), the base weight tracked or frozen, the factors row-major or transposed views
+    /// (PEFT's orientation): Burn's output and every gradient.
+    #[test]
+    fn lora_linear_matches_burns_forward_and_backward(
+        batch in 1usize..4,
+        seq in 1usize..24,
+        k in 1usize..40,
+        n in 1usize..40,
+        rank in 0usize..6,
+        scale in 0.1f64..4.0,
+        bias in any::<bool>(),
+        own_adapter_input in any::<bool>(),
+        tracked_weight in any::<bool>(),
+        transposed in any::<[bool; 3]>(),
+        seed in 0u64..1000,
+    ) {
+        let x: Tensor<A, 3> = Tensor::from_inner(random([batch, seq, k], seed));
+        let dropped: Tensor<A, 3> = Tensor::from_inner(random([batch, seq, k], seed + 1));
+        let weight = factor([k, n], transposed[0], seed + 2);
+        let (lora_a, lora_b) = (
+            factor([k, rank], transposed[1], seed + 3),
+            factor([rank, n], transposed[2], seed + 4),
+        );
+        let b: Tensor<A, 1> = Tensor::from_inner(random([n], seed + 5));
+        let upstream: Tensor<A, 3> = Tensor::from_inner(random([batch, seq, n], seed + 6));
+        let run = |fast: bool| {
+            let track = |t: &Tensor<A, 2>| t.clone().detach().require_grad();
+            let x = x.clone().detach().require_grad();
+            let dropped = own_adapter_input.then(|| dropped.clone().detach().require_grad());
+            let weight = if tracked_weight { track(&weight) } else { weight.clone().detach() };
+            let (lora_a, lora_b) = (track(&lora_a), track(&lora_b));
+            let b = bias.then(|| b.clone().detach().require_grad());
+            let forward = || {
+                lora_linear(
+                    x.clone(),
+                    weight.clone(),
+                    b.clone(),
+                    dropped.clone(),
+                    lora_a.clone(),
+                    lora_b.clone(),
+                    scale,
+                )
+            };
+            let y = if fast { with_fast_paths::<A, _>(forward) } else { forward() };
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            let grad = |t: Option<Tensor<A, 2>>| t.and_then(|t| t.grad(&grads)).map(values);
+            (
+                values(y.inner()),
+                [
+                    x.grad(&grads).map(values),
+                    dropped.and_then(|d| d.grad(&grads)).map(values),
+                    grad(Some(weight)),
+                    b.and_then(|b| b.grad(&grads)).map(values),
+                    grad(Some(lora_a)),
+                    grad(Some(lora_b)),
+                ],
+            )
+        };
+        let (burns, fused) = (run(false), run(true));
+        assert_close(fused.0, burns.0)?;
+        for (i, (fused, burns)) in fused.1.into_iter().zip(burns.1).enumerate() {
+            prop_assert_eq!(fused.is_some(), burns.is_some(), "gradient {}", i);
+            if let (Some(fused), Some(burns)) = (fused, burns) {
+                assert_close(fused, burns)?;
+            }
+        }
+    }
+}
+
+/// Outside the fast paths `lora_linear` is exactly `linear + low_rank`; inside, on
+/// `Autodiff<Flex>`, it is one fused node, and on plain Flex too.
+#[test]
+fn lora_linear_is_fused_on_flex_and_exactly_burns_outside_the_scope() {
+    let x: Tensor<B, 2> = random([20, 6], 1);
+    let (w, a, b) = (random([6, 5], 2), random([6, 2], 3), random([2, 5], 4));
+    let exact =
+        values(linear(x.clone(), w.clone(), None) + low_rank(x.clone(), a.clone(), b.clone(), 0.5));
+    let outside = values(lora_linear(
+        x.clone(),
+        w.clone(),
+        None,
+        None,
+        a.clone(),
+        b.clone(),
+        0.5,
+    ));
+    assert_eq!(outside, exact);
+    let op = || crate::flex::LoraLinear { scale: 0.5 };
+    let empty = |dims: [usize; 2]| Tensor::<B, 2>::empty(dims, &Default::default());
+    let inputs = || {
+        [
+            x.clone(),
+            w.clone(),
+            empty([0, 0]),
+            empty([0, 6]),
+            a.clone(),
+            b.clone(),
+        ]
+        .map(|t| t.into_primitive().tensor())
+    };
+    assert!(crate::flex::run::<B, _, 6>(op(), inputs()).is_ok());
+    let tracked = inputs().map(|t| {
+        Tensor::<A, 2>::from_inner(Tensor::from_primitive(TensorPrimitive::Float(t)))
+            .require_grad()
+            .into_primitive()
+            .tensor()
+    });
+    assert!(crate::flex::run::<A, _, 6>(op(), tracked).is_ok());
 }
 
 proptest! {

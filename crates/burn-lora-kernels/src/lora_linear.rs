@@ -1,0 +1,120 @@
+//! A linear layer with one low-rank adapter in one operation.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+use crate::host::{is_flex, is_flex_based};
+use crate::matmul::{linear, MAX_ROWS};
+use crate::scope::fast_paths_enabled;
+
+/// A low-rank update `s · (x A) B`, as [`linear`]s: the rank-wide hidden values are scaled,
+/// not the output (`r` values per row instead of `d_output`).
+///
+/// # Shapes
+/// - input: `[..., d_input]`
+/// - lora_a: `[d_input, r]`
+/// - lora_b: `[r, d_output]`
+/// - output: `[..., d_output]`
+pub fn low_rank<B: Backend, const D: usize>(
+    input: Tensor<B, D>,
+    lora_a: Tensor<B, 2>,
+    lora_b: Tensor<B, 2>,
+    scale: f64,
+) -> Tensor<B, D> {
+    let hidden = linear(input, lora_a, None);
+    let hidden = if scale == 1.0 {
+        hidden
+    } else {
+        hidden.mul_scalar(scale)
+    };
+    linear(hidden, lora_b, None)
+}
+
+/// `x W + b + s · (x' A) B`: a linear layer and one low-rank adapter, whose input `x'` is `x`
+/// unless given (`adapter_input`: `x` after the adapter's dropout). Outside
+/// [`with_fast_paths`](crate::with_fast_paths) it is exactly `linear(x, W, b) + low_rank(x', A,
+/// B, s)`.
+///
+/// Inside the scope, on Flex and `Autodiff<Flex>` in `f32` (more than 16 rows on Flex, where
+/// fewer take the few-rows products), it is one autodiff node over the rows as one matrix: the
+/// adapter's product is added into the base output's buffer and, in the backward, its input
+/// gradient into the base's (`gemm` accumulating), where Burn's operations write each as a
+/// tensor of the full width and add them in another pass, with a node per operation.
+///
+/// # Shapes
+/// - input, adapter_input: `[..., d_input]`
+/// - weight: `[d_input, d_output]`
+/// - bias: `[d_output]`
+/// - lora_a: `[d_input, r]`
+/// - lora_b: `[r, d_output]`
+/// - output: `[..., d_output]`
+pub fn lora_linear<B: Backend, const D: usize>(
+    input: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    adapter_input: Option<Tensor<B, D>>,
+    lora_a: Tensor<B, 2>,
+    lora_b: Tensor<B, 2>,
+    scale: f64,
+) -> Tensor<B, D> {
+    let dims = input.dims();
+    let [d_input, d_output] = weight.dims();
+    let [a_input, rank] = lora_a.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let fits = dims[D - 1] == d_input
+        && a_input == d_input
+        && lora_b.dims() == [rank, d_output]
+        && bias.as_ref().is_none_or(|b| b.dims() == [d_output])
+        && adapter_input.as_ref().is_none_or(|x| x.dims() == dims)
+        && rows > 0;
+    let fused = fast_paths_enabled()
+        && fits
+        && is_flex_based::<B>()
+        && (rows > MAX_ROWS || !is_flex::<B>());
+    if !fused {
+        let base = linear(input.clone(), weight, bias);
+        return base + low_rank(adapter_input.unwrap_or(input), lora_a, lora_b, scale);
+    }
+    let mut out_dims = dims;
+    out_dims[D - 1] = d_output;
+    let device = input.device();
+    let matrix = |x: Tensor<B, D>| x.reshape([rows, dims[D - 1]]);
+    let inputs = [
+        matrix(input).into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+        bias.unwrap_or_else(|| Tensor::empty([0], &device))
+            .into_primitive()
+            .tensor(),
+        adapter_input
+            .map_or_else(|| Tensor::empty([0, d_input], &device), matrix)
+            .into_primitive()
+            .tensor(),
+        lora_a.into_primitive().tensor(),
+        lora_b.into_primitive().tensor(),
+    ];
+    let op = run_fused!(
+        B,
+        Some(crate::flex::LoraLinear {
+            scale: scale as f32
+        }),
+        inputs
+    );
+    let output = match op {
+        Ok(output) => Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(output)),
+        Err([x, weight, bias, adapter_x, lora_a, lora_b]) => {
+            let float = |t| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(t));
+            let bias = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(bias));
+            let x = float(x);
+            let adapter_x = float(adapter_x);
+            let adapter_x = if adapter_x.dims()[0] == 0 {
+                x.clone()
+            } else {
+                adapter_x
+            };
+            let bias = (bias.dims()[0] > 0).then_some(bias);
+            linear(x, float(weight), bias)
+                + low_rank(adapter_x, float(lora_a), float(lora_b), scale)
+        }
+    };
+    output.reshape(out_dims)
+}
