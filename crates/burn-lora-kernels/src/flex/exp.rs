@@ -5,7 +5,8 @@
 //! degree-5 polynomial, the power of two put in the exponent bits), within 2 ulp of `f32::exp`
 //! over the range where neither under- nor overflows, written with operations that have vector
 //! forms on every instruction set `macerator::with_simd` compiles for (rounding by the
-//! `1.5 · 2²³` trick, not `round`).
+//! `1.5 · 2²³` trick, not `round`, and the power of two from the rounded value's bits, not a
+//! float-to-integer conversion).
 
 /// `ln 2` in two parts, the first exact in few bits: `n · LN2_HI` is exact for the `n` that
 /// occur.
@@ -22,7 +23,8 @@ const MAX: f32 = 88.376_26;
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     let x = x.clamp(MIN, MAX);
-    let n = (x * core::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * core::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p * r + 1.398_199_9e-3;
@@ -31,7 +33,12 @@ pub(crate) fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // `2ⁿ` from the integer in `shifted`'s low mantissa bits (`ROUND`'s bits plus `n`, for
+    // |n| < 2²²; here −126 ≤ n ≤ 127), in integer operations only: `n as i32`, a saturating
+    // conversion, is compiled lane by lane, a scalar conversion and two branches-free fix-ups
+    // per value, which was most of a vector loop around `exp`.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    y * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 /// `σ(x) = 1 / (1 + e⁻ˣ)`.
