@@ -2,9 +2,7 @@
 
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor, TensorData};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use burn::tensor::{Distribution, Tensor};
 
 use crate::error::{LoraError, Result};
 
@@ -21,8 +19,9 @@ use crate::error::{LoraError, Result};
 /// cryptographic generator, which was a sixth of a BERT training step on the CPU. On those
 /// backends (recognised by [`Backend::name`]) this dropout takes a 64-bit seed from the
 /// backend's generator, so that `B::seed` still makes training reproducible, and draws the
-/// mask from a small fast generator in one pass over a host buffer, already scaled, so the
-/// input is multiplied once. On every other backend (CUDA, WGPU, ...) it runs Burn's dropout,
+/// mask from a small fast generator per block of values, in parallel
+/// ([`burn_lora_kernels::dropout`]): on Flex while applying it, forward and backward, never
+/// stored; on NdArray into a host buffer, already scaled, so the input is multiplied once. On every other backend (CUDA, WGPU, ...) it runs Burn's dropout,
 /// whose mask is drawn on the device.
 ///
 /// # Shapes
@@ -99,11 +98,7 @@ impl Dropout {
         let seed = backend_seed::<B>(&device);
         #[cfg(test)]
         tests::HOST_MASK_SEED.set(Some(seed));
-        let shape = input.shape();
-        let mask = bernoulli_mask(shape.num_elements(), 1.0 - self.prob, seed);
-        let mask =
-            Tensor::<B, D>::from_data(TensorData::new(mask, shape), (&device, input.dtype()));
-        input * mask
+        burn_lora_kernels::dropout(input, 1.0 - self.prob, seed)
     }
 }
 
@@ -134,25 +129,6 @@ fn backend_seed<B: Backend>(device: &B::Device) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `len` values, each `1 / keep` with probability `keep` and `0` otherwise, from `seed`.
-/// Each draw compares 32 random bits with `keep · 2^32`, two draws per 64-bit output.
-fn bernoulli_mask(len: usize, keep: f64, seed: u64) -> Vec<f32> {
-    let threshold = (keep * 4_294_967_296.0) as u64;
-    let scale = (1.0 / keep) as f32;
-    let value = |bits: u64| if bits < threshold { scale } else { 0.0 };
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let mut mask = Vec::with_capacity(len);
-    for _ in 0..len / 2 {
-        let bits = rng.next_u64();
-        mask.push(value(bits & 0xffff_ffff));
-        mask.push(value(bits >> 32));
-    }
-    if len % 2 == 1 {
-        mask.push(value(rng.next_u64() >> 32));
-    }
-    mask
-}
-
 impl ModuleDisplay for Dropout {
     fn custom_settings(&self) -> Option<DisplaySettings> {
         DisplaySettings::new()
@@ -169,6 +145,7 @@ impl ModuleDisplay for Dropout {
 mod tests {
     use std::cell::Cell;
 
+    use burn::tensor::TensorData;
     use burn_lora_support::backend::Train;
 
     use super::*;
@@ -194,27 +171,9 @@ mod tests {
         let seed = HOST_MASK_SEED
             .get()
             .expect("the mask was drawn on the host");
-        let mask = bernoulli_mask(rows * cols, 1.0 - 0.3, seed);
+        let mask = burn_lora_kernels::dropout_mask(rows * cols, 1.0 - 0.3, seed);
         let expected: Vec<f32> = values.iter().zip(&mask).map(|(x, m)| x * m).collect();
         assert!(mask.contains(&0.0) && mask.iter().any(|&m| m != 0.0));
         assert_eq!(y.into_data().to_vec::<f32>().unwrap(), expected);
-    }
-
-    #[test]
-    fn mask_keeps_the_expected_share_scaled() {
-        let keep = 0.9;
-        let mask = bernoulli_mask(200_001, keep, 7);
-        assert_eq!(mask.len(), 200_001);
-        let scale = (1.0 / keep) as f32;
-        assert!(mask.iter().all(|&v| v == 0.0 || v == scale));
-        let kept = mask.iter().filter(|&&v| v != 0.0).count() as f64 / mask.len() as f64;
-        // Binomial standard deviation: sqrt(0.9 · 0.1 / 200001) ≈ 6.7e-4; 5 sigma.
-        assert!((kept - keep).abs() < 3.4e-3, "kept share {kept}");
-    }
-
-    #[test]
-    fn mask_depends_on_the_seed_only() {
-        assert_eq!(bernoulli_mask(1001, 0.5, 3), bernoulli_mask(1001, 0.5, 3));
-        assert_ne!(bernoulli_mask(1001, 0.5, 3), bernoulli_mask(1001, 0.5, 4));
     }
 }

@@ -26,6 +26,9 @@
 //! - [`lora_linear`], a linear layer and one low-rank adapter, as one node on Flex and
 //!   `Autodiff<Flex>`: the adapter's output and input gradient are added into the base's
 //!   buffers by the products themselves.
+//! - [`dropout`] with its mask drawn from a seed in parallel blocks and applied in the same
+//!   pass, on Flex and `Autodiff<Flex>` never stored (the backward draws it again); the same
+//!   values on every path.
 //! - [`slice_assign`] in place when the destination's buffer is not shared (Flex copies the
 //!   whole destination on every `slice_assign`); exact, so it runs outside the scope too.
 
@@ -47,6 +50,7 @@ macro_rules! run_fused {
 }
 
 mod attention;
+mod dropout;
 #[cfg(feature = "flex")]
 mod flex;
 mod gelu;
@@ -65,6 +69,7 @@ mod slice;
 pub use attention::{
     attention_context, attention_probs, grouped_attention, masked_softmax, masked_softmax_filled,
 };
+pub use dropout::{dropout, dropout_mask};
 pub use gelu::gelu;
 pub use heads::{merge_heads, split_heads};
 pub use layer_norm::layer_norm;

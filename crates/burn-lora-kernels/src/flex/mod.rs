@@ -1,6 +1,7 @@
 //! The paths for Flex's tensors: their buffers are host memory, read here as slices.
 
 mod attention;
+mod dropout;
 mod exp;
 mod few_rows;
 mod fused;
@@ -20,6 +21,7 @@ mod softmax;
 mod team;
 
 pub(crate) use attention::GroupedAttention;
+pub(crate) use dropout::Dropout;
 pub(crate) use fused::{is, run, AutodiffTensor};
 pub(crate) use gelu::Gelu;
 pub(crate) use heads::{MergeHeads, SplitHeads};

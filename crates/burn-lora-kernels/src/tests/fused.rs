@@ -844,3 +844,62 @@ fn heads_are_split_and_merged_fused_on_flex() {
     let merged = [x.inner().reshape([2, 4, 3, 2]).into_primitive().tensor()];
     assert!(crate::flex::run::<B, _, 1>(crate::flex::MergeHeads, merged).is_ok());
 }
+
+/// The mask keeps about `keep` of its values, each `1 / keep`, and is the same for the same seed
+/// whatever the number of threads, and another for another seed.
+#[test]
+fn dropout_mask_keeps_its_share_and_depends_on_the_seed_only() {
+    let keep = 0.9;
+    let mask = crate::dropout_mask(200_001, keep, 7);
+    assert_eq!(mask.len(), 200_001);
+    let scale = (1.0 / keep) as f32;
+    assert!(mask.iter().all(|&v| v == 0.0 || v == scale));
+    let kept = mask.iter().filter(|&&v| v != 0.0).count() as f64 / mask.len() as f64;
+    // Binomial standard deviation: sqrt(0.9 · 0.1 / 200001) ≈ 6.7e-4; 5 sigma.
+    assert!((kept - keep).abs() < 3.4e-3, "kept share {kept}");
+    let on = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| crate::dropout_mask(40_001, 0.5, 3))
+    };
+    assert_eq!(on(1), on(3));
+    assert_ne!(on(1), crate::dropout_mask(40_001, 0.5, 4));
+    // Blocks are drawn from different streams: the second block is not the first again.
+    assert_ne!(on(1)[..16_384], on(1)[16_384..32_768]);
+}
+
+/// `dropout` is `x ⊙ mask` and its gradient `dy ⊙ mask`, fused on `Autodiff<Flex>` (a
+/// transposed view as input, several blocks) and on Flex, and by the host mask elsewhere: the
+/// same values, bit for bit.
+#[test]
+fn dropout_is_the_input_times_the_mask_forward_and_backward() {
+    let (rows, cols, keep, seed) = (301, 97, 0.8, 11);
+    let x = random_ad([cols, rows], 1).transpose().require_grad();
+    let upstream = random_ad([rows, cols], 2);
+    let mask = crate::dropout_mask(rows * cols, keep, seed);
+    let times_mask =
+        |t: Vec<f32>| -> Vec<f32> { t.iter().zip(&mask).map(|(v, m)| v * m).collect() };
+    let y = crate::dropout(x.clone(), keep, seed);
+    let grads = (y.clone() * upstream.clone()).sum().backward();
+    assert_eq!(values(y.inner()), times_mask(values(x.clone().inner())));
+    assert_eq!(
+        values(x.grad(&grads).unwrap()),
+        times_mask(values(upstream.inner()))
+    );
+    let plain = x.inner();
+    let fused = crate::flex::run::<B, _, 1>(
+        crate::flex::Dropout { keep, seed },
+        [plain.clone().into_primitive().tensor()],
+    );
+    assert!(fused.is_ok());
+    assert_eq!(
+        values(crate::dropout(plain.clone(), keep, seed)),
+        times_mask(values(plain.clone()))
+    );
+    // Another backend's path (`f64` on Flex is not fused): the host mask, the same values.
+    let wide = plain.clone().cast(burn::tensor::FloatDType::F64);
+    let dropped = crate::dropout(wide, keep, seed).cast(burn::tensor::FloatDType::F32);
+    assert_eq!(values(dropped), times_mask(values(plain)));
+}
