@@ -23,6 +23,10 @@ pub(crate) const MAX_ROWS: usize = 16;
 /// `lhs · rhs`, as [`Tensor::matmul`] (within rounding inside
 /// [`with_fast_paths`](crate::with_fast_paths)).
 ///
+/// Inside the scope, on Flex, up to 16 rows take the few-rows kernel; more rows, on Flex and
+/// `Autodiff<Flex>`, are [`linear`]'s fused node without a bias (its products write buffers of
+/// their own, where Flex's product copies its output once more).
+///
 /// # Shapes
 /// - lhs: `[m, k]`
 /// - rhs: `[k, n]`
@@ -31,10 +35,14 @@ pub fn matmul<B: Backend>(lhs: Tensor<B, 2>, rhs: Tensor<B, 2>) -> Tensor<B, 2> 
     if !fast_paths_enabled() {
         return lhs.matmul(rhs);
     }
-    match fast_matmul(&lhs, &rhs) {
-        Some(product) => product,
-        None => lhs.matmul(rhs),
+    if let Some(product) = fast_matmul(&lhs, &rhs) {
+        return product;
     }
+    let [m, k] = lhs.dims();
+    if m > 0 && k == rhs.dims()[0] && crate::host::is_flex_based::<B>() {
+        return fused_linear(lhs, rhs, None);
+    }
+    lhs.matmul(rhs)
 }
 
 /// `x W + b`, as [`burn::tensor::module::linear`] (within rounding inside
@@ -80,22 +88,39 @@ pub fn linear<B: Backend, const D: usize>(
         // fused node runs the forward's and the backward's products into buffers of its own
         // (Flex copies each product's output once more).
         let matrix = input.reshape([rows, d_input]);
-        let placeholder = || Tensor::<B, 1>::empty([0], &matrix.device());
-        let inputs = [
-            matrix.clone().into_primitive().tensor(),
-            weight.clone().into_primitive().tensor(),
-            bias.clone()
-                .unwrap_or_else(placeholder)
-                .into_primitive()
-                .tensor(),
-        ];
-        let output = match run_fused!(B, Some(crate::flex::Linear), inputs) {
-            Ok(output) => Tensor::from_primitive(TensorPrimitive::Float(output)),
-            Err(_) => module::linear(matrix, weight, bias),
-        };
-        return output.reshape(out_dims);
+        return fused_linear(matrix, weight, bias).reshape(out_dims);
     }
     module::linear(input, weight, bias)
+}
+
+/// `x W + b` of a matrix as one fused node on Flex and `Autodiff<Flex>` (Burn's `linear`
+/// elsewhere), the shapes checked by the caller.
+fn fused_linear<B: Backend>(
+    matrix: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    let placeholder = || Tensor::<B, 1>::empty([0], &matrix.device());
+    let inputs = [
+        matrix.clone().into_primitive().tensor(),
+        weight.clone().into_primitive().tensor(),
+        bias.clone()
+            .unwrap_or_else(placeholder)
+            .into_primitive()
+            .tensor(),
+    ];
+    match run_fused!(B, Some(crate::flex::Linear), inputs) {
+        Ok(output) => Tensor::from_primitive(TensorPrimitive::Float(output)),
+        // Not `f32`: Burn's product (`module::linear` would reshape `W`, which copies a
+        // transposed view on Flex).
+        Err(_) => {
+            let product = matrix.matmul(weight);
+            match bias {
+                Some(bias) => product + bias.unsqueeze(),
+                None => product,
+            }
+        }
+    }
 }
 
 #[cfg(feature = "flex")]
