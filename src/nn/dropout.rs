@@ -21,8 +21,9 @@ use crate::error::{LoraError, Result};
 /// backend's generator, so that `B::seed` still makes training reproducible, and draws the
 /// mask from a small fast generator per block of values, in parallel
 /// ([`burn_lora_kernels::dropout`]): on Flex while applying it, forward and backward, never
-/// stored; on NdArray into a host buffer, already scaled, so the input is multiplied once. On every other backend (CUDA, WGPU, ...) it runs Burn's dropout,
-/// whose mask is drawn on the device.
+/// stored; on NdArray into a host buffer, already scaled, so the input is multiplied once. On
+/// every other backend (CUDA, WGPU, ...) it runs Burn's dropout, whose mask is drawn on the
+/// device.
 ///
 /// # Shapes
 /// - input: `[..., any]`

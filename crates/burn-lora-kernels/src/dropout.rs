@@ -90,9 +90,9 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, keep: f64, seed: u64
         Err([x]) => {
             let x = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(x));
             let shape = x.shape();
-            let mask = dropout_mask(shape.num_elements(), keep, seed);
-            let mask = TensorData::new(mask, shape);
-            x.clone() * Tensor::from_data(mask, (&x.device(), x.dtype()))
+            let mask = TensorData::new(dropout_mask(shape.num_elements(), keep, seed), shape);
+            let mask = Tensor::from_data(mask, (&x.device(), x.dtype()));
+            x * mask
         }
     }
 }

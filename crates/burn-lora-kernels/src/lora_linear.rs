@@ -72,8 +72,7 @@ pub fn lora_linear<B: Backend, const D: usize>(
         && is_flex_based::<B>()
         && (rows > MAX_ROWS || !is_flex::<B>());
     if !fused {
-        let base = linear(input.clone(), weight, bias);
-        return base + low_rank(adapter_input.unwrap_or(input), lora_a, lora_b, scale);
+        return composed(input, weight, bias, adapter_input, lora_a, lora_b, scale);
     }
     let mut out_dims = dims;
     out_dims[D - 1] = d_output;
@@ -101,20 +100,35 @@ pub fn lora_linear<B: Backend, const D: usize>(
     );
     let output = match op {
         Ok(output) => Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(output)),
+        // Not `f32`: the placeholders (empty) stand for no bias and for `x' = x`.
         Err([x, weight, bias, adapter_x, lora_a, lora_b]) => {
             let float = |t| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(t));
             let bias = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(bias));
-            let x = float(x);
             let adapter_x = float(adapter_x);
-            let adapter_x = if adapter_x.dims()[0] == 0 {
-                x.clone()
-            } else {
-                adapter_x
-            };
-            let bias = (bias.dims()[0] > 0).then_some(bias);
-            linear(x, float(weight), bias)
-                + low_rank(adapter_x, float(lora_a), float(lora_b), scale)
+            composed(
+                float(x),
+                float(weight),
+                (bias.dims()[0] > 0).then_some(bias),
+                (adapter_x.dims()[0] > 0).then_some(adapter_x),
+                float(lora_a),
+                float(lora_b),
+                scale,
+            )
         }
     };
     output.reshape(out_dims)
+}
+
+/// `linear(x, W, b) + low_rank(x', A, B, s)`, `x'` being `x` unless given: Burn's operations.
+fn composed<B: Backend, const D: usize>(
+    input: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    adapter_input: Option<Tensor<B, D>>,
+    lora_a: Tensor<B, 2>,
+    lora_b: Tensor<B, 2>,
+    scale: f64,
+) -> Tensor<B, D> {
+    let base = linear(input.clone(), weight, bias);
+    base + low_rank(adapter_input.unwrap_or(input), lora_a, lora_b, scale)
 }
