@@ -5,7 +5,8 @@
 pub use burn_lora_support::backend::{Inference as B, Train as AB};
 pub use burn_lora_support::fixtures::{large_data, peft_fixture};
 pub use burn_lora_support::testing::{
-    assert_bit_identical, matmul_tol, max_abs_diff, randn, values,
+    assert_bit_identical, assert_same_up_to_reduction_order, matmul_tol, max_abs_diff, randn,
+    values,
 };
 
 use burn::tensor::Tensor;

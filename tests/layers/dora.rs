@@ -11,7 +11,9 @@
 //! norm axis, a missing `k − 1` or a norm that is not detached moves outputs by 0.1 or more.
 
 use crate::common::safetensors_io::{assert_same_adapter_tensors, raw, read_raw};
-use crate::common::{assert_bit_identical, max_abs_diff, randn, values, AB, B};
+use crate::common::{
+    assert_bit_identical, assert_same_up_to_reduction_order, max_abs_diff, randn, values, AB, B,
+};
 use burn::module::{Module, Param};
 use burn::nn::loss::MseLoss;
 use burn::nn::{LinearConfig, PaddingConfig2d};
@@ -131,7 +133,7 @@ fn fresh_dora_adapter_leaves_the_output_unchanged_with_m_the_column_norms_of_w()
     let x = randn::<B, 2>([5, 24], 1);
     let before = layer.forward(x.clone());
     layer.add_adapter("fresh", &dora()).unwrap();
-    assert_bit_identical(layer.forward(x), before);
+    assert_same_up_to_reduction_order(layer.forward(x), before);
     let adapter = layer.adapter("fresh").unwrap();
     assert!(adapter.is_dora());
     let expected = column_norms(&host_matrix(layer.weight()), 16);
@@ -249,7 +251,7 @@ fn a_zero_column_of_the_weight_gives_no_nan() {
         out.iter().all(|v| v.is_finite()),
         "DoRA output has NaN or inf"
     );
-    assert_bit_identical(layer.forward(x.clone()), layer.forward_base(x));
+    assert_same_up_to_reduction_order(layer.forward(x.clone()), layer.forward_base(x));
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! one and inner sizes ≤ 64, each output sums ≤ 64 products, so the rounding differences stay
 //! below ~64 · 2⁻²⁴ · |terms| ≈ 1e-5; we allow 1e-4 absolute.
 
-use crate::common::{assert_bit_identical, max_abs_diff, randn, AB, B};
+use crate::common::{assert_bit_identical, max_abs_diff, randn, values, AB, B};
 use burn::module::AutodiffModule;
 use burn::module::Param;
 use burn::nn::Linear;
@@ -278,4 +278,46 @@ fn adapter_factors_must_fit_the_layer() {
         .unwrap_err();
     assert!(err.to_string().contains("lora_A"), "{err}");
     assert!(layer.adapters().is_empty());
+}
+
+/// A decoding step's input (`[batch, 1, d]`, several rows) feeding two bias-free projections
+/// whose outputs are multiplied, as a SwiGLU block's gate and up: every row gets its own
+/// products. Burn 0.21's fused wgpu backend got every row after the first wrong here with its
+/// broadcast batched product (see `burn_lora_kernels::linear`); the reference is computed on the
+/// host.
+#[test]
+fn two_projections_of_one_step_give_every_row_its_own_products() {
+    let (rows, d_in, d_out) = (2, 64, 96);
+    let layer = |seed| {
+        LoraLinear::<B>::from_linear(Linear {
+            weight: Param::from_tensor(randn([d_in, d_out], seed)),
+            bias: None,
+        })
+    };
+    let (gate, up) = (layer(31), layer(37));
+    // The input comes out of another operation, as a norm's output does.
+    let x = randn::<B, 3>([rows, 1, d_in], 41).mul_scalar(0.5);
+    let product = values(gate.forward(x.clone()) * up.forward(x.clone()));
+    let (x, wg, wu) = (
+        values(x.reshape([rows, d_in])),
+        values(gate.weight()),
+        values(up.weight()),
+    );
+    let dot = |row: usize, w: &[f32], col: usize| -> f32 {
+        (0..d_in)
+            .map(|k| x[row * d_in + k] * w[k * d_out + col])
+            .sum()
+    };
+    // Each product sums 64 terms of order one twice: within 1e-4 of the host's sums.
+    for row in 0..rows {
+        for col in 0..d_out {
+            let expected = dot(row, &wg, col) * dot(row, &wu, col);
+            let got = product[row * d_out + col];
+            let bound = tol() * (1.0 + expected.abs());
+            assert!(
+                (got - expected).abs() < bound,
+                "row {row}, column {col}: {got} for {expected}"
+            );
+        }
+    }
 }

@@ -67,7 +67,7 @@ pub fn linear<B: Backend, const D: usize>(
     let [d_input, d_output] = weight.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
     if !fast_paths_enabled() || dims[D - 1] != d_input || rows == 0 {
-        return module::linear(input, weight, bias);
+        return burns_linear(input, weight, bias);
     }
     let mut out_dims = dims;
     out_dims[D - 1] = d_output;
@@ -90,7 +90,33 @@ pub fn linear<B: Backend, const D: usize>(
         let matrix = input.reshape([rows, d_input]);
         return fused_linear(matrix, weight, bias).reshape(out_dims);
     }
-    module::linear(input, weight, bias)
+    burns_linear(input, weight, bias)
+}
+
+/// Burn's `linear`, an input of more than two dimensions multiplied as one `[rows, d_input]`
+/// matrix on the backends that are not Flex-based.
+///
+/// On those (wgpu, CUDA: CubeCL's kernels under `burn-fusion`), Burn 0.21 multiplies a
+/// `[batch, seq, d_input]` input by the weight broadcast to `[1, d_input, d_output]`, and with
+/// fusion that batched product gives wrong rows when `seq` is 1 and the input feeds two such
+/// products (a decoding step's gate and up projections, measured on wgpu/lavapipe: errors of
+/// order 1 in every row after the first). One matrix of all the rows is the same arithmetic
+/// without the broadcast. Flex, recognised with this crate's `flex` feature, keeps Burn's batched
+/// product here (its rounding is what the fixtures were checked with outside the fast paths).
+fn burns_linear<B: Backend, const D: usize>(
+    input: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    let dims = input.dims();
+    let [d_input, d_output] = weight.dims();
+    if D <= 2 || dims[D - 1] != d_input || crate::host::is_flex_based::<B>() {
+        return module::linear(input, weight, bias);
+    }
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let mut out_dims = dims;
+    out_dims[D - 1] = d_output;
+    module::linear(input.reshape([rows, d_input]), weight, bias).reshape(out_dims)
 }
 
 /// `x W + b` of a matrix as one fused node on Flex and `Autodiff<Flex>` (Burn's `linear`
