@@ -159,22 +159,47 @@ mod tests {
     }
 
     /// On a CPU backend, in training, the output is the input times the host mask of the seed
-    /// drawn from the backend: Burn's dropout, which draws its own mask, would not give it.
+    /// drawn from the backend: Burn's dropout, which draws its own mask, would not give it. On a
+    /// GPU backend (`wgpu`, `cuda`) nothing is drawn on the host: Burn's dropout draws the mask
+    /// on the device, and the output is still the input zeroed or scaled by `1 / (1 - p)`.
     #[test]
-    fn forward_on_a_cpu_backend_multiplies_by_the_host_mask() {
+    fn the_mask_is_drawn_on_the_host_on_cpu_backends_only() {
         let device = Default::default();
         let (rows, cols) = (37, 23);
         let values: Vec<f32> = (0..rows * cols).map(|i| 0.5 + i as f32 / 64.0).collect();
         let x =
             Tensor::<Train, 2>::from_data(TensorData::new(values.clone(), [rows, cols]), &device);
         HOST_MASK_SEED.set(None);
-        let y = Dropout { prob: 0.3 }.forward(x);
+        let y: Vec<f32> = Dropout { prob: 0.3 }
+            .forward(x)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        if cfg!(any(feature = "wgpu", feature = "cuda")) {
+            assert_eq!(
+                HOST_MASK_SEED.get(),
+                None,
+                "a GPU backend drew its mask on the host"
+            );
+            let scale = 1.0 / 0.7;
+            let mut dropped = 0;
+            for (y, x) in y.iter().zip(&values) {
+                if *y == 0.0 {
+                    dropped += 1;
+                } else {
+                    assert!((y - x * scale).abs() <= 1e-5 * y.abs(), "{y} for {x}");
+                }
+            }
+            // 851 values, each dropped with probability 0.3: 255 expected, σ ≈ 13.
+            assert!((180..=330).contains(&dropped), "{dropped} of 851 dropped");
+            return;
+        }
         let seed = HOST_MASK_SEED
             .get()
             .expect("the mask was drawn on the host");
         let mask = burn_lora_kernels::dropout_mask(rows * cols, 1.0 - 0.3, seed);
         let expected: Vec<f32> = values.iter().zip(&mask).map(|(x, m)| x * m).collect();
         assert!(mask.contains(&0.0) && mask.iter().any(|&m| m != 0.0));
-        assert_eq!(y.into_data().to_vec::<f32>().unwrap(), expected);
+        assert_eq!(y, expected);
     }
 }
