@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{assert_bit_identical, max_abs_diff, B};
+use crate::common::{assert_same_up_to_reduction_order, max_abs_diff, B};
 use burn::module::{AutodiffModule, Initializer};
 use burn::nn::LinearConfig;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -181,7 +181,8 @@ fn try_forward_rejects_bad_ids_masks_and_lengths_and_otherwise_is_forward() {
     let int = |values: Vec<i64>, shape: [usize; 2]| {
         Tensor::<B, 2, Int>::from_data(TensorData::new(values, shape), &device)
     };
-    assert_bit_identical(
+    // Bit for bit on the CPU; a GPU backend's autotuning may pick another kernel the second time.
+    assert_same_up_to_reduction_order(
         bert.try_forward(ids.clone(), mask.clone(), None).unwrap(),
         bert.forward(ids.clone(), mask.clone(), None),
     );

@@ -8,7 +8,8 @@
 //! reassociation only (see linear_forward.rs), carried through the layer norms.
 
 use crate::common::{
-    assert_bit_identical, insert_trained_layer, matmul_tol, max_abs_diff, randn, B,
+    assert_bit_identical, assert_same_up_to_reduction_order, insert_trained_layer, matmul_tol,
+    max_abs_diff, randn, B,
 };
 use burn::config::Config;
 use burn::module::Module;
@@ -173,7 +174,8 @@ fn encoder_loaded_from_burns_checkpoint_computes_burns_output() {
                 burn_transformer::TransformerEncoderInput::new(x.clone()).mask_pad(mask_pad()),
             );
             let output = ours.forward(TransformerEncoderInput::new(x.clone()).mask_pad(mask_pad()));
-            assert_bit_identical(output, expected);
+            // Bit for bit on the CPU; on a GPU the two models' products run different kernels.
+            assert_same_up_to_reduction_order(output, expected);
         }
     }
 }
@@ -191,7 +193,7 @@ fn encoder_loads_a_record_of_burns_through_burns_recorder() {
         .init::<B>(&device)
         .unwrap()
         .load_record(recorder.load(bytes, &device).unwrap());
-    assert_bit_identical(ours.forward(TransformerEncoderInput::new(x)), expected);
+    assert_same_up_to_reduction_order(ours.forward(TransformerEncoderInput::new(x)), expected);
 }
 
 #[test]

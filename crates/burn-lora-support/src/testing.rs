@@ -70,12 +70,12 @@ pub fn assert_bit_identical<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tens
 /// [`assert_bit_identical`] on the CPU backends; on a GPU backend (the `wgpu` or `cuda`
 /// feature), equal within 16 units of f32 rounding (`2⁻¹⁹`) of the largest magnitude of `b`.
 ///
-/// For two results that take the same arithmetic through a reduction (a DoRA column norm
-/// computed for the magnitude at creation, then again in a forward or after an unmerge): on the
-/// CPU both run the same loop and agree bit for bit; a GPU backend's fusion compiles the
-/// reduction into a different kernel depending on what surrounds it (a norm of `W + s·A B`
-/// fused on read, a norm of `W` alone), and a sum in another order rounds differently in its
-/// last bits.
+/// For two results of the same arithmetic whose sums (a DoRA column norm, a matrix product's
+/// dot products) may run in different kernels: on the CPU both run the same loops and agree bit
+/// for bit; a GPU backend compiles a reduction into a different kernel depending on what
+/// surrounds it (fusion: a norm of `W + s·A B` fused on read, a norm of `W` alone; a `[rows, d]`
+/// product against a broadcast batched one) or on what its autotuning measured, and a sum in
+/// another order rounds differently in its last bits.
 pub fn assert_same_up_to_reduction_order<B: Backend, const D: usize>(
     a: Tensor<B, D>,
     b: Tensor<B, D>,
