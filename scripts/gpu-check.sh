@@ -15,19 +15,19 @@ mkdir -p "$log"
 failed=0
 
 echo "== building the tests and examples with --features $feature"
-cargo test --workspace --features "$feature" --lib --tests --no-run 2>&1 | tail -1
 cargo build --features "$feature" --examples 2>&1 | tail -1
 
 # Each test binary on its own, from its crate's folder as under cargo (fixtures are found
-# relative to it), so that a line says which one failed and how long it took.
-artifacts="$(cargo test --workspace --features "$feature" --lib --tests --no-run --message-format=json 2>/dev/null \
+# relative to it), so that a line says which one failed and how long it took. The build's JSON
+# messages name each test binary and its crate.
+artifacts="$(cargo test --workspace --features "$feature" --lib --tests --no-run --message-format=json \
   | python3 -c '
 import json, os, sys
 for line in sys.stdin:
     message = json.loads(line)
     if message.get("reason") == "compiler-artifact" and message.get("executable"):
         print(os.path.dirname(message["manifest_path"]), message["executable"])
-')"
+')" || { echo "the tests did not build with --features $feature"; exit 1; }
 while read -r crate binary; do
   [ -n "$binary" ] || continue
   name="$(basename "$binary" | sed 's/-[0-9a-f]*$//')"
