@@ -13,8 +13,9 @@ use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainStep};
 use burn_fused_adam::FusedAdamConfig;
-use burn_lora_support::backend::{Inference, Train};
+use burn_lora_support::backend::{self, Inference, Train};
 use burn_lora_support::mnist::{MnistBatch, MnistBatcher, MnistItem, MnistSplit};
+use burn_lora_train::CheckpointSafe;
 
 /// Batches of the test split for validation and evaluation.
 pub const EVAL_BATCH: usize = 1000;
@@ -73,7 +74,9 @@ where
     TI: Send + 'static,
     VI: Send + 'static,
 {
-    let optim = optimizer(settings).init::<Train, M>()?;
+    // Its records are copies, so that the Learner's checkpointer thread never shares a tensor
+    // with training (needed on Burn's fused GPU backends: tracel-ai/burn#4347).
+    let optim = CheckpointSafe::new(optimizer(settings).init::<Train, M>()?, backend::device());
     let mut training = SupervisedTraining::new(&settings.dir, train, valid)
         .metrics((LossMetric::new(), AccuracyMetric::new()))
         .num_epochs(settings.epochs)

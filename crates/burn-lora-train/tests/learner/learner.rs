@@ -22,7 +22,9 @@ use burn::train::{
 use burn_fused_adam::FusedAdamConfig;
 use burn_lora::{LoraConfig, LoraLinear, LoraModel, Targets};
 use burn_lora_support::backend::{self, Inference, Train};
-use burn_lora_train::{EpochDataLoaderBuilder, TrainError, TrainableOnly, TrainableRecord};
+use burn_lora_train::{
+    CheckpointSafe, EpochDataLoaderBuilder, TrainError, TrainableOnly, TrainableRecord,
+};
 use tempfile::TempDir;
 
 const FEATURES: usize = 8;
@@ -179,9 +181,14 @@ fn fit(
     epochs: usize,
     resume: Option<usize>,
 ) -> Trained {
-    let optim = FusedAdamConfig::new()
-        .init::<Train, TrainableOnly<Net<Train>>>()
-        .unwrap();
+    // The copy of the optimizer's record keeps Burn's fused GPU backends' checkpointer thread
+    // off the tensors that training goes on using (tracel-ai/burn#4347).
+    let optim = CheckpointSafe::new(
+        FusedAdamConfig::new()
+            .init::<Train, TrainableOnly<Net<Train>>>()
+            .unwrap(),
+        backend::device(),
+    );
     let mut training =
         SupervisedTraining::new(dir, train_loader(resume.unwrap_or(0)), valid_loader())
             .metrics((LossMetric::new(), AccuracyMetric::new()))
@@ -378,9 +385,14 @@ fn the_multi_device_strategy_trains_the_adapter_only() {
     let model = lora_net(5);
     let base_before = model.inner().hidden.weight().into_data();
     let before = values(&model);
-    let optim = FusedAdamConfig::new()
-        .init::<Train, TrainableOnly<Net<Train>>>()
-        .unwrap();
+    // The copy of the optimizer's record keeps Burn's fused GPU backends' checkpointer thread
+    // off the tensors that training goes on using (tracel-ai/burn#4347).
+    let optim = CheckpointSafe::new(
+        FusedAdamConfig::new()
+            .init::<Train, TrainableOnly<Net<Train>>>()
+            .unwrap(),
+        backend::device(),
+    );
     let trained = SupervisedTraining::new(dir.path(), train_loader(0), valid_loader())
         .metrics((LossMetric::new(), AccuracyMetric::new()))
         .num_epochs(1)
