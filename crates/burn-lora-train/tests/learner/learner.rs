@@ -11,6 +11,7 @@ use burn::data::dataset::InMemDataset;
 use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig, Relu};
+use burn::optim::Optimizer;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
@@ -173,6 +174,17 @@ fn lora_net_with(adapter_seed: u64, adapters: &[(&str, LoraConfig)]) -> Trainabl
 
 type Trained = TrainableOnly<Net<Inference>>;
 
+/// Adam, wrapped so that the copy of its record keeps Burn's fused GPU backends' checkpointer
+/// thread off the tensors that training goes on using (tracel-ai/burn#4347).
+fn adam() -> impl Optimizer<TrainableOnly<Net<Train>>, Train> {
+    CheckpointSafe::new(
+        FusedAdamConfig::new()
+            .init::<Train, TrainableOnly<Net<Train>>>()
+            .unwrap(),
+        backend::device(),
+    )
+}
+
 /// Trains with the Learner, checkpointing every epoch into `dir`; `resume` continues from the
 /// checkpoint of that epoch.
 fn fit(
@@ -181,14 +193,7 @@ fn fit(
     epochs: usize,
     resume: Option<usize>,
 ) -> Trained {
-    // The copy of the optimizer's record keeps Burn's fused GPU backends' checkpointer thread
-    // off the tensors that training goes on using (tracel-ai/burn#4347).
-    let optim = CheckpointSafe::new(
-        FusedAdamConfig::new()
-            .init::<Train, TrainableOnly<Net<Train>>>()
-            .unwrap(),
-        backend::device(),
-    );
+    let optim = adam();
     let mut training =
         SupervisedTraining::new(dir, train_loader(resume.unwrap_or(0)), valid_loader())
             .metrics((LossMetric::new(), AccuracyMetric::new()))
@@ -385,14 +390,7 @@ fn the_multi_device_strategy_trains_the_adapter_only() {
     let model = lora_net(5);
     let base_before = model.inner().hidden.weight().into_data();
     let before = values(&model);
-    // The copy of the optimizer's record keeps Burn's fused GPU backends' checkpointer thread
-    // off the tensors that training goes on using (tracel-ai/burn#4347).
-    let optim = CheckpointSafe::new(
-        FusedAdamConfig::new()
-            .init::<Train, TrainableOnly<Net<Train>>>()
-            .unwrap(),
-        backend::device(),
-    );
+    let optim = adam();
     let trained = SupervisedTraining::new(dir.path(), train_loader(0), valid_loader())
         .metrics((LossMetric::new(), AccuracyMetric::new()))
         .num_epochs(1)
