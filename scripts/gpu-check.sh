@@ -11,7 +11,9 @@
 # only with FORTUNES_DIR. With `short`, the tests run on the repository's tiny fixtures only (the
 # data variables unset for them: a real model's tests take hours on a CPU's Vulkan device), only
 # the libraries' own tests and the binaries that cover every layer kind, the model API, files,
-# the causal LM and training (`layers`, `model`, `files`, `transformers`, `training`, `learner`),
+# the causal LM and training (`layers`, `model`, `files`, `transformers`, `training`, `learner`,
+# and `fused_adam`: on a GPU backend its updates take the tensor-operation path, counted, and match
+# Burn's `Adam` and `AdamW`),
 # mnist_lora pretrains on 6,000 images instead of 60,000 and serve_adapters times each way once;
 # the examples keep their data.
 # `derive-ui`'s `ui` test is left to the CPU run: it checks the derive's compile errors, which
@@ -59,7 +61,7 @@ while read -r crate binary; do
     continue
   fi
   if [ -n "$short" ] && [[ "$name" != burn_* ]] \
-    && ! [[ " layers model files transformers training learner " == *" $name "* ]]; then
+    && ! [[ " layers model files transformers training learner fused_adam " == *" $name "* ]]; then
     echo "$name: not in the short run (scripts/gpu-check.sh $feature runs it)"
     continue
   fi

@@ -5,11 +5,21 @@ use burn::tensor::{Int, Tensor};
 
 use crate::error::{LoraError, Result};
 
-/// An int tensor's values on the host, as `i64`.
+/// The reads of [`host_ints`] since the test process started, over all threads (a forward
+/// runs on the backend's compute threads, not the caller's): the tests that count them are the
+/// crate's only unit tests that run a model's forward.
+#[cfg(test)]
+pub(crate) static DEVICE_READS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// An int tensor's values on the host, as `i64`: a read from the device, which waits for every
+/// operation queued before it on a GPU backend.
 pub(crate) fn host_ints<B: Backend, const D: usize>(
     tensor: &Tensor<B, D, Int>,
     what: &str,
 ) -> Result<Vec<i64>> {
+    #[cfg(test)]
+    DEVICE_READS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     tensor
         .clone()
         .into_data()

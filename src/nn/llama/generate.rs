@@ -190,3 +190,80 @@ fn row_seed(seed: u64, row: usize) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use burn::tensor::{Int, Tensor, TensorData};
+    use burn_lora_support::backend::Inference as B;
+
+    use super::*;
+    use crate::nn::ids::DEVICE_READS;
+    use crate::nn::llama::{CausalLmConfig, Family};
+
+    fn logits(tensor: Tensor<B, 3>) -> Vec<f32> {
+        tensor.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    }
+
+    /// The steps of a left-padded generation, as `generate` runs them, read nothing back from
+    /// the device (their positions and padding mask are kept and extended there) on any
+    /// backend, and give the logits of the general path: the whole sequence, prompt and new
+    /// tokens, run again without a cache, its mask and positions built on the host. On a GPU
+    /// backend a read per step would wait for the device at every token; the tolerance covers
+    /// the two paths' kernels (attention over a cache against one pass, reductions in another
+    /// order on a GPU backend).
+    #[test]
+    fn decoding_steps_read_nothing_back_and_match_the_uncached_forward() {
+        let device = Default::default();
+        let vocab = 61;
+        let model = CausalLmConfig::new(Family::Llama, vocab, 32, 48, 2, 4, 2, 8, 64)
+            .init::<B>(&device)
+            .unwrap();
+        let prompts = vec![vec![5, 9, 13, 2, 7], vec![11, 3]];
+        let pad = 0;
+        let mut cache = model.new_cache();
+        let prompt = CausalLmInput::left_padded(&prompts, pad, &device).last_position_only();
+        let mut last = model.forward_cache(prompt, &mut cache).unwrap();
+        let mut sequences = prompts.clone();
+        for step in 0..4 {
+            // Greedy tokens from the last logits: the next step's input.
+            let values = logits(last);
+            let next: Vec<u32> = values
+                .chunks(vocab)
+                .map(|row| {
+                    let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1));
+                    best.map(|(id, _)| id as u32).unwrap()
+                })
+                .collect();
+            for (sequence, &token) in sequences.iter_mut().zip(&next) {
+                sequence.push(token);
+            }
+            let ids = next.iter().map(|&t| i64::from(t)).collect::<Vec<_>>();
+            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [2, 1]), &device);
+            let input = CausalLmInput::new(ids)
+                .last_position_only()
+                .ids_in_vocabulary();
+            let reads = DEVICE_READS.load(Ordering::SeqCst);
+            last = model.forward_cache(input, &mut cache).unwrap();
+            assert_eq!(
+                DEVICE_READS.load(Ordering::SeqCst),
+                reads,
+                "step {step} read from the device"
+            );
+
+            let whole = CausalLmInput::left_padded(&sequences, pad, &device).last_position_only();
+            let reads = DEVICE_READS.load(Ordering::SeqCst);
+            let expected = logits(model.forward(whole).unwrap());
+            assert!(
+                DEVICE_READS.load(Ordering::SeqCst) > reads,
+                "the general path checks its ids and mask on the host"
+            );
+            let got = logits(last.clone());
+            assert_eq!(got.len(), 2 * vocab);
+            for (g, e) in got.iter().zip(&expected) {
+                assert!((g - e).abs() <= 1e-4, "step {step}: {g} against {e}");
+            }
+        }
+    }
+}
