@@ -22,21 +22,48 @@ pub enum LoraInit {
     },
     /// Kaiming-uniform with `a = √5`, i.e. `A ~ U(-1/√d_input, 1/√d_input)`: PEFT's default.
     KaimingUniform,
+    /// PiSSA (Meng et al. 2024; PEFT's `init_lora_weights="pissa"` and `"pissa_niter_k"`): `A`
+    /// and `B` from the top-`r` singular triplets of the base weight, `W ≈ U_r S_r V_rᵀ`,
+    /// `A = U_r √(S_r / s)`, `B = √(S_r / s) V_rᵀ`, and the base becomes the residual
+    /// `W − s·A B`, so the layer's output does not change. Linear layers only.
+    ///
+    /// The trained adapter applies to that residual base; save it with
+    /// [`save_adapter_converted`](crate::save_adapter_converted) to get a plain LoRA adapter of
+    /// rank `2r` for the original base.
+    Pissa {
+        /// `None`: the exact SVD (in `f64`, costly for large weights); `Some(k)`: a randomised
+        /// SVD with `k` power iterations (PEFT's `pissa_niter_k`), its probe drawn from the
+        /// backend's generator (`B::seed`).
+        power_iterations: Option<usize>,
+    },
+    /// OLoRA (Büyükakyüz 2024; PEFT's `init_lora_weights="olora"`): from the QR factorisation
+    /// of PEFT's `Wᵀ = Q R`, `A = R_rᵀ`, `B = Q_rᵀ` (the first `r` rows of `R`, columns of `Q`),
+    /// and the base becomes the residual `W − s·A B`. Linear layers only; saved as
+    /// [`Pissa`](Self::Pissa) is.
+    Olora,
 }
 
 impl LoraInit {
-    /// The Burn initializer that draws `A`.
-    pub(crate) fn initializer(&self) -> Initializer {
+    /// The Burn initializer that draws `A`; `None` for PiSSA and OLoRA, whose factors come from
+    /// the base weight.
+    pub(crate) fn initializer(&self) -> Option<Initializer> {
         match self {
-            LoraInit::Gaussian { std } => Initializer::Normal {
+            LoraInit::Gaussian { std } => Some(Initializer::Normal {
                 mean: 0.0,
                 std: *std,
-            },
-            LoraInit::KaimingUniform => Initializer::KaimingUniform {
+            }),
+            LoraInit::KaimingUniform => Some(Initializer::KaimingUniform {
                 gain: 1.0 / 3.0f64.sqrt(),
                 fan_out_only: false,
-            },
+            }),
+            LoraInit::Pissa { .. } | LoraInit::Olora => None,
         }
+    }
+
+    /// Whether the init rewrites the base weight (PiSSA, OLoRA: the base becomes the residual
+    /// of the adapter's first factors).
+    pub fn rewrites_base(&self) -> bool {
+        matches!(self, LoraInit::Pissa { .. } | LoraInit::Olora)
     }
 }
 
@@ -108,6 +135,12 @@ impl LoraConfig {
             if !std.is_finite() || std <= 0.0 {
                 return Err(LoraError::InvalidInitStd(std));
             }
+        }
+        if self.use_dora && self.init.rewrites_base() {
+            return Err(LoraError::Unsupported(format!(
+                "DoRA with the {:?} init (its magnitude would be taken from a residual base)",
+                self.init
+            )));
         }
         Ok(())
     }

@@ -118,7 +118,9 @@ mod svd;
 pub use burn_lora_derive::LoraModel;
 pub use config::{LoraConfig, LoraInit};
 pub use error::{LoraError, Result};
-pub use io::adapter_file::{load_adapter, save_adapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+pub use io::adapter_file::{
+    load_adapter, save_adapter, save_adapter_converted, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
+};
 pub use io::checkpoint::save_checkpoint;
 pub use io::gguf::file::{GgufFile, GgufTensor};
 pub use io::gguf::value::GgufValue;

@@ -275,7 +275,7 @@ fn epsilon(dtype: DType) -> f64 {
 }
 
 /// The matrix's values in row-major order as `f64`, after checking they are all finite.
-fn read_f64<B: Backend>(matrix: Tensor<B, 2>) -> Result<Vec<f64>> {
+pub(crate) fn read_f64<B: Backend>(matrix: Tensor<B, 2>) -> Result<Vec<f64>> {
     let [rows, cols] = matrix.dims();
     let data = matrix
         .try_into_data()
@@ -299,7 +299,7 @@ fn read_f64<B: Backend>(matrix: Tensor<B, 2>) -> Result<Vec<f64>> {
 }
 
 /// The SVD of a non-empty, finite row-major matrix, singular values sorted descending.
-fn decompose(
+pub(crate) fn decompose(
     values: Vec<f64>,
     rows: usize,
     cols: usize,
@@ -347,7 +347,11 @@ fn decompose(
 }
 
 /// A column-major nalgebra matrix as a Burn tensor (row-major) of the given float type.
-fn to_tensor<B: Backend>(matrix: &DMatrix<f64>, device: &B::Device, dtype: DType) -> Tensor<B, 2> {
+pub(crate) fn to_tensor<B: Backend>(
+    matrix: &DMatrix<f64>,
+    device: &B::Device,
+    dtype: DType,
+) -> Tensor<B, 2> {
     let (rows, cols) = matrix.shape();
     // The transpose's column-major storage is the matrix in row-major order.
     let row_major = matrix.transpose().as_slice().to_vec();

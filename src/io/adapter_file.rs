@@ -78,6 +78,63 @@ pub fn save_adapter<B: Backend, M: LoraModel<B>>(
     dir: &Path,
     paths: &PathMap,
 ) -> Result<()> {
+    write_adapter(model, name, dir, paths, false)
+}
+
+/// Saves adapter `name` as [`save_adapter`] does, converted for the original base where its init
+/// rewrote the base (PiSSA, OLoRA): PEFT's `save_pretrained(...,
+/// path_initial_model_for_weight_conversion=...)`. Each such layer's adapter becomes the plain
+/// LoRA of rank `2r` whose update on the original weight `W` is what the trained adapter adds
+/// to the residual base, `s·A B − s·A₀ B₀` ([`LoraAdapter::converted_factors`](crate::LoraAdapter::converted_factors);
+/// `alpha` doubled, by `√2` with rsLoRA), with PEFT's default `init_lora_weights = true`: PEFT,
+/// mistral.rs and [`load_adapter`] apply it to the untouched checkpoint. Other adapters are
+/// written as they are.
+///
+/// ```
+/// use burn::backend::Flex as Inference;
+/// use burn::tensor::{Tensor, Tolerance};
+/// use burn_lora::{
+///     load_adapter, save_adapter_converted, LoraConfig, LoraInit, LoraMlpConfig, LoraModel,
+///     PathMap, Targets,
+/// };
+///
+/// let device = Default::default();
+/// let mut model = LoraMlpConfig::new(8, vec![6], 3).init::<Inference>(&device)?;
+/// let pissa = LoraConfig::new(2, 4.0).with_init(LoraInit::Pissa { power_iterations: None });
+/// model.attach("pissa", &pissa, &Targets::all())?; // the base is now W − s·A₀B₀
+/// // ... training changes A and B ...
+/// let x = Tensor::<Inference, 2>::ones([2, 8], &device);
+/// let trained = model.forward(x.clone());
+/// let dir = tempfile::tempdir().unwrap();
+/// save_adapter_converted(&model, "pissa", dir.path(), &PathMap::identity())?;
+///
+/// // Removing the adapter gives the original base back (up to rounding); the converted
+/// // adapter (rank 4) on it gives the trained model's outputs.
+/// model.remove_adapter("pissa")?;
+/// load_adapter(&mut model, "converted", dir.path(), &PathMap::identity())?;
+/// model
+///     .forward(x)
+///     .into_data()
+///     .assert_approx_eq::<f32>(&trained.into_data(), Tolerance::absolute(1e-5));
+/// # Ok::<(), burn_lora::LoraError>(())
+/// ```
+pub fn save_adapter_converted<B: Backend, M: LoraModel<B>>(
+    model: &M,
+    name: &str,
+    dir: &Path,
+    paths: &PathMap,
+) -> Result<()> {
+    write_adapter(model, name, dir, paths, true)
+}
+
+/// [`save_adapter`], or [`save_adapter_converted`] with `converted`.
+fn write_adapter<B: Backend, M: LoraModel<B>>(
+    model: &M,
+    name: &str,
+    dir: &Path,
+    paths: &PathMap,
+    converted: bool,
+) -> Result<()> {
     let burn_paths = lora_layer_paths(model)?;
     let mut targets: Vec<(String, LoraConfig)> = Vec::new();
     let mut tensors = Vec::new();
@@ -87,18 +144,22 @@ pub fn save_adapter<B: Backend, M: LoraModel<B>>(
         };
         adapter.ensure_finite()?;
         let torch_path = paths.to_torch(burn_path);
-        let rank = adapter.rank();
+        let (config, lora_a, lora_b) = if converted {
+            adapter.converted_factors()
+        } else {
+            (adapter.config().clone(), adapter.lora_a(), adapter.lora_b())
+        };
         let [key_a, key_b] = layer.peft_factor_keys();
-        let [shape_a, shape_b] = layer.peft_factor_shapes(rank);
+        let [shape_a, shape_b] = layer.peft_factor_shapes(config.rank);
         tensors.push((
             format!("{PEFT_PREFIX}{torch_path}.{key_a}"),
             shape_a,
-            tensor_values(adapter.lora_a().transpose())?,
+            tensor_values(lora_a.transpose())?,
         ));
         tensors.push((
             format!("{PEFT_PREFIX}{torch_path}.{key_b}"),
             shape_b,
-            tensor_values(adapter.lora_b().transpose())?,
+            tensor_values(lora_b.transpose())?,
         ));
         if let Some(magnitude) = adapter.magnitude() {
             tensors.push((
@@ -107,7 +168,7 @@ pub fn save_adapter<B: Backend, M: LoraModel<B>>(
                 tensor_values(magnitude)?,
             ));
         }
-        targets.push((torch_path, adapter.config().clone()));
+        targets.push((torch_path, config));
     }
     if targets.is_empty() {
         return Err(LoraError::UnknownAdapter(name.to_string()));

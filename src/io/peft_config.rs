@@ -113,6 +113,13 @@ impl PeftConfig {
         let init = match first.init {
             LoraInit::Gaussian { .. } => json!("gaussian"),
             LoraInit::KaimingUniform => json!(true),
+            LoraInit::Pissa {
+                power_iterations: None,
+            } => json!("pissa"),
+            LoraInit::Pissa {
+                power_iterations: Some(k),
+            } => json!(format!("pissa_niter_{k}")),
+            LoraInit::Olora => json!("olora"),
         };
         let defaults = [
             ("alora_invocation_tokens", Value::Null),
@@ -196,9 +203,10 @@ impl PeftConfig {
                 .any(|p| init.to_lowercase().starts_with(p))
             {
                 return unsupported(&format!(
-                    "init_lora_weights = {init:?} (this initialisation rewrites the base weights, \
-                     which burn-lora does not redo: convert the adapter to plain LoRA in PEFT \
-                     with `path_initial_model_for_weight_conversion` first)"
+                    "init_lora_weights = {init:?} (the adapter applies to a residual base that \
+                     this initialisation wrote, not to the checkpoint: convert it to plain LoRA, \
+                     in PEFT with `path_initial_model_for_weight_conversion`, in burn-lora with \
+                     `save_adapter_converted`)"
                 ));
             }
         }

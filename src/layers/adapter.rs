@@ -19,6 +19,11 @@ use crate::nn::Dropout;
 /// `lora_magnitude_vector`): its layer then computes `m ⊙ (W + s·A B) / ‖W + s·A B‖`, the norm
 /// taken over `d_input` for each output feature and detached.
 ///
+/// A PiSSA or OLoRA adapter ([`LoraInit::Pissa`](crate::LoraInit::Pissa),
+/// [`LoraInit::Olora`](crate::LoraInit::Olora)) also keeps the factors it started from, `A₀` and
+/// `B₀`, frozen: its layer's base became `W − s·A₀ B₀`, and they turn the trained adapter into a
+/// plain one for the original `W` ([`converted_factors`](Self::converted_factors)).
+///
 /// Its record holds its name, configuration and active flag beside the factors, and loading
 /// one restores them (see [`AdapterIdentity`]).
 #[derive(Module, Debug)]
@@ -29,6 +34,10 @@ pub struct LoraAdapter<B: Backend> {
     lora_b: Param<Tensor<B, 2>>,
     /// DoRA's magnitude `m`, shape `[d_output]`; `None` for a plain LoRA adapter.
     magnitude: Option<Param<Tensor<B, 1>>>,
+    /// A PiSSA or OLoRA adapter's first `A₀`, frozen: its layer's base is `W − s·A₀ B₀`.
+    initial_a: Option<Param<Tensor<B, 2>>>,
+    /// A PiSSA or OLoRA adapter's first `B₀`, frozen.
+    initial_b: Option<Param<Tensor<B, 2>>>,
     /// The adapter's name (unique within its layer), the configuration it was created from
     /// (rank, alpha, rsLoRA, dropout, ...) and whether it takes part in `forward`; the layer's
     /// record ([`AdapterList`](crate::AdapterList)) keeps it beside the factors.
@@ -47,9 +56,13 @@ impl<B: Backend> LoraAdapter<B> {
     ) -> Result<Self> {
         config.validate_for(d_input, d_output)?;
         // Drawn now rather than lazily, so clones of a model share the same A.
-        let lora_a: Tensor<B, 2> = config
-            .init
-            .initializer()
+        let Some(initializer) = config.init.initializer() else {
+            return Err(LoraError::Unsupported(format!(
+                "adapter \"{name}\": the {:?} init takes its factors from the layer's weight",
+                config.init
+            )));
+        };
+        let lora_a: Tensor<B, 2> = initializer
             .init_with(
                 [d_input, config.rank],
                 Some(d_input),
@@ -159,6 +172,8 @@ impl<B: Backend> LoraAdapter<B> {
             lora_a,
             lora_b,
             magnitude: None,
+            initial_a: None,
+            initial_b: None,
             identity: AdapterIdentity::new(name, config.clone(), true)?,
         })
     }
@@ -184,12 +199,75 @@ impl<B: Backend> LoraAdapter<B> {
             let (id, tensor, _) = param.consume();
             Param::initialized(id, tensor.detach().require_grad())
         });
+        let frozen = |param: Param<Tensor<B, 2>>| {
+            let (id, tensor, _) = param.consume();
+            Param::initialized(id, tensor.detach())
+        };
         Self {
             lora_a: trainable(record.lora_a),
             lora_b: trainable(record.lora_b),
             magnitude,
+            initial_a: record.initial_a.map(frozen),
+            initial_b: record.initial_b.map(frozen),
             identity,
         }
+    }
+
+    /// The adapter with its current factors kept, frozen, as the ones it started from (a fresh
+    /// PiSSA or OLoRA adapter, whose layer's base became `W − s·A B`).
+    pub(crate) fn with_initial_factors(mut self) -> Self {
+        let frozen = |tensor: Tensor<B, 2>| Param::initialized(ParamId::new(), tensor.detach());
+        self.initial_a = Some(frozen(self.lora_a.val()));
+        self.initial_b = Some(frozen(self.lora_b.val()));
+        self
+    }
+
+    /// The factors `(A₀, B₀)` a PiSSA or OLoRA adapter started from (its layer's base is
+    /// `W − s·A₀ B₀`); `None` for an adapter whose init left the base as it was.
+    pub fn initial_factors(&self) -> Option<(Tensor<B, 2>, Tensor<B, 2>)> {
+        match (&self.initial_a, &self.initial_b) {
+            (Some(a), Some(b)) => Some((a.val(), b.val())),
+            _ => None,
+        }
+    }
+
+    /// Whether the adapter's init rewrote its layer's base (PiSSA, OLoRA): it then keeps the
+    /// factors it started from.
+    pub fn rewrote_base(&self) -> bool {
+        self.initial_factors().is_some()
+    }
+
+    /// The adapter as a plain LoRA for the original base, PEFT's conversion of a PiSSA or OLoRA
+    /// adapter (`path_initial_model_for_weight_conversion`): its update relative to `W` is
+    /// `s·A B − s·A₀ B₀ = s'·A' B'` with `A' = [A | A₀]`, `B' = [B; −B₀]`, rank `2r`, and the
+    /// scale kept by doubling `alpha` (by `√2` with rsLoRA). An adapter that did not rewrite
+    /// its base comes back as it is. Detached; the configuration's init is PEFT's default.
+    ///
+    /// # Shapes
+    /// - `A'`: `[d_input, 2r]`
+    /// - `B'`: `[2r, d_output]`
+    pub fn converted_factors(&self) -> (LoraConfig, Tensor<B, 2>, Tensor<B, 2>) {
+        let (lora_a, lora_b) = (self.lora_a.val().detach(), self.lora_b.val().detach());
+        let Some((initial_a, initial_b)) = self.initial_factors() else {
+            return (self.config().clone(), lora_a, lora_b);
+        };
+        let config = self.config();
+        let alpha = if config.use_rslora {
+            config.alpha * std::f64::consts::SQRT_2
+        } else {
+            config.alpha * 2.0
+        };
+        let converted = LoraConfig {
+            rank: config.rank * 2,
+            alpha,
+            init: crate::LoraInit::KaimingUniform,
+            ..config.clone()
+        };
+        (
+            converted,
+            Tensor::cat(vec![lora_a, initial_a.detach()], 1),
+            Tensor::cat(vec![lora_b, initial_b.detach().neg()], 0),
+        )
     }
 
     /// The adapter with another identity (a record's).

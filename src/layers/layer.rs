@@ -9,6 +9,7 @@ use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};
 use crate::layers::adapter::{checked_name, ensure_finite, LoraAdapter};
 use crate::layers::dora::{self, DoraNorms};
+use crate::layers::principal_init::principal_init;
 
 /// The kind of base layer a [`LoraLayer`] adapts (PEFT's `"all-linear"` selects
 /// [`Linear`](Self::Linear) ones).
@@ -182,7 +183,38 @@ pub trait LoraLayer<B: Backend> {
         self.check_can_add(name)?;
         let [d_input, d_output] = self.adapter_dims();
         config.validate_for(d_input, d_output)?;
-        self.check_fresh_init(config)
+        self.check_fresh_init(config)?;
+        if config.init.rewrites_base() {
+            if self.kind() != LayerKind::Linear {
+                return Err(LoraError::Unsupported(format!(
+                    "adapter \"{name}\": the {:?} init on a {:?} layer (PiSSA and OLoRA factor \
+                     a linear layer's weight, as in PEFT)",
+                    config.init,
+                    self.kind()
+                )));
+            }
+            if !self.adapters().is_empty() {
+                return Err(LoraError::Unsupported(format!(
+                    "adapter \"{name}\": the {:?} init rewrites the base weight, which the \
+                     layer's adapters {:?} apply to; attach it first",
+                    config.init,
+                    self.adapter_names()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the base weight, given in the adapters' matrix view, keeping the parameter's id
+    /// and gradient setting: for PiSSA and OLoRA, whose init leaves the residual there.
+    /// [`LoraError::Unsupported`] on layer kinds other than linear (nothing else calls it).
+    #[doc(hidden)]
+    fn replace_base_matrix(&mut self, matrix: Tensor<B, 2>) -> Result<()> {
+        let _ = matrix;
+        Err(LoraError::Unsupported(format!(
+            "replacing the base weight of a {:?} layer",
+            self.kind()
+        )))
     }
 
     /// Errors with [`LoraError::Unsupported`] if this kind of layer cannot initialise a fresh
@@ -202,8 +234,21 @@ pub trait LoraLayer<B: Backend> {
     ///
     /// A DoRA config ([`LoraConfig::use_dora`]) also gives the adapter its magnitude,
     /// `m = ‖W + s·A B‖` over `d_input` for each output feature, as PEFT initialises it.
+    ///
+    /// PiSSA and OLoRA ([`LoraInit::Pissa`](crate::LoraInit::Pissa),
+    /// [`LoraInit::Olora`](crate::LoraInit::Olora)) take `A` and `B` from the base weight and
+    /// leave the residual `W − s·A B` as the base, on a linear layer without other adapters
+    /// (they would apply to a changed base); the adapter keeps its first factors.
     fn add_adapter(&mut self, name: &str, config: &LoraConfig) -> Result<()> {
         self.check_new_adapter(name, config)?;
+        if config.init.rewrites_base() {
+            let init = principal_init(self.base_matrix(), config)?;
+            let adapter = LoraAdapter::from_factors(name, config, init.lora_a, init.lora_b)?
+                .with_initial_factors();
+            self.replace_base_matrix(init.residual)?;
+            push_adapter(self, adapter);
+            return Ok(());
+        }
         let mut adapter = self.fresh_adapter(name, config)?;
         if config.use_dora && !adapter.is_dora() {
             let magnitude = dora::weight_norms(self.base_matrix(), &adapter);
@@ -287,6 +332,11 @@ pub trait LoraLayer<B: Backend> {
         let removed = adapters.remove(index);
         if adapters.is_empty() {
             *slot = None;
+        }
+        // A PiSSA or OLoRA adapter takes its principal part back to the base: W_res + s·A₀ B₀.
+        if let Some((initial_a, initial_b)) = removed.initial_factors() {
+            let principal = initial_a.matmul(initial_b).mul_scalar(removed.scale());
+            self.replace_base_matrix(self.base_matrix() + principal)?;
         }
         Ok(removed)
     }

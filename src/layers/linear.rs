@@ -292,13 +292,14 @@ impl<B: Backend> LoraLinear<B> {
     }
 }
 
-/// `param` holding `value` instead, with the same id, gradient setting and load/save mappers.
+/// `param` holding `value` instead, with the same id, gradient setting and load/save mappers; a
+/// leaf of the autodiff graph (`value` detached).
 pub(crate) fn replace_value<B: Backend, const D: usize>(
     param: Param<Tensor<B, D>>,
     value: Tensor<B, D>,
 ) -> Param<Tensor<B, D>> {
     let require_grad = param.is_require_grad();
-    param.map(|_| value.set_require_grad(require_grad))
+    param.map(|_| value.detach().set_require_grad(require_grad))
 }
 
 impl<B: Backend> LoraLayer<B> for LoraLinear<B> {
@@ -335,6 +336,12 @@ impl<B: Backend> LoraLayer<B> for LoraLinear<B> {
     fn freeze_base(&mut self) {
         self.weight = self.weight.clone().set_require_grad(false);
         self.bias = self.bias.take().map(|b| b.set_require_grad(false));
+    }
+
+    fn replace_base_matrix(&mut self, matrix: Tensor<B, 2>) -> LoraResult<()> {
+        let bias = self.bias();
+        self.replace_base(matrix, bias);
+        Ok(())
     }
 
     fn merge_and_unload(&mut self) -> LoraResult<()> {

@@ -9,4 +9,5 @@ pub(crate) mod embedding;
 pub(crate) mod layer;
 pub(crate) mod linear;
 mod merge;
+pub(crate) mod principal_init;
 pub(crate) mod record;

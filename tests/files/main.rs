@@ -11,5 +11,6 @@ mod file_permissions;
 mod gguf_file;
 mod peft_cnn;
 mod peft_fixture;
+mod peft_pissa_olora;
 mod pytorch_base;
 mod pytorch_checkpoint;
