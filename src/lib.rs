@@ -137,6 +137,7 @@ pub use layers::embedding::{LoraEmbedding, LoraEmbeddingConfig};
 pub use layers::layer::{LayerKind, LoraLayer};
 pub use layers::linear::{LoraLinear, LoraLinearConfig};
 pub use layers::record::{AdapterIdentity, AdapterList, MergedWeight};
+pub use model::extract::{extract_adapter, ExtractRank, ExtractedLayer};
 pub use model::lora_model::{LoraModel, VisitLoraLayers};
 pub use model::mlp::{LoraMlp, LoraMlpConfig, DEFAULT_ADAPTER};
 pub use model::paths::lora_layer_paths;

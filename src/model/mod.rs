@@ -4,6 +4,7 @@
 
 mod containers;
 pub(crate) mod derive_support;
+pub(crate) mod extract;
 pub(crate) mod lora_model;
 pub(crate) mod mlp;
 pub(crate) mod paths;

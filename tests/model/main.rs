@@ -7,6 +7,7 @@
 mod common;
 
 mod derive_lora_model;
+mod extract;
 mod layer_lists;
 mod merge_checkpoint;
 mod mlp;
