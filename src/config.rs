@@ -29,7 +29,8 @@ pub enum LoraInit {
     ///
     /// The trained adapter applies to that residual base; save it with
     /// [`save_adapter_converted`](crate::save_adapter_converted) to get a plain LoRA adapter of
-    /// rank `2r` for the original base.
+    /// rank `2r` for the original base. [`load_adapter`](crate::load_adapter) rebuilds the
+    /// residual from the original base for a file saved as it is (the exact SVD's only).
     Pissa {
         /// `None`: the exact SVD (in `f64`, costly for large weights); `Some(k)`: a randomised
         /// SVD with `k` power iterations (PEFT's `pissa_niter_k`), its probe drawn from the

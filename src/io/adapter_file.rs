@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
 
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};
@@ -20,6 +21,7 @@ use crate::io::tensor_file::{
     read_bytes, read_float_tensors, serialize_f32, tensor_values, FloatTensor,
 };
 use crate::layers::adapter::LoraAdapter;
+use crate::layers::principal_init::principal_init;
 use crate::model::{
     check_unmerged, checked_layers_mut, freeze_for_new_adapter, has_adapters, lora_layer_paths,
     LoraModel,
@@ -196,6 +198,13 @@ fn write_adapter<B: Backend, M: LoraModel<B>>(
 /// truncated or garbage file are errors naming the key, and on any error the model is left
 /// exactly as it was. Freezes as [`LoraModel::attach`] does: a head made trainable after the
 /// first adapter stays trainable.
+///
+/// A PiSSA or OLoRA adapter saved for its residual base (`init_lora_weights` `"pissa"` or
+/// `"olora"`, as PEFT and [`save_adapter`] save it) loads onto the original model: each
+/// targeted layer's base becomes the residual its init leaves, rebuilt from the layer's weight
+/// as PEFT rebuilds it, and the adapter keeps the factors that init starts from (see
+/// [`LoraInit::Pissa`](crate::LoraInit::Pissa)). A randomised SVD's residual (`pissa_niter_k`)
+/// cannot be rebuilt, and such a file is refused.
 pub fn load_adapter<B: Backend, M: LoraModel<B>>(
     model: &mut M,
     name: &str,
@@ -205,7 +214,10 @@ pub fn load_adapter<B: Backend, M: LoraModel<B>>(
     let adapters = read_adapter(model, name, dir, paths)?;
     let had_adapters = has_adapters(model);
     for (layer, adapter) in checked_layers_mut(model)?.into_iter().zip(adapters) {
-        if let Some(adapter) = adapter {
+        if let Some((adapter, residual)) = adapter {
+            if let Some(residual) = residual {
+                layer.replace_base_matrix(residual)?;
+            }
             layer.insert_adapter(adapter)?;
         }
     }
@@ -213,13 +225,16 @@ pub fn load_adapter<B: Backend, M: LoraModel<B>>(
     model.set_active_adapter(name)
 }
 
+/// A layer's adapter as read, with the residual base a PiSSA or OLoRA adapter applies to.
+type ReadAdapter<B> = (LoraAdapter<B>, Option<Tensor<B, 2>>);
+
 /// Reads and checks the adapter files; one entry per model layer (`None` where not targeted).
 fn read_adapter<B: Backend, M: LoraModel<B>>(
     model: &M,
     name: &str,
     dir: &Path,
     paths: &PathMap,
-) -> Result<Vec<Option<LoraAdapter<B>>>> {
+) -> Result<Vec<Option<ReadAdapter<B>>>> {
     crate::layers::adapter::checked_name(name.to_string())?;
     // `load_adapter` ends by activating the adapter model-wide, which refuses merged layers: check
     // every layer now, not only the targeted ones, so that a merged layer elsewhere cannot fail
@@ -370,7 +385,17 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
             }
             None => LoraAdapter::from_factors(name, &lora_config, a, b)?,
         };
-        adapters.push(Some(adapter));
+        // PiSSA or OLoRA: the trained factors apply to the residual base, rebuilt here from the
+        // layer's weight as PEFT rebuilds it, and the factors it starts from are kept.
+        let (adapter, residual) = if lora_config.init.rewrites_base() {
+            layer.check_new_adapter(name, &lora_config)?;
+            let init = principal_init(layer.base_matrix(), &lora_config)?;
+            let adapter = adapter.with_given_initial_factors(init.lora_a, init.lora_b);
+            (adapter, Some(init.residual))
+        } else {
+            (adapter, None)
+        };
+        adapters.push(Some((adapter, residual)));
         any = true;
     }
     if !any {

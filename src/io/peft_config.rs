@@ -198,14 +198,17 @@ impl PeftConfig {
             return unsupported("lora_bias = true (a trained bias on lora_B)");
         }
         if let Some(Value::String(init)) = config.other.get("init_lora_weights") {
-            if BASE_REWRITING_INITS
-                .iter()
-                .any(|p| init.to_lowercase().starts_with(p))
+            let rebuilt = config.principal_init().is_some();
+            if !rebuilt
+                && BASE_REWRITING_INITS
+                    .iter()
+                    .any(|p| init.to_lowercase().starts_with(p))
             {
                 return unsupported(&format!(
                     "init_lora_weights = {init:?} (the adapter applies to a residual base that \
-                     this initialisation wrote, not to the checkpoint: convert it to plain LoRA, \
-                     in PEFT with `path_initial_model_for_weight_conversion`, in burn-lora with \
+                     this initialisation wrote, which burn-lora cannot rebuild from the \
+                     checkpoint: convert it to plain LoRA, in PEFT with \
+                     `path_initial_model_for_weight_conversion`, in burn-lora with \
                      `save_adapter_converted`)"
                 ));
             }
@@ -249,16 +252,32 @@ impl PeftConfig {
     }
 
     /// The [`LoraConfig`] of the module at `module_path`, honouring `rank_pattern` and
-    /// `alpha_pattern` (first matching key, as PEFT does), validated.
+    /// `alpha_pattern` (first matching key, as PEFT does), validated. Its init is PiSSA or OLoRA
+    /// where the file's is ([`principal_init`](Self::principal_init)), else the default.
     pub fn lora_config_for(&self, module_path: &str) -> Result<LoraConfig> {
         let rank = pattern_value(&self.rank_pattern, module_path).unwrap_or(self.r);
         let alpha = pattern_value(&self.alpha_pattern, module_path).unwrap_or(self.lora_alpha);
         let config = LoraConfig::new(rank, alpha)
             .with_dropout(self.lora_dropout)
             .with_use_rslora(self.use_rslora)
-            .with_use_dora(self.use_dora);
+            .with_use_dora(self.use_dora)
+            .with_init(self.principal_init().unwrap_or(LoraInit::KaimingUniform));
         config.validate()?;
         Ok(config)
+    }
+
+    /// PiSSA with the exact SVD or OLoRA, when `init_lora_weights` names one: inits whose
+    /// residual base burn-lora rebuilds from the checkpoint when it loads the adapter, as PEFT
+    /// does (the residual is the same whatever the signs of the singular vectors). A randomised
+    /// SVD (`pissa_niter_k`) draws a residual that cannot be rebuilt.
+    pub fn principal_init(&self) -> Option<LoraInit> {
+        match self.other.get("init_lora_weights") {
+            Some(Value::String(init)) if init == "pissa" => Some(LoraInit::Pissa {
+                power_iterations: None,
+            }),
+            Some(Value::String(init)) if init == "olora" => Some(LoraInit::Olora),
+            _ => None,
+        }
     }
 }
 
@@ -661,16 +680,23 @@ mod tests {
         assert_eq!(config.lora_config_for(path).unwrap().rank, 8);
     }
 
+    /// Inits that rewrite the base parse where burn-lora rebuilds the residual from the
+    /// checkpoint (the exact PiSSA, OLoRA), and are unsupported where it cannot.
     #[test]
     fn inits_that_rewrite_the_base_are_unsupported_and_plain_inits_parse() {
-        for init in [
-            "pissa",
-            "pissa_niter_16",
-            "corda",
-            "olora",
-            "loftq",
-            "lora_ga",
+        for (init, expected) in [
+            (
+                "pissa",
+                LoraInit::Pissa {
+                    power_iterations: None,
+                },
+            ),
+            ("olora", LoraInit::Olora),
         ] {
+            let config = parse(&config_with(&[("init_lora_weights", json!(init))])).unwrap();
+            assert_eq!(config.lora_config_for("layers.0").unwrap().init, expected);
+        }
+        for init in ["pissa_niter_16", "corda", "loftq", "lora_ga"] {
             assert_unsupported(
                 parse(&config_with(&[("init_lora_weights", json!(init))])),
                 "init_lora_weights",

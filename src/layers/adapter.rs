@@ -215,10 +215,21 @@ impl<B: Backend> LoraAdapter<B> {
 
     /// The adapter with its current factors kept, frozen, as the ones it started from (a fresh
     /// PiSSA or OLoRA adapter, whose layer's base became `W − s·A B`).
-    pub(crate) fn with_initial_factors(mut self) -> Self {
+    pub(crate) fn with_initial_factors(self) -> Self {
+        let (lora_a, lora_b) = (self.lora_a.val(), self.lora_b.val());
+        self.with_given_initial_factors(lora_a, lora_b)
+    }
+
+    /// The adapter with `A₀`, `B₀` kept, frozen, as the factors it started from (a trained PiSSA
+    /// or OLoRA adapter read from a file, whose residual base was rebuilt from these).
+    pub(crate) fn with_given_initial_factors(
+        mut self,
+        initial_a: Tensor<B, 2>,
+        initial_b: Tensor<B, 2>,
+    ) -> Self {
         let frozen = |tensor: Tensor<B, 2>| Param::initialized(ParamId::new(), tensor.detach());
-        self.initial_a = Some(frozen(self.lora_a.val()));
-        self.initial_b = Some(frozen(self.lora_b.val()));
+        self.initial_a = Some(frozen(initial_a));
+        self.initial_b = Some(frozen(initial_b));
         self
     }
 

@@ -196,26 +196,85 @@ fn a_trained_adapter_saved_converted_reproduces_the_model_on_the_original_base()
             plain.forward(x.clone()),
             model.forward(x.clone()),
         );
-        // Saved without conversion, the file says PEFT's init, which loading refuses: it
-        // applies to the residual base only.
+        // Saved without conversion, the file says PEFT's init, and loading it on the original
+        // base rebuilds the residual, as PEFT does.
         let residual_dir = tempfile::tempdir().unwrap();
         save_adapter(&model, "p", residual_dir.path(), &PathMap::identity()).unwrap();
         assert_eq!(
             read_config(residual_dir.path())["init_lora_weights"],
             json!(name)
         );
-        let err = load_adapter(
-            &mut original::<AB>(),
+        let mut reloaded = original::<AB>();
+        load_adapter(
+            &mut reloaded,
             "p",
             residual_dir.path(),
             &PathMap::identity(),
         )
-        .unwrap_err();
-        assert!(
-            matches!(err, LoraError::Unsupported(ref why) if why.contains("save_adapter_converted")),
-            "{err:?}"
+        .unwrap();
+        assert_close(
+            &format!("{name}: reloaded on the original base"),
+            reloaded.forward(x.clone()),
+            model.forward(x.clone()),
         );
     }
+}
+
+/// PEFT's own save of a trained PiSSA or OLoRA adapter (for the residual base, its config naming
+/// the init) loads on the original checkpoint: the residual is rebuilt from it, as PEFT does,
+/// and the model gives PEFT's trained outputs; converted, it gives them again on the original
+/// base.
+#[test]
+fn peft_s_trained_adapter_loads_on_the_original_base() {
+    for (name, _) in inits() {
+        let (x, trained) = (io(name, "x"), io(name, "y_trained"));
+        let mut model = original::<B>();
+        load_adapter(
+            &mut model,
+            "p",
+            &fixture().join(name).join("trained"),
+            &PathMap::identity(),
+        )
+        .unwrap();
+        assert!(model.layers()[0].adapter("p").unwrap().rewrote_base());
+        assert_close(
+            &format!("{name}: PEFT's trained adapter"),
+            model.forward(x.clone()),
+            trained.clone(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        save_adapter_converted(&model, "p", dir.path(), &PathMap::identity()).unwrap();
+        let mut plain = original::<B>();
+        load_adapter(&mut plain, "c", dir.path(), &PathMap::identity()).unwrap();
+        assert_close(
+            &format!("{name}: converted again"),
+            plain.forward(x),
+            trained,
+        );
+    }
+}
+
+/// A randomised SVD's residual (`pissa_niter_k`) cannot be rebuilt from the checkpoint: loading
+/// such a file is refused with an error that names the conversion, and changes nothing.
+#[test]
+fn a_randomised_pissa_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture().join("pissa").join("trained");
+    for file in [ADAPTER_WEIGHTS_FILE, burn_lora::ADAPTER_CONFIG_FILE] {
+        std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
+    }
+    crate::common::safetensors_io::edit_config(dir.path(), |config| {
+        config.insert("init_lora_weights".into(), json!("pissa_niter_4"));
+    });
+    let mut model = original::<B>();
+    let before = values(model.layers()[0].weight());
+    let err = load_adapter(&mut model, "p", dir.path(), &PathMap::identity()).unwrap_err();
+    assert!(
+        matches!(err, LoraError::Unsupported(ref why) if why.contains("save_adapter_converted")),
+        "{err:?}"
+    );
+    assert_eq!(values(model.layers()[0].weight()), before);
+    assert!(model.adapter_names().is_empty());
 }
 
 #[test]
