@@ -6,19 +6,25 @@ use std::path::{Path, PathBuf};
 
 /// The repository's root folder, the one that holds `tests/fixtures`.
 ///
-/// Found from `CARGO_MANIFEST_DIR` as cargo sets it when it runs a test or an example, so that
-/// the checkout the command runs in is the one read. A path compiled in is not enough: two
-/// checkouts that share a target folder share its builds (cargo hashes a workspace's crates by
-/// their path inside the workspace), and a build made in the other checkout names that one,
-/// which may be gone. The folder this crate was compiled in is the fallback, for a binary run
-/// without cargo.
+/// Found from `CARGO_MANIFEST_DIR` as cargo sets it when it runs a test or an example, else
+/// from the working directory (a test binary run without cargo, as `scripts/gpu-check.sh` runs
+/// them from the repository's root), so that the checkout the command runs in is the one read.
+/// A path compiled in is not enough: two checkouts that share a target folder share its builds
+/// (cargo hashes a workspace's crates by their path inside the workspace, and keeps a build
+/// whose sources are older than it), and a build made in the other checkout names that one,
+/// which may be gone. The folder this crate was compiled in is the last resort.
 pub fn repository_root() -> PathBuf {
+    let holds_fixtures = |dir: &Path| {
+        dir.ancestors()
+            .find(|folder| folder.join("tests/fixtures/peft").is_dir())
+            .map(Path::to_path_buf)
+    };
     std::env::var_os("CARGO_MANIFEST_DIR")
-        .and_then(|dir| {
-            Path::new(&dir)
-                .ancestors()
-                .find(|folder| folder.join("tests/fixtures/peft").is_dir())
-                .map(Path::to_path_buf)
+        .and_then(|dir| holds_fixtures(Path::new(&dir)))
+        .or_else(|| {
+            std::env::current_dir()
+                .ok()
+                .and_then(|dir| holds_fixtures(&dir))
         })
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."))
 }
