@@ -132,7 +132,7 @@ struct Row {
     trainable: usize,
     total: usize,
     median_step: Option<f64>,
-    peak_heap: usize,
+    peak_heap: Option<usize>,
     saved: Vec<(PathBuf, u64)>,
 }
 
@@ -258,7 +258,7 @@ fn train_one(
         trainable,
         total,
         median_step: clock.median_step(),
-        peak_heap,
+        peak_heap: Some(peak_heap),
         saved,
     }];
     if mode == Mode::Full {
@@ -321,7 +321,7 @@ fn extracted(
         trainable,
         total: model.num_params(),
         median_step: None,
-        peak_heap: 0,
+        peak_heap: None,
         saved: vec![(path, size)],
     })
 }
@@ -461,15 +461,18 @@ fn table(rows: &[Row]) -> String {
         let step = row
             .median_step
             .map_or("-".to_string(), |s| format!("{:.0}", s * 1e3));
+        let heap = row.peak_heap.map_or("-".to_string(), |bytes| {
+            format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
+        });
         out += &format!(
-            "{:<12}{:>10.3}{:>10.3}{:>14}{:>7.2}%{:>12}{:>8.0} MiB{:>10.2} MB\n",
+            "{:<12}{:>10.3}{:>10.3}{:>14}{:>7.2}%{:>12}{:>12}{:>10.2} MB\n",
             row.label,
             row.scores.accuracy,
             row.scores.macro_f1,
             row.trainable,
             100.0 * row.trainable as f64 / row.total as f64,
             step,
-            row.peak_heap as f64 / (1 << 20) as f64,
+            heap,
             saved as f64 / 1e6,
         );
     }

@@ -3,8 +3,8 @@
 //! into its weights, so the exact answer is known.
 
 use burn_lora::{
-    extract_adapter, load_adapter, save_adapter, ExtractRank, LoraConfig, LoraError, LoraLayer,
-    LoraMlp, LoraModel, PathMap, Targets,
+    extract_adapter, load_adapter, save_adapter, ExtractRank, ExtractedLayer, LoraConfig,
+    LoraError, LoraLayer, LoraMlp, LoraModel, PathMap, Targets,
 };
 
 use crate::common::safetensors_io::read_config;
@@ -30,6 +30,15 @@ fn base_and_tuned(ranks: &[usize]) -> (LoraMlp<B>, LoraMlp<B>) {
     (base, tuned)
 }
 
+/// `extract_adapter` of an adapter "x" on every layer.
+fn extract_all(
+    model: &mut LoraMlp<B>,
+    tuned: &LoraMlp<B>,
+    rank: ExtractRank,
+) -> burn_lora::Result<Vec<ExtractedLayer>> {
+    extract_adapter(model, tuned, "x", rank, &Targets::all())
+}
+
 /// The base's outputs, weights and adapters are as they were.
 fn assert_unchanged(model: &LoraMlp<B>, before: &LoraMlp<B>) {
     for (ours, theirs) in model.layers().iter().zip(before.layers()) {
@@ -43,14 +52,7 @@ fn changes_of_the_kept_rank_are_recovered_and_a_lower_rank_misses_what_it_drops(
     let (base, tuned) = base_and_tuned(&[2, 2, 2]);
     let x = probe(WIDTHS[0]);
     let mut extracted = base.clone();
-    let report = extract_adapter(
-        &mut extracted,
-        &tuned,
-        "x",
-        ExtractRank::Fixed(2),
-        &Targets::all(),
-    )
-    .unwrap();
+    let report = extract_all(&mut extracted, &tuned, ExtractRank::Fixed(2)).unwrap();
     assert_eq!(report.len(), 3);
     for layer in &report {
         assert_eq!(layer.rank, 2);
@@ -65,14 +67,7 @@ fn changes_of_the_kept_rank_are_recovered_and_a_lower_rank_misses_what_it_drops(
     assert!(!extracted.layers()[0].weight_param().is_require_grad());
 
     let mut rank_one = base.clone();
-    let report = extract_adapter(
-        &mut rank_one,
-        &tuned,
-        "x",
-        ExtractRank::Fixed(1),
-        &Targets::all(),
-    )
-    .unwrap();
+    let report = extract_all(&mut rank_one, &tuned, ExtractRank::Fixed(1)).unwrap();
     for (layer, ours) in report.iter().zip(rank_one.layers()) {
         // What the adapter misses is what it drops: ‖ΔW − A B‖ / ‖ΔW‖.
         let change = ours.weight() + ours.adapter("x").unwrap().delta_weight();
@@ -93,15 +88,13 @@ fn an_energy_share_gives_each_layer_its_rank_and_the_file_a_rank_pattern() {
     // Layer 1 unchanged: no adapter there.
     let (base, tuned) = base_and_tuned(&[2, 0, 3]);
     let mut extracted = base.clone();
-    let report = extract_adapter(
+    let report = extract_all(
         &mut extracted,
         &tuned,
-        "x",
         ExtractRank::Energy {
             share: 0.999_999,
             max_rank: 8,
         },
-        &Targets::all(),
     )
     .unwrap();
     let ranks: Vec<usize> = report.iter().map(|l| l.rank).collect();
@@ -129,15 +122,13 @@ fn an_energy_share_gives_each_layer_its_rank_and_the_file_a_rank_pattern() {
 
     // A tiny share keeps one direction per changed layer, and the cap holds.
     let mut capped = base.clone();
-    let report = extract_adapter(
+    let report = extract_all(
         &mut capped,
         &tuned,
-        "x",
         ExtractRank::Energy {
             share: 1.0,
             max_rank: 1,
         },
-        &Targets::all(),
     )
     .unwrap();
     assert_eq!(
@@ -154,26 +145,12 @@ fn bad_inputs_are_errors_that_change_nothing() {
 
     // Another shape.
     let other = base_model(&[10, 12, 8, 5]);
-    let err = extract_adapter(
-        &mut model,
-        &other,
-        "x",
-        ExtractRank::Fixed(2),
-        &Targets::all(),
-    )
-    .unwrap_err();
+    let err = extract_all(&mut model, &other, ExtractRank::Fixed(2)).unwrap_err();
     assert!(matches!(err, LoraError::ShapeMismatch { .. }), "{err:?}");
     check(&model);
     // Another depth.
     let shallow = base_model(&[10, 12, 5]);
-    let err = extract_adapter(
-        &mut model,
-        &shallow,
-        "x",
-        ExtractRank::Fixed(2),
-        &Targets::all(),
-    )
-    .unwrap_err();
+    let err = extract_all(&mut model, &shallow, ExtractRank::Fixed(2)).unwrap_err();
     assert!(matches!(err, LoraError::InvalidModel(_)), "{err:?}");
     check(&model);
     // A rank above the last layer's min(9, 5), a zero rank, shares outside (0, 1].
@@ -193,7 +170,7 @@ fn bad_inputs_are_errors_that_change_nothing() {
             max_rank: 4,
         },
     ] {
-        let err = extract_adapter(&mut model, &tuned, "x", rank, &Targets::all()).unwrap_err();
+        let err = extract_all(&mut model, &tuned, rank).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -204,25 +181,11 @@ fn bad_inputs_are_errors_that_change_nothing() {
         check(&model);
     }
     // Nothing changed, and a tuned model that still holds adapters.
-    let err = extract_adapter(
-        &mut model,
-        &base,
-        "x",
-        ExtractRank::Fixed(2),
-        &Targets::all(),
-    )
-    .unwrap_err();
+    let err = extract_all(&mut model, &base, ExtractRank::Fixed(2)).unwrap_err();
     assert!(matches!(err, LoraError::InvalidInput(_)), "{err:?}");
     let mut unmerged = base.clone();
     insert_trained(&mut unmerged, "t", &[(0, LoraConfig::new(2, 2.0))], 3);
-    let err = extract_adapter(
-        &mut model,
-        &unmerged,
-        "x",
-        ExtractRank::Fixed(2),
-        &Targets::all(),
-    )
-    .unwrap_err();
+    let err = extract_all(&mut model, &unmerged, ExtractRank::Fixed(2)).unwrap_err();
     assert!(matches!(err, LoraError::Unsupported(_)), "{err:?}");
     check(&model);
     // A name already there.
@@ -230,14 +193,7 @@ fn bad_inputs_are_errors_that_change_nothing() {
         .attach("x", &LoraConfig::new(2, 2.0), &Targets::all())
         .unwrap();
     let before = model.clone();
-    let err = extract_adapter(
-        &mut model,
-        &tuned,
-        "x",
-        ExtractRank::Fixed(2),
-        &Targets::all(),
-    )
-    .unwrap_err();
+    let err = extract_all(&mut model, &tuned, ExtractRank::Fixed(2)).unwrap_err();
     assert!(matches!(err, LoraError::DuplicateAdapter(_)), "{err:?}");
     assert_unchanged(&model, &before);
 }
