@@ -27,3 +27,16 @@ pub(crate) fn is_flex_based<B: Backend>() -> bool {
         false
     }
 }
+
+/// Whether `B` is a backend the fused operations run on, or the autodiff decorator around one:
+/// Flex, and NdArray with the `ndarray` feature (their tensors are host memory).
+pub(crate) fn is_host_based<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    {
+        crate::flex::is_host_based::<B>()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        false
+    }
+}

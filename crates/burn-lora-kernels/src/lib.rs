@@ -15,7 +15,9 @@
 //!   of the memory's speed).
 //! - [`linear`] of more rows folds the batch dimensions into one matrix on Flex and
 //!   `Autodiff<Flex>` (Flex's batched product packs a broadcast weight again for every matrix).
-//! - Fused operations with their own backward, on Flex and on `Autodiff<Flex>`: one pass over
+//! - Fused operations with their own backward, on Flex and on `Autodiff<Flex>` (and, with the
+//!   `ndarray` feature, on NdArray and `Autodiff<NdArray>`, whose buffers move into Flex's
+//!   tensors and back: copied only where shared or strided): one pass over
 //!   memory where Burn's decomposition makes several, and one node in the autodiff graph where
 //!   it records one per operation: [`gelu`] (exact), [`grouped_attention`] (around Flex's
 //!   products), [`layer_norm`], [`masked_softmax_filled`] (attention weights),
@@ -34,7 +36,7 @@
 
 /// `Ok(output)` of the fused operation `$op` (an `Option`: `None` when it does not apply) on
 /// `$inputs`, primitives of backend `$backend`, with the `flex` feature, when the backend is
-/// Flex or `Autodiff<Flex>`; `Err($inputs)` otherwise, for Burn's path. Without the feature `$op`
+/// Flex or `Autodiff<Flex>` (NdArray or `Autodiff<NdArray>` with `ndarray`); `Err($inputs)` otherwise, for Burn's path. Without the feature `$op`
 /// is not compiled (it names Flex's operations).
 macro_rules! run_fused {
     ($backend:ty, $op:expr, $inputs:expr) => {{

@@ -3,7 +3,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use crate::host::{is_flex, is_flex_based};
+use crate::host::{is_flex, is_host_based};
 use crate::matmul::{linear, MAX_ROWS};
 use crate::scope::fast_paths_enabled;
 
@@ -69,7 +69,7 @@ pub fn lora_linear<B: Backend, const D: usize>(
         && rows > 0;
     let fused = fast_paths_enabled()
         && fits
-        && is_flex_based::<B>()
+        && is_host_based::<B>()
         && (rows > MAX_ROWS || !is_flex::<B>());
     if !fused {
         return composed(input, weight, bias, adapter_input, lora_a, lora_b, scale);

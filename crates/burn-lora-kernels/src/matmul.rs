@@ -39,7 +39,7 @@ pub fn matmul<B: Backend>(lhs: Tensor<B, 2>, rhs: Tensor<B, 2>) -> Tensor<B, 2> 
         return product;
     }
     let [m, k] = lhs.dims();
-    if m > 0 && k == rhs.dims()[0] && crate::host::is_flex_based::<B>() {
+    if m > 0 && k == rhs.dims()[0] && crate::host::is_host_based::<B>() {
         return fused_linear(lhs, rhs, None);
     }
     lhs.matmul(rhs)
@@ -84,7 +84,7 @@ pub fn linear<B: Backend, const D: usize>(
         }
     }
     let bias_fits = bias.as_ref().is_none_or(|bias| bias.dims() == [d_output]);
-    if bias_fits && crate::host::is_flex_based::<B>() {
+    if bias_fits && crate::host::is_host_based::<B>() {
         // Flex multiplies a batch of matrices by a broadcast weight one matrix at a time, and
         // packs the weight again for each; as one matrix of all the rows it packs it once. The
         // fused node runs the forward's and the backward's products into buffers of its own

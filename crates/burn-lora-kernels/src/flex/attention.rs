@@ -21,8 +21,8 @@ pub(crate) struct GroupedAttention {
 }
 
 impl GroupedAttention {
-    /// The operation for a mask of backend `B` (or none), or `None` when `B`'s masks are not
-    /// Flex's one-byte tensors.
+    /// The operation for a mask of backend `B` (or none), or `None` when `B`'s masks are not a
+    /// host backend's one-byte tensors (Flex's or NdArray's).
     pub(crate) fn new<B: Backend>(
         mask: Option<B::BoolTensorPrimitive>,
         kv_heads: usize,

@@ -1,11 +1,14 @@
-//! Fused operations on Flex and on `Autodiff<Flex>`: one pass over host memory forward, and one
-//! backward node in the autodiff graph instead of a node per decomposed operation.
+//! Fused operations on Flex and on `Autodiff<Flex>`, and (feature `ndarray`) on NdArray and
+//! `Autodiff<NdArray>`: one pass over host memory forward, and one backward node in the
+//! autodiff graph instead of a node per decomposed operation.
 //!
 //! The crate is generic over the backend. A fused operation runs when the backend's float
-//! tensor is Flex's ([`FlexTensor`]) or the autodiff decorator's around it
-//! (`AutodiffTensor<Flex>`, whatever its checkpointing strategy); the tensors are recognised
-//! by their type and moved, not copied. Anything else gets its inputs back, for Burn's
-//! decomposed operations.
+//! tensor is a [`Host`] backend's (Flex's [`FlexTensor`], NdArray's) or the autodiff
+//! decorator's around one (`AutodiffTensor<Flex>`, whatever its checkpointing strategy); the
+//! tensors are recognised by their type. The kernels read and write Flex's tensors: Flex's are
+//! moved, not copied; NdArray's buffers move into Flex's and back, copied only where the
+//! buffer is shared or strided. Anything else gets its inputs back, for Burn's decomposed
+//! operations.
 
 use core::any::{Any, TypeId};
 use core::fmt::Debug;
@@ -20,9 +23,111 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, TensorData, TensorMetadata};
 use rayon::prelude::*;
 
-/// `Autodiff<Flex>`'s float tensor (burn-autodiff's `AutodiffTensor`, which it names only
-/// through the backend).
-pub(crate) type AutodiffTensor = burn::tensor::ops::FloatTensor<Autodiff<Flex>>;
+/// The float tensor of the autodiff decorator around `H` (burn-autodiff's `AutodiffTensor`,
+/// which it names only through the backend).
+pub(crate) type AutodiffTensor<H = Flex> = burn::tensor::ops::FloatTensor<Autodiff<H>>;
+
+/// A backend whose tensors are host memory that the kernels run on as Flex's tensors.
+pub(crate) trait Host: Backend {
+    /// The tensor as Flex's, sharing its buffer where it can.
+    fn to_flex(tensor: Self::FloatTensorPrimitive) -> FlexTensor;
+
+    /// Flex's tensor as this backend's, sharing its buffer where it can.
+    fn from_flex(tensor: FlexTensor) -> Self::FloatTensorPrimitive;
+}
+
+impl Host for Flex {
+    fn to_flex(tensor: FlexTensor) -> FlexTensor {
+        tensor
+    }
+
+    fn from_flex(tensor: FlexTensor) -> FlexTensor {
+        tensor
+    }
+}
+
+#[cfg(feature = "ndarray")]
+mod ndarray {
+    use burn::backend::flex::FlexTensor;
+    use burn::backend::ndarray::NdArrayTensor;
+    use burn::backend::NdArray;
+    use burn::tensor::backend::ExecutionError;
+    use burn::tensor::ops::{BoolTensorOps, FloatTensorOps, IntTensorOps};
+    use burn::tensor::{read_sync, TensorData};
+
+    /// NdArray's reads are of its own host buffers: they complete at once and cannot fail.
+    fn read(data: Result<TensorData, ExecutionError>) -> TensorData {
+        match data {
+            Ok(data) => data,
+            Err(error) => unreachable!("NdArray read its own buffer with an error: {error:?}"),
+        }
+    }
+
+    /// Moves the buffer of a contiguous, unshared tensor; copies it otherwise.
+    impl super::Host for NdArray {
+        fn to_flex(tensor: NdArrayTensor) -> FlexTensor {
+            FlexTensor::from_data(read(read_sync(<NdArray>::float_into_data(tensor))))
+        }
+
+        fn from_flex(tensor: FlexTensor) -> NdArrayTensor {
+            NdArrayTensor::from_data(tensor.into_data())
+        }
+    }
+
+    /// NdArray's boolean tensor as Flex's (one byte per value).
+    pub(crate) fn bool_to_flex(tensor: NdArrayTensor) -> FlexTensor {
+        FlexTensor::from_data(read(read_sync(<NdArray>::bool_into_data(tensor))))
+    }
+
+    /// NdArray's integer tensor as Flex's.
+    pub(crate) fn int_to_flex(tensor: NdArrayTensor) -> FlexTensor {
+        FlexTensor::from_data(read(read_sync(<NdArray>::int_into_data(tensor))))
+    }
+}
+
+/// A boolean tensor of a [`Host`] backend as Flex's, or `None` for other backends' (`P` is a
+/// backend's `BoolTensorPrimitive`; the autodiff decorator keeps its inner backend's).
+pub(crate) fn host_bool<P: 'static>(tensor: P) -> Option<FlexTensor> {
+    if is::<P, FlexTensor>() {
+        return Some(cast(tensor));
+    }
+    #[cfg(feature = "ndarray")]
+    if is::<P, burn::backend::ndarray::NdArrayTensor>() {
+        return Some(ndarray::bool_to_flex(cast(tensor)));
+    }
+    None
+}
+
+/// An integer tensor of a [`Host`] backend as Flex's, or `None` for other backends' (`P` is a
+/// backend's `IntTensorPrimitive`).
+pub(crate) fn host_int<P: 'static>(tensor: P) -> Option<FlexTensor> {
+    if is::<P, FlexTensor>() {
+        return Some(cast(tensor));
+    }
+    #[cfg(feature = "ndarray")]
+    if is::<P, burn::backend::ndarray::NdArrayTensor>() {
+        return Some(ndarray::int_to_flex(cast(tensor)));
+    }
+    None
+}
+
+/// Whether `B` is a [`Host`] backend or the autodiff decorator around one.
+pub(crate) fn is_host_based<B: Backend>() -> bool {
+    let tensor = TypeId::of::<B::FloatTensorPrimitive>();
+    #[cfg(feature = "ndarray")]
+    if is_ndarray::<B::FloatTensorPrimitive>()
+        || tensor == TypeId::of::<AutodiffTensor<burn::backend::NdArray>>()
+    {
+        return true;
+    }
+    tensor == TypeId::of::<FlexTensor>() || tensor == TypeId::of::<AutodiffTensor>()
+}
+
+/// Whether `P` is NdArray's tensor.
+#[cfg(feature = "ndarray")]
+fn is_ndarray<P: 'static>() -> bool {
+    is::<P, burn::backend::ndarray::NdArrayTensor>()
+}
 
 /// A fused operation of `N` float inputs and one output, on `f32` host tensors.
 pub(crate) trait FusedOp<const N: usize>: Debug + Send + Sized + 'static {
@@ -46,8 +151,8 @@ pub(crate) trait FusedOp<const N: usize>: Debug + Send + Sized + 'static {
     ) -> [Option<FlexTensor>; N];
 }
 
-/// Runs `op` on `inputs` when they are Flex's `f32` tensors, with or without autodiff, or gives
-/// them back.
+/// Runs `op` on `inputs` when they are a [`Host`] backend's `f32` tensors, with or without
+/// autodiff, or gives them back.
 pub(crate) fn run<B: Backend, Op: FusedOp<N>, const N: usize>(
     op: Op,
     inputs: [B::FloatTensorPrimitive; N],
@@ -55,28 +160,45 @@ pub(crate) fn run<B: Backend, Op: FusedOp<N>, const N: usize>(
     if inputs.iter().any(|input| input.dtype() != DType::F32) {
         return Err(inputs);
     }
-    if is::<B::FloatTensorPrimitive, FlexTensor>() {
-        let (output, _) = op.forward(inputs.map(cast));
-        return Ok(cast(output));
+    let unused = match run_on::<B, Flex, Op, N>(op, inputs) {
+        Ok(output) => return Ok(output),
+        Err(unused) => unused,
+    };
+    #[cfg(feature = "ndarray")]
+    let unused = match run_on::<B, burn::backend::NdArray, Op, N>(unused.0, unused.1) {
+        Ok(output) => return Ok(output),
+        Err(unused) => unused,
+    };
+    Err(unused.1)
+}
+
+/// [`run`] when `B` is `H` or `Autodiff<H>`; the operation and the inputs back otherwise, or
+/// when a constant input is tracked.
+#[allow(clippy::type_complexity)]
+fn run_on<B: Backend, H: Host, Op: FusedOp<N>, const N: usize>(
+    op: Op,
+    inputs: [B::FloatTensorPrimitive; N],
+) -> Result<B::FloatTensorPrimitive, (Op, [B::FloatTensorPrimitive; N])> {
+    if is::<B::FloatTensorPrimitive, H::FloatTensorPrimitive>() {
+        let (output, _) = op.forward(inputs.map(|input| H::to_flex(cast(input))));
+        return Ok(cast(H::from_flex(output)));
     }
-    if !is::<B::FloatTensorPrimitive, AutodiffTensor>() {
-        return Err(inputs);
+    if !is::<B::FloatTensorPrimitive, AutodiffTensor<H>>() {
+        return Err((op, inputs));
     }
-    let tracked: [AutodiffTensor; N] = inputs.map(cast);
+    let tracked: [AutodiffTensor<H>; N] = inputs.map(cast);
     let constant_tracked = tracked
         .iter()
         .zip(Op::DIFFERENTIABLE)
         .any(|(input, differentiable)| !differentiable && input.is_tracked());
     if constant_tracked {
-        return Err(tracked.map(cast));
+        return Err((op, tracked.map(cast)));
     }
     let nodes = tracked.each_ref().map(|input| input.node.clone());
-    let (output, state) = op.forward(tracked.map(|input| input.primitive));
-    let output = match Node(op)
-        .prepare::<NoCheckpointing>(nodes)
-        .compute_bound()
-        .stateful()
-    {
+    let (output, state) = op.forward(tracked.map(|input| H::to_flex(input.primitive)));
+    let output = H::from_flex(output);
+    let prepared = <Node<Op> as Backward<H, N>>::prepare::<NoCheckpointing>(Node(op), nodes);
+    let output = match prepared.compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(state, output),
         OpsKind::UnTracked(prep) => prep.finish(output),
     };
@@ -87,7 +209,7 @@ pub(crate) fn run<B: Backend, Op: FusedOp<N>, const N: usize>(
 #[derive(Debug)]
 struct Node<Op>(Op);
 
-impl<Op: FusedOp<N>, const N: usize> Backward<Flex, N> for Node<Op> {
+impl<H: Host, Op: FusedOp<N>, const N: usize> Backward<H, N> for Node<Op> {
     type State = Op::State;
 
     fn backward(
@@ -96,12 +218,12 @@ impl<Op: FusedOp<N>, const N: usize> Backward<Flex, N> for Node<Op> {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let grad = grads.consume::<Flex>(&ops.node);
+        let grad = H::to_flex(grads.consume::<H>(&ops.node));
         let needed = ops.parents.each_ref().map(Option::is_some);
         let input_grads = self.0.backward(ops.state, grad, needed);
         for (parent, input_grad) in ops.parents.into_iter().zip(input_grads) {
             if let (Some(parent), Some(input_grad)) = (parent, input_grad) {
-                grads.register::<Flex>(parent.id, input_grad);
+                grads.register::<H>(parent.id, H::from_flex(input_grad));
             }
         }
     }

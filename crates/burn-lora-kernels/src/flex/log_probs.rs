@@ -7,7 +7,7 @@ use burn::tensor::{DType, TensorData, TensorMetadata};
 use rayon::prelude::*;
 
 use super::exp::exp;
-use super::fused::{build, cast, contiguous, is, values, FusedOp};
+use super::fused::{build, contiguous, host_int, values, FusedOp};
 use super::reduce::maximum;
 
 /// `log softmax(logits)[target]` per row of `[rows, classes]` logits (see
@@ -18,13 +18,10 @@ pub(crate) struct PickedLogProbs {
 }
 
 impl PickedLogProbs {
-    /// The operation for targets of backend `B` (Flex's `i32` or `i64` tensors), or `None` when
+    /// The operation for targets of backend `B` (a host backend's `i32` or `i64` tensors), or `None` when
     /// they are not, or one is outside `0..classes`.
     pub(crate) fn new<B: Backend>(targets: B::IntTensorPrimitive, classes: usize) -> Option<Self> {
-        if !is::<B::IntTensorPrimitive, FlexTensor>() {
-            return None;
-        }
-        let targets = contiguous(&cast::<_, FlexTensor>(targets));
+        let targets = contiguous(&host_int(targets)?);
         let (start, end) = targets.layout().contiguous_offsets()?;
         let targets: Option<Vec<usize>> = match targets.dtype() {
             DType::I64 => targets.storage::<i64>()[start..end]

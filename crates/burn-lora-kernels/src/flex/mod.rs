@@ -22,7 +22,7 @@ mod team;
 
 pub(crate) use attention::GroupedAttention;
 pub(crate) use dropout::Dropout;
-pub(crate) use fused::{is, run, AutodiffTensor};
+pub(crate) use fused::{is, is_host_based, run, AutodiffTensor};
 pub(crate) use gelu::Gelu;
 pub(crate) use heads::{MergeHeads, SplitHeads};
 pub(crate) use layer_norm::LayerNorm;

@@ -6,7 +6,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::TensorMetadata;
 
 use super::exp::exp;
-use super::fused::{build, cast, contiguous, is, values, FusedOp};
+use super::fused::{build, contiguous, host_bool, values, FusedOp};
 use super::reduce::sum_of_products;
 
 /// Values per parallel chunk, in whole rows.
@@ -30,12 +30,9 @@ pub(crate) struct HostMask {
 }
 
 impl HostMask {
-    /// The mask of backend `B`, or `None` when `B`'s masks are not Flex's one-byte tensors.
+    /// The mask of backend `B`, or `None` when `B`'s masks are not a host backend's one-byte tensors.
     pub(crate) fn new<B: Backend>(mask: B::BoolTensorPrimitive) -> Option<Self> {
-        if !is::<B::BoolTensorPrimitive, FlexTensor>() {
-            return None;
-        }
-        let mask = contiguous(&cast::<_, FlexTensor>(mask));
+        let mask = contiguous(&host_bool(mask)?);
         if mask.dtype().size() != 1 {
             return None;
         }
@@ -85,8 +82,8 @@ pub(crate) struct MaskedSoftmax {
 }
 
 impl MaskedSoftmax {
-    /// The operation for a mask of backend `B` (or none), or `None` when `B`'s masks are not
-    /// Flex's one-byte tensors.
+    /// The operation for a mask of backend `B` (or none), or `None` when `B`'s masks are not a
+    /// host backend's one-byte tensors (Flex's or NdArray's).
     pub(crate) fn new<B: Backend>(mask: Option<B::BoolTensorPrimitive>, fill: f32) -> Option<Self> {
         let mask = match mask {
             Some(mask) => Some(HostMask::new::<B>(mask)?),

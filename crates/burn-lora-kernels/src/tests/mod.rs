@@ -1,6 +1,8 @@
-//! The fast paths against Burn's own operations on Flex.
+//! The fast paths against Burn's own operations on Flex (and, with the `ndarray` feature, the
+//! fused operations' tests again on NdArray).
 
 use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use proptest::prelude::*;
 
@@ -9,10 +11,25 @@ use crate::host::is_flex;
 use crate::{linear, matmul, with_fast_paths};
 
 type B = Flex;
+type A = Autodiff<Flex>;
+
+/// The smallest adapter rank the fused tests try (Flex multiplies empty matrices).
+const MIN_RANK: usize = 0;
+
+/// The float types other than `f32` that the fused tests try on `B` (Flex has all of them).
+const OTHER_FLOATS: &[(burn::tensor::FloatDType, f32)] = &[
+    (burn::tensor::FloatDType::F16, 2e-3),
+    (burn::tensor::FloatDType::BF16, 1e-2),
+];
 
 /// Values in `[-1, 1)` from `seed` (a SplitMix64 sequence): the same tensor for the same seed,
 /// whatever the tests running beside reseed in the backend's shared generator.
 fn random<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<B, D> {
+    random_on(shape, seed)
+}
+
+/// [`random`] on any backend.
+fn random_on<Bk: Backend, const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Bk, D> {
     let mut state = seed;
     let values: Vec<f32> = (0..shape.iter().product::<usize>())
         .map(|_| {
@@ -27,7 +44,7 @@ fn random<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(values, shape), &Default::default())
 }
 
-fn values<const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+fn values<Bk: Backend, const D: usize>(tensor: Tensor<Bk, D>) -> Vec<f32> {
     tensor.into_data().to_vec().unwrap()
 }
 
@@ -260,3 +277,5 @@ mod slice_assign {
 }
 
 mod fused;
+#[cfg(feature = "ndarray")]
+mod ndarray;
