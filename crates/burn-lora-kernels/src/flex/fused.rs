@@ -48,12 +48,12 @@ impl Host for Flex {
 
 #[cfg(feature = "ndarray")]
 mod ndarray {
-    use burn::backend::flex::FlexTensor;
+    use burn::backend::flex::{FlexTensor, Layout};
     use burn::backend::ndarray::NdArrayTensor;
     use burn::backend::NdArray;
     use burn::tensor::backend::ExecutionError;
     use burn::tensor::ops::{BoolTensorOps, FloatTensorOps, IntTensorOps};
-    use burn::tensor::{read_sync, TensorData};
+    use burn::tensor::{read_sync, DType, Shape, TensorData};
 
     /// NdArray's reads are of its own host buffers: they complete at once and cannot fail.
     fn read(data: Result<TensorData, ExecutionError>) -> TensorData {
@@ -63,15 +63,35 @@ mod ndarray {
         }
     }
 
-    /// Moves the buffer of a contiguous, unshared tensor; copies it otherwise.
+    /// Moves the buffer of a contiguous, unshared tensor; copies the memory of a shared one or
+    /// of a permuted view (a transposed weight) as it lies, keeping its strides.
     impl super::Host for NdArray {
         fn to_flex(tensor: NdArrayTensor) -> FlexTensor {
+            if let NdArrayTensor::F32(storage) = &tensor {
+                let view = storage.view();
+                let moved = storage.is_unique() && view.is_standard_layout();
+                let ascending = view.strides().iter().all(|&stride| stride >= 0);
+                if let (false, true, Some(memory)) =
+                    (moved, ascending, view.as_slice_memory_order())
+                {
+                    return memory_copy(memory, view.shape(), view.strides());
+                }
+            }
             FlexTensor::from_data(read(read_sync(<NdArray>::float_into_data(tensor))))
         }
 
         fn from_flex(tensor: FlexTensor) -> NdArrayTensor {
             NdArrayTensor::from_data(tensor.into_data())
         }
+    }
+
+    /// A copy of `memory`, the values of a view in the order they lie (a contiguous array or a
+    /// permutation of one, no stride negative), in one `memcpy`, read through the view's
+    /// `strides`. NdArray copies such a view value by value, in the order of its indices.
+    fn memory_copy(memory: &[f32], shape: &[usize], strides: &[isize]) -> FlexTensor {
+        let data = TensorData::new(memory.to_vec(), [memory.len()]);
+        let layout = Layout::new(Shape::from(shape), strides.to_vec(), 0);
+        FlexTensor::new(data.bytes, layout, DType::F32)
     }
 
     /// NdArray's boolean tensor as Flex's (one byte per value).
