@@ -16,6 +16,16 @@ pub(crate) fn is_flex<B: Backend>() -> bool {
     }
 }
 
+/// Whether `B` is itself a backend the few-rows kernels run on (no decorator): Flex, and
+/// NdArray with the `ndarray` feature.
+pub(crate) fn is_host<B: Backend>() -> bool {
+    #[cfg(feature = "ndarray")]
+    if crate::flex::is::<B::FloatTensorPrimitive, burn::backend::ndarray::NdArrayTensor>() {
+        return true;
+    }
+    is_flex::<B>()
+}
+
 /// Whether `B` is Flex or `Autodiff<Flex>`: backends whose products run on the host's `gemm`.
 pub(crate) fn is_flex_based<B: Backend>() -> bool {
     #[cfg(feature = "flex")]

@@ -3,7 +3,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use crate::host::{is_flex, is_host_based};
+use crate::host::{is_host, is_host_based};
 use crate::matmul::{linear, MAX_ROWS};
 use crate::scope::fast_paths_enabled;
 
@@ -70,7 +70,7 @@ pub fn lora_linear<B: Backend, const D: usize>(
     let fused = fast_paths_enabled()
         && fits
         && is_host_based::<B>()
-        && (rows > MAX_ROWS || !is_flex::<B>());
+        && (rows > MAX_ROWS || !is_host::<B>());
     if !fused {
         return composed(input, weight, bias, adapter_input, lora_a, lora_b, scale);
     }

@@ -73,7 +73,7 @@ pub fn linear<B: Backend, const D: usize>(
     }
     let mut out_dims = dims;
     out_dims[D - 1] = d_output;
-    if rows <= MAX_ROWS && crate::host::is_flex::<B>() {
+    if rows <= MAX_ROWS && crate::host::is_host::<B>() {
         let matrix = input.clone().reshape([rows, d_input]);
         if let Some(output) = fast_matmul(&matrix, &weight) {
             let output = match bias {

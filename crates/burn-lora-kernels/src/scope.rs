@@ -23,8 +23,8 @@ std::thread_local! {
 }
 
 /// Runs `body` with this crate's fast paths enabled, on one of the backend's compute threads
-/// ([`on_compute_threads`]) when `B` is Flex (with the `flex` feature). The caller waits for it
-/// either way.
+/// ([`on_compute_threads`]) when `B` is Flex (with the `flex` feature) or NdArray (with
+/// `ndarray`). The caller waits for it either way.
 ///
 /// Within `body`, [`linear`](crate::linear) and [`matmul`](crate::matmul) take the fast paths
 /// where they apply, and their results may differ from Burn's operations by floating-point
@@ -34,7 +34,7 @@ pub fn with_fast_paths<B: Backend, R: Send>(body: impl FnOnce() -> R + Send) -> 
         let _restore = Restore(FAST_PATHS.replace(true));
         body()
     };
-    if crate::host::is_flex::<B>() {
+    if crate::host::is_host::<B>() {
         on_compute_threads(run)
     } else {
         run()

@@ -40,33 +40,57 @@ pub(crate) enum Layout {
     Transposed,
 }
 
-/// A matrix `W` `[k, n]` in a Flex tensor's buffer, which a helper thread can hold: its rows
-/// (or columns, [`Layout::Transposed`]) start at `start` of the buffer's `f32` values and lie
+/// A host tensor's buffer, which a helper thread can hold (a clone shares it).
+#[derive(Clone, Debug)]
+pub(crate) enum HostBuffer {
+    Flex(FlexTensor),
+    #[cfg(feature = "ndarray")]
+    NdArray(burn::backend::ndarray::NdArrayTensor),
+}
+
+impl HostBuffer {
+    /// The buffer's `f32` values in the order they lie in memory (from the lowest address: the
+    /// first value of a view whose strides are not negative), or nothing.
+    fn values(&self) -> &[f32] {
+        match self {
+            Self::Flex(tensor) => tensor.storage::<f32>(),
+            #[cfg(feature = "ndarray")]
+            Self::NdArray(burn::backend::ndarray::NdArrayTensor::F32(storage)) => {
+                storage.view().to_slice_memory_order().unwrap_or(&[])
+            }
+            #[cfg(feature = "ndarray")]
+            Self::NdArray(_) => &[],
+        }
+    }
+}
+
+/// A matrix `W` `[k, n]` in a host buffer, which a helper thread can hold: its rows (or
+/// columns, [`Layout::Transposed`]) start at `start` of the buffer's `f32` values and lie
 /// `stride` apart.
 #[derive(Clone, Debug)]
 pub(crate) struct SharedMatrix {
-    tensor: FlexTensor,
+    buffer: HostBuffer,
     start: usize,
     stride: usize,
     layout: Layout,
 }
 
 impl SharedMatrix {
-    /// `W` `[k, n]` in `tensor`'s `f32` values, or `None` when the buffer does not hold it.
+    /// `W` `[k, n]` in `buffer`'s `f32` values, or `None` when the buffer does not hold it.
     pub(crate) fn new(
-        tensor: FlexTensor,
+        buffer: HostBuffer,
         start: usize,
         stride: usize,
         layout: Layout,
         [k, n]: [usize; 2],
     ) -> Option<Self> {
         let matrix = Self {
-            tensor,
+            buffer,
             start,
             stride,
             layout,
         };
-        let values = matrix.tensor.storage::<f32>().get(start..)?;
+        let values = matrix.buffer.values().get(start..)?;
         let lines = match layout {
             Layout::RowMajor => [k, n],
             Layout::Transposed => [n, k],
@@ -77,7 +101,7 @@ impl SharedMatrix {
     /// The buffer's values from the matrix's first one.
     fn values(&self) -> &[f32] {
         // In bounds: `new` checked it.
-        &self.tensor.storage::<f32>()[self.start..]
+        &self.buffer.values()[self.start..]
     }
 }
 
