@@ -1,10 +1,13 @@
 //! A linear layer with one low-rank adapter in one operation.
 
+use std::sync::Arc;
+
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use crate::host::{is_host, is_host_based};
 use crate::matmul::{linear, MAX_ROWS};
+use crate::quantized::QuantizedMatrix;
 use crate::scope::fast_paths_enabled;
 
 /// A low-rank update `s · (x A) B`, as [`linear`]s: the rank-wide hidden values are scaled,
@@ -57,6 +60,101 @@ pub fn lora_linear<B: Backend, const D: usize>(
     lora_b: Tensor<B, 2>,
     scale: f64,
 ) -> Tensor<B, D> {
+    let factors = Adapter {
+        input: adapter_input,
+        lora_a,
+        lora_b,
+        scale,
+    };
+    with_weight(input, BaseWeight::Dense(weight), bias, factors)
+}
+
+/// [`lora_linear`] with the base weight `W` kept quantized (QLoRA's frozen base): `W` is
+/// [`QuantizedMatrix::dequantize`]d where it is used, and gets no gradient.
+///
+/// Inside [`with_fast_paths`](crate::with_fast_paths), on the CPU backends of this crate's
+/// features (with or without autodiff), the one node of [`lora_linear`] dequantizes `W` for
+/// the forward's product and again in the backward for the input's gradient, and keeps only
+/// the quantized matrix between them: a training step holds one layer's `f32` weight at a
+/// time. Elsewhere `W` is dequantized into a constant tensor of the backend, which autodiff
+/// keeps until the backward.
+///
+/// # Shapes
+/// - input, adapter_input: `[..., d_input]`
+/// - weight: `[d_input, d_output]`
+/// - bias: `[d_output]`
+/// - lora_a: `[d_input, r]`
+/// - lora_b: `[r, d_output]`
+/// - output: `[..., d_output]`
+pub fn quantized_lora_linear<B: Backend, const D: usize>(
+    input: Tensor<B, D>,
+    weight: &Arc<QuantizedMatrix>,
+    bias: Option<Tensor<B, 1>>,
+    adapter_input: Option<Tensor<B, D>>,
+    lora_a: Tensor<B, 2>,
+    lora_b: Tensor<B, 2>,
+    scale: f64,
+) -> Tensor<B, D> {
+    let factors = Adapter {
+        input: adapter_input,
+        lora_a,
+        lora_b,
+        scale,
+    };
+    with_weight(
+        input,
+        BaseWeight::Quantized(Arc::clone(weight)),
+        bias,
+        factors,
+    )
+}
+
+/// A base weight as a tensor, or quantized.
+enum BaseWeight<B: Backend> {
+    Dense(Tensor<B, 2>),
+    Quantized(Arc<QuantizedMatrix>),
+}
+
+impl<B: Backend> BaseWeight<B> {
+    fn dims(&self) -> [usize; 2] {
+        match self {
+            Self::Dense(weight) => weight.dims(),
+            Self::Quantized(weight) => weight.shape(),
+        }
+    }
+
+    /// The weight as a tensor on `device` (a quantized one dequantized, a constant).
+    fn dense(self, device: &B::Device) -> Tensor<B, 2> {
+        match self {
+            Self::Dense(weight) => weight,
+            Self::Quantized(weight) => {
+                Tensor::from_data(TensorData::new(weight.dequantize(), weight.shape()), device)
+            }
+        }
+    }
+}
+
+/// An adapter's input (`None`: the layer's), factors and scale.
+struct Adapter<B: Backend, const D: usize> {
+    input: Option<Tensor<B, D>>,
+    lora_a: Tensor<B, 2>,
+    lora_b: Tensor<B, 2>,
+    scale: f64,
+}
+
+/// [`lora_linear`] and [`quantized_lora_linear`].
+fn with_weight<B: Backend, const D: usize>(
+    input: Tensor<B, D>,
+    weight: BaseWeight<B>,
+    bias: Option<Tensor<B, 1>>,
+    adapter: Adapter<B, D>,
+) -> Tensor<B, D> {
+    let Adapter {
+        input: adapter_input,
+        lora_a,
+        lora_b,
+        scale,
+    } = adapter;
     let dims = input.dims();
     let [d_input, d_output] = weight.dims();
     let [a_input, rank] = lora_a.dims();
@@ -71,16 +169,21 @@ pub fn lora_linear<B: Backend, const D: usize>(
         && fits
         && is_host_based::<B>()
         && (rows > MAX_ROWS || !is_host::<B>());
+    let device = input.device();
     if !fused {
+        let weight = weight.dense(&device);
         return composed(input, weight, bias, adapter_input, lora_a, lora_b, scale);
     }
     let mut out_dims = dims;
     out_dims[D - 1] = d_output;
-    let device = input.device();
     let matrix = |x: Tensor<B, D>| x.reshape([rows, dims[D - 1]]);
+    let (weight_input, quantized) = match weight {
+        BaseWeight::Dense(weight) => (weight, None),
+        BaseWeight::Quantized(weight) => (Tensor::empty([0, 0], &device), Some(weight)),
+    };
     let inputs = [
         matrix(input).into_primitive().tensor(),
-        weight.into_primitive().tensor(),
+        weight_input.into_primitive().tensor(),
         bias.unwrap_or_else(|| Tensor::empty([0], &device))
             .into_primitive()
             .tensor(),
@@ -94,20 +197,26 @@ pub fn lora_linear<B: Backend, const D: usize>(
     let op = run_fused!(
         B,
         Some(crate::flex::LoraLinear {
-            scale: scale as f32
+            scale: scale as f32,
+            quantized: quantized.clone(),
         }),
         inputs
     );
     let output = match op {
         Ok(output) => Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(output)),
-        // Not `f32`: the placeholders (empty) stand for no bias and for `x' = x`.
+        // Not `f32`: the placeholders (empty) stand for no bias, for `x' = x` and for a
+        // quantized weight.
         Err([x, weight, bias, adapter_x, lora_a, lora_b]) => {
             let float = |t| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(t));
             let bias = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(bias));
             let adapter_x = float(adapter_x);
+            let weight = match quantized {
+                Some(quantized) => BaseWeight::Quantized(quantized).dense(&device),
+                None => float(weight),
+            };
             composed(
                 float(x),
-                float(weight),
+                weight,
                 (bias.dims()[0] > 0).then_some(bias),
                 (adapter_x.dims()[0] > 0).then_some(adapter_x),
                 float(lora_a),

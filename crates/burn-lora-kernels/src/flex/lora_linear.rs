@@ -3,11 +3,13 @@
 //! the base's, where Burn's operations write each as a tensor of the output's (or the input's)
 //! size and add them in another pass.
 
+use std::sync::Arc;
+
 use burn::backend::flex::FlexTensor;
 use burn::tensor::TensorMetadata;
 use rayon::prelude::*;
 
-use super::fused::FusedOp;
+use super::fused::{build, FusedOp};
 use super::gemm::{multiply, multiply_add};
 use super::linear::{add_bias, column_sums};
 
@@ -15,9 +17,14 @@ use super::linear::{add_bias, column_sums};
 /// `[x, W, b, x', A, B]`, all two-dimensional but `b`, which is empty when there is no bias;
 /// `x'` (the adapter's input, after its dropout) is empty when it is `x` itself. The caller
 /// checks the shapes.
+///
+/// With `quantized`, `W` is that matrix and the input `W` an empty placeholder: it is
+/// dequantized for the forward's product and again for the backward's `dY Wᵀ`, and dropped
+/// after each, so that no layer's `f32` weight waits in the graph for the backward.
 #[derive(Debug)]
 pub(crate) struct LoraLinear {
     pub(crate) scale: f32,
+    pub(crate) quantized: Option<Arc<crate::QuantizedMatrix>>,
 }
 
 /// What the backward needs: the inputs as given (views share their buffers) and the adapter's
@@ -52,7 +59,9 @@ impl FusedOp<6> for LoraLinear {
         [x, weight, bias, adapter_x, lora_a, lora_b]: [FlexTensor; 6],
     ) -> (FlexTensor, Self::State) {
         let adapter_x = (adapter_x.shape().num_elements() > 0).then_some(adapter_x);
-        let mut output = multiply(&x, false, &weight, false);
+        let dequantized = self.quantized.as_deref().map(dequantize);
+        let mut output = multiply(&x, false, dequantized.as_ref().unwrap_or(&weight), false);
+        drop(dequantized);
         add_bias(&mut output, &bias);
         let mut hidden = multiply(adapter_x.as_ref().unwrap_or(&x), false, &lora_a, false);
         scale_in_place(&mut hidden, self.scale);
@@ -89,7 +98,9 @@ impl FusedOp<6> for LoraLinear {
             .filter(|_| need_a)
             .map(|g| multiply(adapter_x, true, g, false));
         let x_grad = need_x.then(|| {
-            let mut x_grad = multiply(&grad, false, &state.weight, true);
+            let dequantized = self.quantized.as_deref().map(dequantize);
+            let weight = dequantized.as_ref().unwrap_or(&state.weight);
+            let mut x_grad = multiply(&grad, false, weight, true);
             if let Some(g) = hidden_grad.as_ref().filter(|_| shared_x) {
                 multiply_add(g, false, &state.lora_a, true, &mut x_grad);
             }
@@ -110,4 +121,12 @@ impl FusedOp<6> for LoraLinear {
             b_grad,
         ]
     }
+}
+
+/// The `f32` values of `matrix` as a tensor, dequantized in parallel chunks (of an even
+/// length: 4-bit values lie two to a byte).
+fn dequantize(matrix: &crate::QuantizedMatrix) -> FlexTensor {
+    build(&matrix.shape(), 1 << 14, |start, out| {
+        matrix.dequantize_into(start, out)
+    })
 }

@@ -759,7 +759,10 @@ fn lora_linear_is_fused_and_exactly_burns_outside_the_scope() {
         0.5,
     ));
     assert_eq!(outside, exact);
-    let op = || crate::flex::LoraLinear { scale: 0.5 };
+    let op = || crate::flex::LoraLinear {
+        scale: 0.5,
+        quantized: None,
+    };
     let empty = |dims: [usize; 2]| Tensor::<B, 2>::empty(dims, &Default::default());
     let inputs = || {
         [
@@ -914,4 +917,88 @@ fn dropout_is_the_input_times_the_mask_forward_and_backward() {
     let wide = plain.clone().cast(burn::tensor::FloatDType::F64);
     let dropped = crate::dropout(wide, keep, seed).cast(burn::tensor::FloatDType::F32);
     assert_eq!(values(dropped), times_mask(values(plain)));
+}
+
+/// A quantized base weight (8 and 4 bits, blocks of 8): the output and the gradients of the
+/// input, the bias and both factors are those of `lora_linear` on the dequantized weight,
+/// inside the fast paths (one node that dequantizes the weight where it uses it) and outside.
+#[test]
+fn quantized_lora_linear_is_lora_linear_on_the_dequantized_weight() {
+    use burn::tensor::quantization::{QuantLevel, QuantScheme, QuantValue};
+    use std::sync::Arc;
+
+    let (k, n, r) = (24, 40, 4);
+    let original = values(random([k, n], 2));
+    let x: Tensor<A, 3> = Tensor::from_inner(random([2, 12, k], 1));
+    let (lora_a, lora_b) = (factor([k, r], false, 3), factor([r, n], true, 4));
+    let bias: Tensor<A, 1> = Tensor::from_inner(random([n], 5));
+    let upstream: Tensor<A, 3> = Tensor::from_inner(random([2, 12, n], 6));
+    for value in [QuantValue::Q8S, QuantValue::Q4F] {
+        let scheme = QuantScheme::default()
+            .with_value(value)
+            .with_level(QuantLevel::block([8]));
+        let quantized =
+            Arc::new(crate::QuantizedMatrix::quantize(&original, [k, n], &scheme).unwrap());
+        let dense: Tensor<A, 2> = Tensor::from_data(
+            TensorData::new(quantized.dequantize(), [k, n]),
+            &Default::default(),
+        );
+        let run = |from_quantized: bool, fast: bool| {
+            let track = |t: &Tensor<A, 2>| t.clone().detach().require_grad();
+            let (x, a, b) = (
+                x.clone().detach().require_grad(),
+                track(&lora_a),
+                track(&lora_b),
+            );
+            let bias = bias.clone().detach().require_grad();
+            let forward = || {
+                let (x, bias, a, b) = (x.clone(), Some(bias.clone()), a.clone(), b.clone());
+                if from_quantized {
+                    crate::quantized_lora_linear(x, &quantized, bias, None, a, b, 0.5)
+                } else {
+                    lora_linear(x, dense.clone(), bias, None, a, b, 0.5)
+                }
+            };
+            let y = if fast {
+                with_fast_paths::<A, _>(forward)
+            } else {
+                forward()
+            };
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            [
+                values(y.inner()),
+                values(x.grad(&grads).unwrap()),
+                values(bias.grad(&grads).unwrap()),
+                values(a.grad(&grads).unwrap()),
+                values(b.grad(&grads).unwrap()),
+            ]
+        };
+        let expected = run(false, false);
+        for fast in [false, true] {
+            for (actual, expected) in run(true, fast).into_iter().zip(expected.clone()) {
+                assert_close(actual, expected).unwrap();
+            }
+        }
+        // The fused node takes the quantized weight, with and without autodiff.
+        let inputs = |x: Tensor<B, 2>| {
+            let device = Default::default();
+            [
+                x,
+                Tensor::empty([0, 0], &device),
+                Tensor::<B, 2>::empty([0, n], &device),
+                Tensor::empty([0, k], &device),
+                lora_a.clone().inner(),
+                lora_b.clone().inner(),
+            ]
+        };
+        let op = || crate::flex::LoraLinear {
+            scale: 0.5,
+            quantized: Some(quantized.clone()),
+        };
+        let plain = inputs(x.clone().inner().reshape([24, k]));
+        let primitives = plain.clone().map(|t| t.into_primitive().tensor());
+        assert!(crate::flex::run::<B, _, 6>(op(), primitives).is_ok());
+        let tracked = plain.map(|t| Tensor::<A, 2>::from_inner(t).into_primitive().tensor());
+        assert!(crate::flex::run::<A, _, 6>(op(), tracked).is_ok());
+    }
 }

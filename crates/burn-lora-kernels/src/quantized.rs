@@ -1,0 +1,285 @@
+//! A frozen weight matrix kept quantized in host memory, dequantized where it is used.
+
+use core::fmt;
+
+use burn::tensor::quantization::{QuantLevel, QuantMode, QuantParam, QuantScheme, QuantValue};
+
+/// Why a matrix could not be quantized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuantizeError(String);
+
+impl fmt::Display for QuantizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot quantize the weight: {}", self.0)
+    }
+}
+
+impl std::error::Error for QuantizeError {}
+
+/// A matrix `W` `[rows, columns]` quantized with a [`QuantScheme`] of Burn 0.21: symmetric
+/// integers of 8 bits (`Q8S`, `Q8F`) or 4 bits (`Q4S`, `Q4F`; two to a byte), one `f32` scale
+/// per tensor (`QuantLevel::Tensor`) or per block of `b` consecutive values of a row
+/// (`QuantLevel::Block` of one dimension, `b` dividing `columns`).
+///
+/// `q = round(w / scale)` clamped to the value type's range, `scale = max|w| / (range / 2)` over
+/// the block (`range / 2` is 127 for `Q8S`, 127.5 for `Q8F`, 7 for `Q4S`, 7.5 for `Q4F`, as
+/// Burn computes it), so that every value is within `scale / 2` of the original one; a block of
+/// zeros has scale 0.
+///
+/// It lives in host memory whatever the backend, so that a layer generic over the backend can
+/// keep it; [`dequantize`](Self::dequantize) gives the `f32` values back.
+#[derive(Clone, PartialEq)]
+pub struct QuantizedMatrix {
+    shape: [usize; 2],
+    bits: u8,
+    block: usize,
+    values: Vec<u8>,
+    scales: Vec<f32>,
+}
+
+impl fmt::Debug for QuantizedMatrix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuantizedMatrix")
+            .field("shape", &self.shape)
+            .field("bits", &self.bits)
+            .field("block", &self.block)
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+impl QuantizedMatrix {
+    /// Quantizes `values`, a `[rows, columns]` matrix in row-major order, with `scheme`.
+    ///
+    /// # Errors
+    /// A scheme this type does not hold (floating-point value types, `Q2*`, scales other than
+    /// `f32`, blocks of more than one dimension or not dividing a row), a length other than
+    /// `rows · columns`, or a value that is not finite.
+    pub fn quantize(
+        values: &[f32],
+        [rows, columns]: [usize; 2],
+        scheme: &QuantScheme,
+    ) -> Result<Self, QuantizeError> {
+        let (bits, half_range, [low, high]) = match scheme.value {
+            QuantValue::Q8S => (8, 127.0, [-127.0, 127.0]),
+            QuantValue::Q8F => (8, 127.5, [-128.0, 127.0]),
+            QuantValue::Q4S => (4, 7.0, [-7.0, 7.0]),
+            QuantValue::Q4F => (4, 7.5, [-8.0, 7.0]),
+            other => {
+                return Err(QuantizeError(format!(
+                    "value type {other:?} (8- and 4-bit integers are held: Q8S, Q8F, Q4S, Q4F)"
+                )))
+            }
+        };
+        let QuantMode::Symmetric = scheme.mode;
+        if scheme.param != QuantParam::F32 {
+            return Err(QuantizeError(format!(
+                "scales of {:?} (f32 scales are held)",
+                scheme.param
+            )));
+        }
+        let len = rows * columns;
+        if values.len() != len {
+            return Err(QuantizeError(format!(
+                "{} values for a [{rows}, {columns}] matrix",
+                values.len()
+            )));
+        }
+        let block = match scheme.level {
+            QuantLevel::Tensor => len.max(1),
+            QuantLevel::Block(size) => match size.as_slice() {
+                &[b] if b > 0 && columns.is_multiple_of(b as usize) => b as usize,
+                other => {
+                    return Err(QuantizeError(format!(
+                        "blocks of {other:?} (blocks of one dimension dividing the row's {columns} \
+                         values are held)"
+                    )))
+                }
+            },
+        };
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(QuantizeError(format!("value {index} is {}", values[index])));
+        }
+        let scales: Vec<f32> = values
+            .chunks(block)
+            .map(|chunk| chunk.iter().fold(0.0f32, |m, v| m.max(v.abs())) / half_range)
+            .collect();
+        let quantized = values
+            .chunks(block)
+            .zip(&scales)
+            .flat_map(|(chunk, &scale)| {
+                chunk.iter().map(move |&v| {
+                    let q = if scale > 0.0 {
+                        (v / scale).round()
+                    } else {
+                        0.0
+                    };
+                    q.clamp(low, high) as i8
+                })
+            });
+        let values = match bits {
+            8 => quantized.map(|q| q as u8).collect(),
+            _ => {
+                let nibbles: Vec<i8> = quantized.collect();
+                nibbles
+                    .chunks(2)
+                    .map(|pair| {
+                        let low = pair[0] as u8 & 0x0f;
+                        let high = pair.get(1).map_or(0, |&q| (q as u8 & 0x0f) << 4);
+                        low | high
+                    })
+                    .collect()
+            }
+        };
+        Ok(Self {
+            shape: [rows, columns],
+            bits,
+            block,
+            values,
+            scales,
+        })
+    }
+
+    /// The matrix's shape, `[rows, columns]`.
+    pub fn shape(&self) -> [usize; 2] {
+        self.shape
+    }
+
+    /// Bits per value: 8 or 4.
+    pub fn bits(&self) -> u8 {
+        self.bits
+    }
+
+    /// Values per scale (all of them for one scale per tensor).
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// Bytes held: the packed values and the scales.
+    pub fn bytes(&self) -> usize {
+        self.values.len() + 4 * self.scales.len()
+    }
+
+    /// The `f32` values, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.shape[0] * self.shape[1]];
+        self.dequantize_into(0, &mut out);
+        out
+    }
+
+    /// Values `start..start + out.len()` of the row-major order into `out`; `start` must be
+    /// even for 4-bit values (two to a byte), as every parallel chunk of
+    /// [`dequantize`](Self::dequantize)'s callers is.
+    pub(crate) fn dequantize_into(&self, start: usize, out: &mut [f32]) {
+        for (offset, out) in out.iter_mut().enumerate() {
+            let index = start + offset;
+            let q = match self.bits {
+                8 => self.values[index] as i8,
+                _ => {
+                    let byte = self.values[index / 2];
+                    let nibble = if index.is_multiple_of(2) {
+                        byte << 4
+                    } else {
+                        byte & 0xf0
+                    };
+                    (nibble as i8) >> 4
+                }
+            };
+            *out = q as f32 * self.scales[index / self.block];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::quantization::{QuantLevel, QuantScheme, QuantValue};
+
+    use super::QuantizedMatrix;
+
+    fn values(len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect()
+    }
+
+    fn scheme(value: QuantValue, level: QuantLevel) -> QuantScheme {
+        QuantScheme::default().with_value(value).with_level(level)
+    }
+
+    /// Every value within half its block's scale, for each value type, per tensor and per
+    /// block; the bytes held are the packed values and one `f32` per block.
+    #[test]
+    fn values_come_back_within_half_a_scale() {
+        let original = values(6 * 64);
+        for value in [
+            QuantValue::Q8S,
+            QuantValue::Q8F,
+            QuantValue::Q4S,
+            QuantValue::Q4F,
+        ] {
+            for level in [QuantLevel::Tensor, QuantLevel::block([32])] {
+                let q =
+                    QuantizedMatrix::quantize(&original, [6, 64], &scheme(value, level)).unwrap();
+                let back = q.dequantize();
+                let blocks = original.len() / q.block();
+                assert_eq!(
+                    q.bytes(),
+                    original.len() * q.bits() as usize / 8 + 4 * blocks
+                );
+                for (block, (o, b)) in original
+                    .chunks(q.block())
+                    .zip(back.chunks(q.block()))
+                    .enumerate()
+                {
+                    let max = o.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    let half = if q.bits() == 8 { 127.0 } else { 7.0 };
+                    let tolerance = max / half / 2.0 + 1e-6;
+                    for (o, b) in o.iter().zip(b) {
+                        assert!(
+                            (o - b).abs() <= tolerance,
+                            "{value:?} {level:?} block {block}: {o} came back as {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The extremes and zero are exact, and a block of zeros stays zeros.
+    #[test]
+    fn extremes_zero_and_empty_blocks_are_exact() {
+        let mut original = vec![0.0f32; 64];
+        original[0] = -2.0;
+        original[1] = 2.0;
+        let q = QuantizedMatrix::quantize(
+            &original,
+            [2, 32],
+            &scheme(QuantValue::Q4S, QuantLevel::block([32])),
+        )
+        .unwrap();
+        assert_eq!(q.dequantize(), original);
+    }
+
+    #[test]
+    fn unsupported_schemes_shapes_and_values_are_errors() {
+        let v = values(64);
+        let bad = [
+            scheme(QuantValue::E4M3, QuantLevel::Tensor),
+            scheme(QuantValue::Q2S, QuantLevel::Tensor),
+            scheme(QuantValue::Q8S, QuantLevel::block([24])),
+            scheme(QuantValue::Q8S, QuantLevel::block([4, 4])),
+            scheme(QuantValue::Q8S, QuantLevel::Tensor)
+                .with_param(burn::tensor::quantization::QuantParam::F16),
+        ];
+        for scheme in bad {
+            let error = QuantizedMatrix::quantize(&v, [2, 32], &scheme).unwrap_err();
+            assert!(error.to_string().starts_with("cannot quantize"), "{error}");
+        }
+        let q8 = scheme(QuantValue::Q8S, QuantLevel::Tensor);
+        assert!(QuantizedMatrix::quantize(&v, [3, 32], &q8).is_err());
+        let mut nan = v.clone();
+        nan[5] = f32::NAN;
+        let error = QuantizedMatrix::quantize(&nan, [2, 32], &q8).unwrap_err();
+        assert!(error.to_string().contains("value 5"), "{error}");
+    }
+}
