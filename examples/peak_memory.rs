@@ -4,6 +4,8 @@
 //! `cargo run --release --example peak_memory` runs both and prints the ratio;
 //! `-- --mode lora` or `-- --mode full` runs one and prints its peak in KiB.
 
+mod common;
+
 use std::process::Command;
 
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -14,6 +16,7 @@ use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig, LoraModel};
 use burn_lora::{Targets, DEFAULT_ADAPTER};
 use burn_lora_support::backend::{self, Train};
 use clap::{Parser, ValueEnum};
+use common::peak_rss::max_rss_kib;
 
 const WIDTH: usize = 4096;
 const BATCH: usize = 32;
@@ -90,15 +93,4 @@ fn train(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
         model = optim.step(1e-3, model, grads);
     }
     Ok(())
-}
-
-/// This process's peak resident set size, in KiB (`getrusage`).
-fn max_rss_kib() -> u64 {
-    // SAFETY: getrusage only writes into the zeroed struct we pass.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    usage.ru_maxrss.max(0) as u64
 }

@@ -8,6 +8,7 @@ pub mod classifier;
 pub mod eval;
 pub mod learner;
 pub mod peak_heap;
+pub mod peak_rss;
 pub mod store;
 pub mod text_classifier;
 pub mod timing;

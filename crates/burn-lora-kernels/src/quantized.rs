@@ -104,32 +104,32 @@ impl QuantizedMatrix {
             .chunks(block)
             .map(|chunk| chunk.iter().fold(0.0f32, |m, v| m.max(v.abs())) / half_range)
             .collect();
-        let quantized = values
-            .chunks(block)
-            .zip(&scales)
-            .flat_map(|(chunk, &scale)| {
-                chunk.iter().map(move |&v| {
-                    let q = if scale > 0.0 {
-                        (v / scale).round()
-                    } else {
-                        0.0
-                    };
-                    q.clamp(low, high) as i8
+        // Written at their final length (a collected `flat_map` grows by doubling, and would
+        // keep up to twice the bytes).
+        let quantize = |index: usize, v: f32| {
+            let scale = scales[index / block];
+            let q = if scale > 0.0 {
+                (v / scale).round()
+            } else {
+                0.0
+            };
+            q.clamp(low, high) as i8 as u8
+        };
+        let values: Vec<u8> = match bits {
+            8 => values
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| quantize(i, v))
+                .collect(),
+            _ => values
+                .chunks(2)
+                .enumerate()
+                .map(|(pair, v)| {
+                    let low = quantize(2 * pair, v[0]) & 0x0f;
+                    let high = v.get(1).map_or(0, |&v| quantize(2 * pair + 1, v) << 4);
+                    low | high
                 })
-            });
-        let values = match bits {
-            8 => quantized.map(|q| q as u8).collect(),
-            _ => {
-                let nibbles: Vec<i8> = quantized.collect();
-                nibbles
-                    .chunks(2)
-                    .map(|pair| {
-                        let low = pair[0] as u8 & 0x0f;
-                        let high = pair.get(1).map_or(0, |&q| (q as u8 & 0x0f) << 4);
-                        low | high
-                    })
-                    .collect()
-            }
+                .collect(),
         };
         Ok(Self {
             shape: [rows, columns],
