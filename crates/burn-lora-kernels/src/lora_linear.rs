@@ -38,8 +38,9 @@ pub fn low_rank<B: Backend, const D: usize>(
 /// [`with_fast_paths`](crate::with_fast_paths) it is exactly `linear(x, W, b) + low_rank(x', A,
 /// B, s)`.
 ///
-/// Inside the scope, on Flex and `Autodiff<Flex>` in `f32` (more than 16 rows on Flex, where
-/// fewer take the few-rows products), it is one autodiff node over the rows as one matrix: the
+/// Inside the scope, on Flex and `Autodiff<Flex>` in `f32` (NdArray and `Autodiff<NdArray>` with
+/// the `ndarray` feature; more than 16 rows without autodiff, where fewer take the few-rows
+/// products), it is one autodiff node over the rows as one matrix: the
 /// adapter's product is added into the base output's buffer and, in the backward, its input
 /// gradient into the base's (`gemm` accumulating), where Burn's operations write each as a
 /// tensor of the full width and add them in another pass, with a node per operation.

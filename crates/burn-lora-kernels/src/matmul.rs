@@ -48,8 +48,9 @@ pub fn matmul<B: Backend>(lhs: Tensor<B, 2>, rhs: Tensor<B, 2>) -> Tensor<B, 2> 
 /// `x W + b`, as [`burn::tensor::module::linear`] (within rounding inside
 /// [`with_fast_paths`](crate::with_fast_paths)).
 ///
-/// Inside the scope, on Flex, up to 16 rows take the few-rows kernel; on Flex and
-/// `Autodiff<Flex>`, an input of more dimensions is multiplied as one `[rows, d_input]` matrix
+/// Inside the scope, on Flex (and NdArray with the `ndarray` feature), up to 16 rows take the
+/// few-rows kernel; on Flex and `Autodiff<Flex>` (NdArray and `Autodiff<NdArray>`), an input of
+/// more dimensions is multiplied as one `[rows, d_input]` matrix
 /// (forward and backward), where Flex's batched product would pack `W` again for every matrix,
 /// in one autodiff node whose products (`gemm`, as Flex's) write buffers of their own. On every
 /// backend that is not Flex-based, in or out of the scope, an input of more than two dimensions
