@@ -61,13 +61,8 @@ pub fn lora_linear<B: Backend, const D: usize>(
     lora_b: Tensor<B, 2>,
     scale: f64,
 ) -> Tensor<B, D> {
-    let factors = Adapter {
-        input: adapter_input,
-        lora_a,
-        lora_b,
-        scale,
-    };
-    with_weight(input, BaseWeight::Dense(weight), bias, factors)
+    let weight = BaseWeight::Dense(weight);
+    with_weight(input, weight, bias, adapter_input, lora_a, lora_b, scale)
 }
 
 /// [`lora_linear`] with the base weight `W` kept quantized (QLoRA's frozen base): `W` is
@@ -96,18 +91,8 @@ pub fn quantized_lora_linear<B: Backend, const D: usize>(
     lora_b: Tensor<B, 2>,
     scale: f64,
 ) -> Tensor<B, D> {
-    let factors = Adapter {
-        input: adapter_input,
-        lora_a,
-        lora_b,
-        scale,
-    };
-    with_weight(
-        input,
-        BaseWeight::Quantized(Arc::clone(weight)),
-        bias,
-        factors,
-    )
+    let weight = BaseWeight::Quantized(Arc::clone(weight));
+    with_weight(input, weight, bias, adapter_input, lora_a, lora_b, scale)
 }
 
 /// A base weight as a tensor, or quantized.
@@ -135,27 +120,16 @@ impl<B: Backend> BaseWeight<B> {
     }
 }
 
-/// An adapter's input (`None`: the layer's), factors and scale.
-struct Adapter<B: Backend, const D: usize> {
-    input: Option<Tensor<B, D>>,
-    lora_a: Tensor<B, 2>,
-    lora_b: Tensor<B, 2>,
-    scale: f64,
-}
-
 /// [`lora_linear`] and [`quantized_lora_linear`].
 fn with_weight<B: Backend, const D: usize>(
     input: Tensor<B, D>,
     weight: BaseWeight<B>,
     bias: Option<Tensor<B, 1>>,
-    adapter: Adapter<B, D>,
+    adapter_input: Option<Tensor<B, D>>,
+    lora_a: Tensor<B, 2>,
+    lora_b: Tensor<B, 2>,
+    scale: f64,
 ) -> Tensor<B, D> {
-    let Adapter {
-        input: adapter_input,
-        lora_a,
-        lora_b,
-        scale,
-    } = adapter;
     let dims = input.dims();
     let [d_input, d_output] = weight.dims();
     let [a_input, rank] = lora_a.dims();

@@ -78,7 +78,9 @@ impl QuantizedMatrix {
                 scheme.param
             )));
         }
-        let len = rows * columns;
+        let len = rows.checked_mul(columns).ok_or_else(|| {
+            QuantizeError(format!("a [{rows}, {columns}] matrix has too many values"))
+        })?;
         if values.len() != len {
             return Err(QuantizeError(format!(
                 "{} values for a [{rows}, {columns}] matrix",

@@ -111,8 +111,8 @@ fn flex_operands(
 }
 
 /// `x`'s values and `W` `[k, n]` of NdArray's `f32` tensors: `W` read where it lies when its
-/// memory holds it and nothing else (a weight, or a transposed view of one), shared with the
-/// helper threads.
+/// memory holds it and nothing else (a weight, or a transposed view of one; `SharedMatrix::new`
+/// refuses any other), shared with the helper threads.
 #[cfg(feature = "ndarray")]
 fn ndarray_operands(
     x: &dyn Any,
@@ -134,7 +134,6 @@ fn ndarray_operands(
     };
     let w_view = w_storage.view();
     let (w_layout, stride) = matrix_layout(w_view.strides(), [k, n])?;
-    w_view.to_slice_memory_order()?;
     let w = few_rows::SharedMatrix::new(
         few_rows::HostBuffer::NdArray(w_tensor.clone()),
         0,
