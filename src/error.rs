@@ -168,6 +168,12 @@ pub enum LoraError {
     /// The SVD routine failed to converge.
     #[error("SVD failed: {0}")]
     SvdFailed(String),
+    /// A base weight that cannot be kept quantized: a scheme burn-lora does not hold (only
+    /// Burn's 8- and 4-bit integer schemes with `f32` scales, per tensor or per block of a row,
+    /// are), values that are not finite, or a layer whose state needs the float weight
+    /// (merged, a DoRA, PiSSA or OLoRA adapter, already quantized).
+    #[error("cannot quantize the base weight: {0}")]
+    Quantize(String),
     /// A request a model cannot run: an empty batch, a token id outside the vocabulary, a
     /// sequence longer than the model's positions, a row count that does not match.
     #[error("invalid input: {0}")]

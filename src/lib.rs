@@ -131,6 +131,7 @@ pub use io::pytorch_checkpoint::{
 };
 pub use layers::adapter::LoraAdapter;
 pub use layers::adapter_batch::{AdapterBatch, BASE_ADAPTER};
+pub use layers::base_weight::BaseWeight;
 pub use layers::conv2d::{LoraConv2d, LoraConv2dConfig};
 pub use layers::dora::DoraNorms;
 pub use layers::embedding::{LoraEmbedding, LoraEmbeddingConfig};
@@ -141,6 +142,7 @@ pub use model::extract::{extract_adapter, ExtractRank, ExtractedLayer};
 pub use model::lora_model::{LoraModel, VisitLoraLayers};
 pub use model::mlp::{LoraMlp, LoraMlpConfig, DEFAULT_ADAPTER};
 pub use model::paths::lora_layer_paths;
+pub use model::quantized_base::QuantizeReport;
 pub use model::report::{AdapterShapes, LayerReport, ParameterReport};
 pub use model::targets::Targets;
 pub use svd::{numerical_rank, singular_values, truncated_svd, LowRankFactors};

@@ -335,6 +335,7 @@ fn read_adapter<B: Backend, M: LoraModel<B>>(
         // before the shapes, which such a layer may not even define.
         layer.check_can_add(name)?;
         let lora_config = config.lora_config_for(torch_path)?;
+        layer.check_config_fits_base(&lora_config)?;
         let rank = lora_config.rank;
         let [d_input, d_output] = layer.adapter_dims();
         let [shape_a, shape_b] = layer.peft_factor_shapes(rank);

@@ -1,9 +1,13 @@
 //! [`LoraLayer`]: what every LoRA layer (linear, embedding, convolution) offers the model-level
 //! API, whatever the shape of its base weight.
 
+use std::sync::Arc;
+
 use burn::module::ParamId;
 use burn::tensor::backend::Backend;
+use burn::tensor::quantization::QuantScheme;
 use burn::tensor::Tensor;
+use burn_lora_kernels::QuantizedMatrix;
 
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};
@@ -184,6 +188,7 @@ pub trait LoraLayer<B: Backend> {
         let [d_input, d_output] = self.adapter_dims();
         config.validate_for(d_input, d_output)?;
         self.check_fresh_init(config)?;
+        self.check_config_fits_base(config)?;
         if config.init.rewrites_base() {
             if self.kind() != LayerKind::Linear {
                 return Err(LoraError::Unsupported(format!(
@@ -215,6 +220,57 @@ pub trait LoraLayer<B: Backend> {
             "replacing the base weight of a {:?} layer",
             self.kind()
         )))
+    }
+
+    /// The scheme the base weight is kept quantized with (QLoRA, see
+    /// [`LoraLinear::quantize_base`](crate::LoraLinear::quantize_base)); `None` for a float base.
+    fn base_quantization(&self) -> Option<QuantScheme> {
+        None
+    }
+
+    /// The base weight quantized with `scheme`, computed without changing the layer; `None` for
+    /// layer kinds that keep a float base (embeddings and convolutions). Errors with
+    /// [`LoraError::Quantize`] where the layer cannot take a quantized base.
+    #[doc(hidden)]
+    fn quantized_base_matrix(&self, scheme: &QuantScheme) -> Result<Option<QuantizedMatrix>> {
+        let _ = scheme;
+        Ok(None)
+    }
+
+    /// Installs a base quantized by [`quantized_base_matrix`](Self::quantized_base_matrix).
+    #[doc(hidden)]
+    fn set_quantized_base(&mut self, matrix: Arc<QuantizedMatrix>, scheme: QuantScheme) {
+        let _ = (matrix, scheme);
+    }
+
+    /// Makes a quantized base a float parameter again (its dequantized values, frozen, same id);
+    /// nothing for a float base.
+    fn dequantize_base(&mut self) {}
+
+    /// [`LoraError::Unsupported`] naming `what` while the base is quantized: merging writes a
+    /// float weight, and DoRA, PiSSA and OLoRA need the exact one.
+    #[doc(hidden)]
+    fn ensure_dense_base(&self, what: &str) -> Result<()> {
+        match self.base_quantization() {
+            None => Ok(()),
+            Some(scheme) => Err(LoraError::Unsupported(format!(
+                "{what} on a base weight kept quantized ({:?}, {:?}): call dequantize_base first",
+                scheme.value, scheme.level
+            ))),
+        }
+    }
+
+    /// Errors if `config` asks for what a quantized base cannot give: a DoRA magnitude or a
+    /// PiSSA / OLoRA init (both need the float weight, and PiSSA rewrites it).
+    #[doc(hidden)]
+    fn check_config_fits_base(&self, config: &LoraConfig) -> Result<()> {
+        if config.use_dora {
+            self.ensure_dense_base("a DoRA adapter")?;
+        }
+        if config.init.rewrites_base() {
+            self.ensure_dense_base(&format!("the {:?} init", config.init))?;
+        }
+        Ok(())
     }
 
     /// Errors with [`LoraError::Unsupported`] if this kind of layer cannot initialise a fresh
@@ -274,6 +330,9 @@ pub trait LoraLayer<B: Backend> {
     /// [`adapter_dims`](Self::adapter_dims).
     fn insert_adapter(&mut self, adapter: LoraAdapter<B>) -> Result<()> {
         self.check_can_add(adapter.name())?;
+        if adapter.is_dora() {
+            self.ensure_dense_base(&format!("DoRA adapter \"{}\"", adapter.name()))?;
+        }
         if adapter.config().use_dora != adapter.is_dora() {
             return Err(LoraError::InvalidModel(format!(
                 "adapter \"{}\": use_dora = {} but the adapter {} a magnitude",
@@ -472,7 +531,7 @@ fn push_adapter<B: Backend, L: LoraLayer<B> + ?Sized>(layer: &mut L, mut adapter
 macro_rules! shared_layer_methods {
     () => {
         fn base_weight_id(&self) -> burn::module::ParamId {
-            self.weight.id
+            $crate::layers::base_weight::WeightId::weight_id(&self.weight)
         }
 
         fn device(&self) -> B::Device {
@@ -509,6 +568,7 @@ macro_rules! shared_layer_methods {
             if self.is_merged() {
                 return Err($crate::LoraError::Merged(self.merged_adapters().to_vec()));
             }
+            self.ensure_dense_base("merge")?;
             if let Some((weight, names)) = self.merged_base()? {
                 self.merged_weight = $crate::MergedWeight::merged(weight, names);
             }

@@ -1,15 +1,19 @@
 //! [`LoraLinear`]: a frozen `Linear` base plus named low-rank adapters.
 
+use std::sync::Arc;
+
 use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::Backend;
+use burn::tensor::quantization::QuantScheme;
 use burn::tensor::Tensor;
-use burn_lora_kernels::{linear, lora_linear};
+use burn_lora_kernels::{linear, lora_linear, quantized_lora_linear, QuantizedMatrix};
 
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter::LoraAdapter;
 use crate::layers::adapter_batch::{forward_grouped, AdapterBatch};
+use crate::layers::base_weight::BaseWeight;
 use crate::layers::dora;
 use crate::layers::layer::{shared_layer_methods, LayerKind, LoraLayer};
 
@@ -64,6 +68,9 @@ impl LoraLinearConfig {
 /// - each adapter: `A [d_input, r]`, `B [r, d_output]`
 /// - `forward`: `[..., d_input]` → `[..., d_output]`
 ///
+/// The base weight can also be kept quantized, QLoRA's frozen base (see
+/// [`quantize_base`](Self::quantize_base)).
+///
 /// ```
 /// use burn::backend::Flex as Inference;
 /// use burn::tensor::Tensor;
@@ -82,8 +89,9 @@ impl LoraLinearConfig {
 /// ```
 #[derive(Module, Debug)]
 pub struct LoraLinear<B: Backend> {
-    /// Base weight `W`, shape `[d_input, d_output]`; frozen once an adapter is attached.
-    weight: Param<Tensor<B, 2>>,
+    /// Base weight `W`, shape `[d_input, d_output]`; frozen once an adapter is attached. A
+    /// float parameter, or kept quantized (its record is the float parameter's either way).
+    weight: BaseWeight<B>,
     /// Base bias `b`, shape `[d_output]`; frozen once an adapter is attached.
     bias: Option<Param<Tensor<B, 1>>>,
     /// Named adapters; none in a base-only checkpoint, which loads unchanged. A record keeps
@@ -104,7 +112,7 @@ impl<B: Backend> LoraLinear<B> {
     /// Wraps a (trained) [`Linear`]; its tensors are moved, not copied.
     pub fn from_linear(linear: Linear<B>) -> Self {
         Self {
-            weight: linear.weight,
+            weight: BaseWeight::dense(linear.weight),
             bias: linear.bias,
             adapters: crate::AdapterList::empty(),
             merged_weight: crate::MergedWeight::none(),
@@ -125,33 +133,59 @@ impl<B: Backend> LoraLinear<B> {
         if let Some(merged) = self.merged_weight.tensor() {
             return linear(input, merged, self.bias.as_ref().map(|b| b.val()));
         }
-        let mut active = LoraLayer::adapters(self)
+        let active: Vec<_> = LoraLayer::adapters(self)
             .iter()
             .filter(|a| a.is_active())
-            .peekable();
-        let Some(&first) = active.peek() else {
+            .collect();
+        let Some((&first, others)) = active.split_first() else {
             return self.forward_base(input);
         };
-        if active.clone().count() == 1 && !first.is_dora() {
-            // The base and the adapter as one operation (on Flex, one autodiff node).
-            let adapter_input = first
-                .dropout_is_active()
-                .then(|| first.dropout_input(input.clone()));
-            return lora_linear(
+        if !active.iter().any(|a| a.is_dora()) {
+            // The base and the first adapter as one operation (on Flex and NdArray, one
+            // autodiff node, which is also what keeps a quantized base out of the graph).
+            let output = self.base_and_adapter(input.clone(), first);
+            return others.iter().fold(output, |output, adapter| {
+                output + adapter.forward(input.clone())
+            });
+        }
+        let base = self.forward_base(input.clone());
+        active.into_iter().fold(base, |output, adapter| {
+            let base = adapter.is_dora().then(|| output.clone());
+            output + self.adapter_update(adapter, input.clone(), base)
+        })
+    }
+
+    /// `x W + b + s · (dropout(x) A) B` for one plain adapter, through
+    /// [`lora_linear`] (or [`quantized_lora_linear`] for a quantized base).
+    fn base_and_adapter<const D: usize>(
+        &self,
+        input: Tensor<B, D>,
+        adapter: &LoraAdapter<B>,
+    ) -> Tensor<B, D> {
+        let adapter_input = adapter
+            .dropout_is_active()
+            .then(|| adapter.dropout_input(input.clone()));
+        let (lora_a, lora_b, scale) = (adapter.lora_a(), adapter.lora_b(), adapter.scale());
+        match self.weight.quantized() {
+            Some(weight) => quantized_lora_linear(
+                input,
+                weight,
+                self.bias(),
+                adapter_input,
+                lora_a,
+                lora_b,
+                scale,
+            ),
+            None => lora_linear(
                 input,
                 self.weight.val(),
                 self.bias(),
                 adapter_input,
-                first.lora_a(),
-                first.lora_b(),
-                first.scale(),
-            );
+                lora_a,
+                lora_b,
+                scale,
+            ),
         }
-        let base = self.forward_base(input.clone());
-        active.fold(base, |output, adapter| {
-            let base = adapter.is_dora().then(|| output.clone());
-            output + self.adapter_update(adapter, input.clone(), base)
-        })
     }
 
     /// One adapter's update to the output: `s · ((dropout(x) A) B)`, or for a DoRA adapter
@@ -233,6 +267,10 @@ impl<B: Backend> LoraLinear<B> {
     }
 
     /// The base layer alone, `x W + b`, whatever the adapters' state (merged ones included).
+    ///
+    /// A quantized base is dequantized into a tensor for the product; under autodiff that
+    /// tensor stays in the graph until the backward when the input takes gradients (the adapted
+    /// [`forward`](Self::forward) does not keep it).
     pub fn forward_base<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
         linear(
             input,
@@ -241,7 +279,7 @@ impl<B: Backend> LoraLinear<B> {
         )
     }
 
-    /// The base weight `W`, `[d_input, d_output]`.
+    /// The base weight `W`, `[d_input, d_output]` (a quantized one dequantized, as a new tensor).
     pub fn weight(&self) -> Tensor<B, 2> {
         self.weight.val()
     }
@@ -253,12 +291,12 @@ impl<B: Backend> LoraLinear<B> {
 
     /// Input width.
     pub fn d_input(&self) -> usize {
-        self.weight.shape().dims::<2>()[0]
+        self.weight.dims()[0]
     }
 
     /// Output width.
     pub fn d_output(&self) -> usize {
-        self.weight.shape().dims::<2>()[1]
+        self.weight.dims()[1]
     }
 
     /// Number of base values (weight and bias).
@@ -266,9 +304,10 @@ impl<B: Backend> LoraLinear<B> {
         self.d_input() * self.d_output() + self.bias.as_ref().map_or(0, |_| self.d_output())
     }
 
-    /// The base weight parameter (its id and gradient setting included).
-    pub fn weight_param(&self) -> &Param<Tensor<B, 2>> {
-        &self.weight
+    /// The base weight parameter (its id and gradient setting included); while the base is
+    /// quantized, a frozen parameter with its id that dequantizes the weight when first read.
+    pub fn weight_param(&self) -> Param<Tensor<B, 2>> {
+        self.weight.param()
     }
 
     /// The base bias parameter, if any.
@@ -280,7 +319,7 @@ impl<B: Backend> LoraLinear<B> {
     /// id, gradient setting and load/save mappers.
     pub(crate) fn replace_base(&mut self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) {
         self.dora_norms.clear();
-        self.weight = replace_value(self.weight.clone(), weight);
+        self.weight = self.weight.clone().replaced(weight);
         if let (Some(param), Some(bias)) = (self.bias.take(), bias) {
             self.bias = Some(replace_value(param, bias));
         }
@@ -314,7 +353,7 @@ impl<B: Backend> LoraLayer<B> for LoraLinear<B> {
     }
 
     fn base_weight_shape(&self) -> Vec<usize> {
-        self.weight.shape().dims::<2>().to_vec()
+        self.weight.dims().to_vec()
     }
 
     fn base_bias_len(&self) -> Option<usize> {
@@ -334,7 +373,7 @@ impl<B: Backend> LoraLayer<B> for LoraLinear<B> {
     }
 
     fn freeze_base(&mut self) {
-        self.weight = self.weight.clone().set_require_grad(false);
+        self.weight = self.weight.clone().frozen();
         self.bias = self.bias.take().map(|b| b.set_require_grad(false));
     }
 
@@ -344,7 +383,25 @@ impl<B: Backend> LoraLayer<B> for LoraLinear<B> {
         Ok(())
     }
 
+    fn base_quantization(&self) -> Option<QuantScheme> {
+        self.weight.scheme()
+    }
+
+    fn quantized_base_matrix(&self, scheme: &QuantScheme) -> LoraResult<Option<QuantizedMatrix>> {
+        self.quantized_weight(scheme).map(Some)
+    }
+
+    fn set_quantized_base(&mut self, matrix: Arc<QuantizedMatrix>, scheme: QuantScheme) {
+        self.dora_norms.clear();
+        self.weight = self.weight.clone().quantized_as(matrix, scheme);
+    }
+
+    fn dequantize_base(&mut self) {
+        self.weight = self.weight.clone().dequantized();
+    }
+
     fn merge_and_unload(&mut self) -> LoraResult<()> {
+        self.ensure_dense_base("merge_and_unload")?;
         let weight = self.effective_weight()?;
         let bias = self.bias();
         self.replace_base(weight, bias);

@@ -3,6 +3,7 @@
 
 pub(crate) mod adapter;
 pub(crate) mod adapter_batch;
+pub(crate) mod base_weight;
 pub(crate) mod conv2d;
 pub(crate) mod dora;
 pub(crate) mod embedding;
@@ -10,4 +11,5 @@ pub(crate) mod layer;
 pub(crate) mod linear;
 mod merge;
 pub(crate) mod principal_init;
+mod quantize;
 pub(crate) mod record;

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::backend::Backend;
+use burn::tensor::quantization::QuantScheme;
 use burn::tensor::Tensor;
 
 use crate::config::LoraConfig;
@@ -12,6 +13,7 @@ use crate::layers::adapter::{checked_name, LoraAdapter};
 use crate::layers::adapter_batch::AdapterBatch;
 use crate::layers::layer::LoraLayer;
 use crate::model::paths::{checked_layers_mut, lora_layer_paths, module_paths};
+use crate::model::quantized_base::{quantize_base, QuantizeReport};
 use crate::model::report::{parameter_report, ParameterReport};
 use crate::model::targets::Targets;
 
@@ -362,6 +364,44 @@ pub trait LoraModel<B: Backend>: Module<B> + VisitLoraLayers<B> {
             layer.merge_and_unload()?;
         }
         Ok(model)
+    }
+
+    /// QLoRA: keeps the base weight of every [`LoraLinear`](crate::LoraLinear) layer quantized
+    /// with `scheme` ([`LoraLinear::quantize_base`](crate::LoraLinear::quantize_base), which
+    /// says what a quantized base does and refuses); embeddings and convolutions keep a float
+    /// base. Reports the bytes before and after and the largest error quantizing introduced.
+    ///
+    /// ```
+    /// use burn::backend::Flex;
+    /// use burn::tensor::quantization::{QuantLevel, QuantScheme, QuantValue};
+    /// use burn_lora::{LoraConfig, LoraMlpConfig, LoraModel, Targets};
+    ///
+    /// let mut mlp = LoraMlpConfig::new(64, vec![64], 32).init::<Flex>(&Default::default())?;
+    /// mlp.attach("default", &LoraConfig::new(4, 8.0), &Targets::all())?;
+    /// let q4 = QuantScheme::default()
+    ///     .with_value(QuantValue::Q4S)
+    ///     .with_level(QuantLevel::block([32]));
+    /// let report = mlp.quantize_base(q4)?;
+    /// assert_eq!(report.layers, 2);
+    /// assert!(report.quantized_bytes * 6 < report.float_bytes);
+    /// # Ok::<(), burn_lora::LoraError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`LoraError::Quantize`] as `quantize_base` gives it for any layer; the model is unchanged.
+    fn quantize_base(&mut self, scheme: QuantScheme) -> Result<QuantizeReport>
+    where
+        Self: Sized,
+    {
+        quantize_base(self, scheme)
+    }
+
+    /// Makes every quantized base a float parameter again, holding its dequantized values
+    /// ([`LoraLayer::dequantize_base`]).
+    fn dequantize_base(&mut self) {
+        for layer in self.lora_layers_mut() {
+            layer.dequantize_base();
+        }
     }
 
     /// Per-layer shapes and the original / added / percentage parameter counts, each

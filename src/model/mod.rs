@@ -8,6 +8,7 @@ pub(crate) mod extract;
 pub(crate) mod lora_model;
 pub(crate) mod mlp;
 pub(crate) mod paths;
+pub(crate) mod quantized_base;
 pub(crate) mod report;
 pub(crate) mod targets;
 

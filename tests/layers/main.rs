@@ -14,4 +14,5 @@ mod dora;
 mod embedding_layer;
 mod linear_forward;
 mod mixed_batch;
+mod quantized_base;
 mod svd;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Tensor, TensorPrimitive};
 
 use crate::host::{is_host, is_host_based};
 use crate::matmul::{linear, MAX_ROWS};
@@ -113,9 +113,7 @@ impl<B: Backend> BaseWeight<B> {
     fn dense(self, device: &B::Device) -> Tensor<B, 2> {
         match self {
             Self::Dense(weight) => weight,
-            Self::Quantized(weight) => {
-                Tensor::from_data(TensorData::new(weight.dequantize(), weight.shape()), device)
-            }
+            Self::Quantized(weight) => weight.to_tensor(device),
         }
     }
 }

@@ -2,7 +2,9 @@
 
 use core::fmt;
 
+use burn::tensor::backend::Backend;
 use burn::tensor::quantization::{QuantLevel, QuantMode, QuantParam, QuantScheme, QuantValue};
+use burn::tensor::{Tensor, TensorData};
 
 /// Why a matrix could not be quantized.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +17,13 @@ impl fmt::Display for QuantizeError {
 }
 
 impl std::error::Error for QuantizeError {}
+
+impl QuantizeError {
+    /// What made the matrix unquantizable, without the message's prefix.
+    pub fn reason(&self) -> &str {
+        &self.0
+    }
+}
 
 /// A matrix `W` `[rows, columns]` quantized with a [`QuantScheme`] of Burn 0.21: symmetric
 /// integers of 8 bits (`Q8S`, `Q8F`) or 4 bits (`Q4S`, `Q4F`; two to a byte), one `f32` scale
@@ -140,6 +149,25 @@ impl QuantizedMatrix {
             values,
             scales,
         })
+    }
+
+    /// Quantizes a matrix tensor (read back to the host in `f32`) with `scheme`; see
+    /// [`quantize`](Self::quantize) for the errors.
+    pub fn from_tensor<B: Backend>(
+        tensor: Tensor<B, 2>,
+        scheme: &QuantScheme,
+    ) -> Result<Self, QuantizeError> {
+        let shape = tensor.dims();
+        let data = tensor.into_data().convert::<f32>();
+        let values = data
+            .as_slice::<f32>()
+            .map_err(|e| QuantizeError(format!("the tensor's values could not be read: {e:?}")))?;
+        Self::quantize(values, shape, scheme)
+    }
+
+    /// The dequantized matrix as a tensor on `device`, `[rows, columns]`.
+    pub fn to_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2> {
+        Tensor::from_data(TensorData::new(self.dequantize(), self.shape), device)
     }
 
     /// The matrix's shape, `[rows, columns]`.
