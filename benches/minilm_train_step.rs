@@ -1,7 +1,8 @@
 //! One training step (forward, backward, AdamW) of all-MiniLM-L6-v2 with a classification head
 //! (8 classes), batch 16, sequence 64, dropout as in the model's config: full fine-tuning
 //! against LoRA r = 8, alpha 16 on every layer's query and value (the encoder frozen, the head
-//! trained), and the same LoRA with DoRA (`use_dora`). The model has MiniLM's shape with random
+//! trained), the same LoRA with DoRA (`use_dora`), and with the encoder's linear base weights
+//! quantized (QLoRA: `quantize_base`, `Q8S` and `Q4S`, a scale per 32 values). The model has MiniLM's shape with random
 //! weights (speed does not depend on them), so it needs no data. The variants alternate over
 //! three rounds in one group, so drift on a busy machine hits them alike.
 //!
@@ -26,10 +27,11 @@ mod timing;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
+use burn::tensor::quantization::{QuantLevel, QuantScheme, QuantValue};
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_fused_adam::FusedAdamConfig;
 use burn_lora::nn::bert::BertConfig;
-use burn_lora::{LoraConfig, Targets};
+use burn_lora::{LoraConfig, LoraModel, Targets};
 use burn_lora_support::backend::{self, Inference, Train};
 use burn_lora_support::text::TextBatch;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -65,6 +67,19 @@ fn minilm_train_step(c: &mut Criterion) {
     )
     .expect("query and value take rank 8 with DoRA");
 
+    let quantized = |value| {
+        let mut model = lora.clone();
+        let scheme = QuantScheme::default()
+            .with_value(value)
+            .with_level(QuantLevel::block([32]));
+        model
+            .bert
+            .quantize_base(scheme)
+            .expect("MiniLM's widths take blocks of 32");
+        model
+    };
+    let (qlora_q8, qlora_q4) = (quantized(QuantValue::Q8S), quantized(QuantValue::Q4S));
+
     let ids = Tensor::<Train, 2>::random(
         [BATCH, SEQ],
         Distribution::Uniform(0.0, config.vocab_size as f64),
@@ -90,6 +105,8 @@ fn minilm_train_step(c: &mut Criterion) {
             ("full", &full),
             ("lora_r8_qv", &lora),
             ("dora_r8_qv", &dora),
+            ("qlora_q8_r8_qv", &qlora_q8),
+            ("qlora_q4_r8_qv", &qlora_q4),
         ] {
             let optim = FusedAdamConfig::adamw(0.01)
                 .init::<Train, SentenceClassifier<Train>>()

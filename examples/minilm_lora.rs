@@ -23,6 +23,7 @@ use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::Dataset;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
+use burn::tensor::quantization::{QuantLevel, QuantScheme, QuantValue};
 use burn::tensor::{Tensor, TensorData};
 use burn_lora::nn::bert::Bert;
 use burn_lora::{
@@ -85,6 +86,10 @@ struct Args {
     /// (query, key, value, dense, word_embeddings, ...), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "query,value")]
     targets: Vec<String>,
+    /// QLoRA: keep the encoder's linear base weights quantized during the LoRA training, `q8`
+    /// or `q4` (Burn's `Q8S` / `Q4S`, one f32 scale per 32 values), or `none`.
+    #[arg(long, value_enum, default_value_t = BaseStorage::None)]
+    quantize_base: BaseStorage,
     /// Epochs.
     #[arg(long, default_value_t = 3)]
     epochs: usize,
@@ -186,6 +191,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         )?);
     }
     println!("\n{}", table(&rows));
+    println!(
+        "peak resident memory of this process: {:.0} MiB",
+        common::peak_rss::max_rss_kib() as f64 / 1024.0
+    );
     Ok(())
 }
 
@@ -211,6 +220,13 @@ fn train_one(
     };
     let lora = LoraConfig::new(args.rank, args.alpha).with_init(init);
     model.prepare(mode, ADAPTER, &lora, &Targets::names(args.targets.clone()))?;
+    let label = match (mode, args.quantize_base.scheme()) {
+        (Mode::Lora, Some(scheme)) => {
+            println!("{}", model.bert.quantize_base(scheme)?);
+            format!("{mode} {:?}", scheme.value).to_lowercase()
+        }
+        _ => mode.to_string(),
+    };
     let total = model.num_params();
     let clock = model.clock.clone();
     let model = TrainableOnly::new(model);
@@ -253,7 +269,7 @@ fn train_one(
     );
     let saved = save(mode, &model, &test_loader, dir)?;
     let mut rows = vec![Row {
-        label: mode.to_string(),
+        label,
         scores,
         trainable,
         total,
@@ -324,6 +340,32 @@ fn extracted(
         peak_heap: None,
         saved: vec![(path, size)],
     })
+}
+
+/// `--quantize-base`'s values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum BaseStorage {
+    /// The base in f32.
+    None,
+    /// `Q8S`, one f32 scale per 32 values.
+    Q8,
+    /// `Q4S`, one f32 scale per 32 values.
+    Q4,
+}
+
+impl BaseStorage {
+    fn scheme(self) -> Option<QuantScheme> {
+        let value = match self {
+            Self::None => return None,
+            Self::Q8 => QuantValue::Q8S,
+            Self::Q4 => QuantValue::Q4S,
+        };
+        Some(
+            QuantScheme::default()
+                .with_value(value)
+                .with_level(QuantLevel::block([32])),
+        )
+    }
 }
 
 /// `--init`'s value.

@@ -1,28 +1,30 @@
-//! Peak resident memory of one LoRA training step (forward and backward) through the frozen
-//! projections of a 12-layer, 768-wide transformer (per layer q, k, v, o of 768 × 768, up of
-//! 768 × 3072, down of 3072 × 768; 85 M weights, 340 MB in f32), batch 1 × 128 tokens, an
-//! adapter of rank 8 on every projection, with the base weights in f32 (`lora_linear`) or
-//! quantized (`quantized_lora_linear`, 8 or 4 bits, a scale per 32 values), each mode in its
-//! own process (`getrusage` max RSS). The projections are chained without attention: the weights
-//! are what the memory is about. Quantized weights are made one at a time, so the f32 model never
-//! exists whole.
+//! Peak resident memory of one LoRA training step (forward, loss and backward) on a random
+//! 12-layer, 768-wide Llama (intermediate 3072, 12 heads, vocabulary 4096: 113 M weights in its
+//! linear layers, 453 MB in f32), batch 1 × 128 tokens, an adapter of rank 8 on all seven
+//! projections, with the frozen base in f32 or quantized by `LoraModel::quantize_base` (8 or 4
+//! bits, a scale per 32 values: QLoRA), each mode in its own process.
+//!
+//! The model is built in f32 and then quantized; the peak is restarted after that (freed memory
+//! returned with `malloc_trim`, the high-water mark reset through `/proc/self/clear_refs`, so
+//! Linux only), and measures the step alone: the weights at rest, what the step allocates, and
+//! the dequantized weights it holds at once (`quantized_lora_linear` dequantizes a layer's
+//! weight for its product and again in the backward).
 //!
 //! `cargo run --release --example quantized_base_memory` runs the three modes and prints each
-//! peak, the weights' bytes at rest and the ratios to f32; `-- --mode f32|q8|q4` runs one.
+//! peak, the linear weights' bytes at rest and the ratios to f32; `-- --mode f32|q8|q4` runs one.
 
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
 
 use burn::tensor::quantization::{QuantLevel, QuantScheme, QuantValue};
-use burn::tensor::{Distribution, Tensor, TensorData};
-use burn_lora_kernels::{
-    lora_linear, on_compute_threads, quantized_lora_linear, with_fast_paths, QuantizedMatrix,
-};
+use burn::tensor::{Int, Tensor, TensorData};
+use burn_lora::nn::llama::{causal_lm_loss, CausalLmConfig, CausalLmInput, Family, PROJECTIONS};
+use burn_lora::{LayerKind, LoraConfig, LoraModel, Targets};
+use burn_lora_kernels::on_compute_threads;
 use burn_lora_support::backend::{self, Train};
 use clap::{Parser, ValueEnum};
-use common::peak_rss::max_rss_kib;
+use common::peak_rss::{peak_since_reset_kib, reset_peak};
 
 type B = Train;
 
@@ -32,6 +34,8 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 const LAYERS: usize = 12;
 const WIDTH: usize = 768;
 const HIDDEN: usize = 3072;
+const HEADS: usize = 12;
+const VOCAB: usize = 4096;
 const TOKENS: usize = 128;
 const RANK: usize = 8;
 const BLOCK: u8 = 32;
@@ -51,38 +55,29 @@ struct Args {
     mode: Option<Mode>,
 }
 
-/// A frozen projection's weight, and its adapter's factors (tracked).
-struct Projection {
-    weight: Weight,
-    lora_a: Tensor<B, 2>,
-    lora_b: Tensor<B, 2>,
-}
-
-enum Weight {
-    Dense(Tensor<B, 2>),
-    Quantized(Arc<QuantizedMatrix>),
-}
-
 fn main() -> Result<(), Error> {
     match Args::parse().mode {
         Some(mode) => {
-            let bytes = on_compute_threads(|| step(mode))?;
-            println!("{} {bytes}", max_rss_kib());
+            let (peak, bytes) = on_compute_threads(|| step(mode))?;
+            println!("{peak} {bytes}");
         }
         None => {
             let f32 = child("f32")?;
             println!(
-                "One LoRA step through {LAYERS} layers of {WIDTH}-wide projections ({}, {TOKENS} tokens, rank {RANK}):",
-                backend::NAME
+                "One LoRA step of a random {LAYERS}-layer, {WIDTH}-wide Llama ({}, {TOKENS} tokens, rank {RANK} on {}):",
+                backend::NAME,
+                PROJECTIONS.join(", ")
             );
-            println!("  mode  peak RSS    weights at rest   ratios to f32 (peak, weights)");
+            println!(
+                "  mode  step's peak RSS   linear weights at rest   ratios to f32 (peak, weights)"
+            );
             for (name, mode) in [("f32", None), ("q8", Some("q8")), ("q4", Some("q4"))] {
                 let (peak, bytes) = match mode {
                     Some(mode) => child(mode)?,
                     None => f32,
                 };
                 println!(
-                    "  {name:<4} {:>8.1} MiB {:>10.1} MiB      {:.3}, {:.3}",
+                    "  {name:<4} {:>11.1} MiB {:>17.1} MiB        {:.3}, {:.3}",
                     peak as f64 / 1024.0,
                     bytes as f64 / (1024.0 * 1024.0),
                     peak as f64 / f32.0 as f64,
@@ -94,83 +89,69 @@ fn main() -> Result<(), Error> {
     Ok(())
 }
 
-/// Builds the projections and runs one forward and backward; returns the weights' bytes.
-fn step(mode: Mode) -> Result<usize, Error> {
+/// Builds the model (quantized in `q8` and `q4`), restarts the peak and runs one step; returns
+/// the step's peak RSS in KiB and the linear weights' bytes.
+fn step(mode: Mode) -> Result<(u64, usize), Error> {
     let device = backend::device();
-    let scheme = |value| {
+    let config = CausalLmConfig::new(
+        Family::Llama,
+        VOCAB,
+        WIDTH,
+        HIDDEN,
+        LAYERS,
+        HEADS,
+        HEADS,
+        WIDTH / HEADS,
+        2 * TOKENS,
+    );
+    let mut lm = config.init::<B>(&device)?;
+    lm.attach(
+        "qlora",
+        &LoraConfig::new(RANK, 16.0),
+        &Targets::names(PROJECTIONS),
+    )?;
+    let value = match mode {
+        Mode::F32 => None,
+        Mode::Q8 => Some(QuantValue::Q8S),
+        Mode::Q4 => Some(QuantValue::Q4S),
+    };
+    let scheme = value.map(|value| {
         QuantScheme::default()
             .with_value(value)
             .with_level(QuantLevel::block([BLOCK]))
-    };
-    let mut bytes = 0;
-    let mut projection = |d_in: usize, d_out: usize| -> Result<Projection, Error> {
-        let values: Tensor<B, 2> =
-            Tensor::random([d_in, d_out], Distribution::Normal(0.0, 0.02), &device);
-        let weight = match mode {
-            Mode::F32 => {
-                bytes += d_in * d_out * 4;
-                Weight::Dense(values)
-            }
-            Mode::Q8 | Mode::Q4 => {
-                let value = if mode == Mode::Q8 {
-                    QuantValue::Q8S
-                } else {
-                    QuantValue::Q4S
-                };
-                let data = values.into_data().to_vec::<f32>()?;
-                let matrix = QuantizedMatrix::quantize(&data, [d_in, d_out], &scheme(value))?;
-                bytes += matrix.bytes();
-                Weight::Quantized(Arc::new(matrix))
-            }
-        };
-        let factor = |shape: [usize; 2]| {
-            Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 0.02), &device).require_grad()
-        };
-        Ok(Projection {
-            weight,
-            lora_a: factor([d_in, RANK]),
-            lora_b: factor([RANK, d_out]),
-        })
-    };
-    let mut layers = Vec::new();
-    for _ in 0..LAYERS {
-        let mut layer = Vec::new();
-        for _ in 0..4 {
-            layer.push(projection(WIDTH, WIDTH)?);
-        }
-        layer.push(projection(WIDTH, HIDDEN)?);
-        layer.push(projection(HIDDEN, WIDTH)?);
-        layers.push(layer);
-    }
-    let input: Tensor<B, 3> = Tensor::from_data(
-        TensorData::new(vec![0.01f32; TOKENS * WIDTH], [1, TOKENS, WIDTH]),
-        &device,
-    );
-    with_fast_paths::<B, _>(|| {
-        let mut x = input;
-        for p in layers.iter().flatten() {
-            let (a, b) = (p.lora_a.clone(), p.lora_b.clone());
-            x = match &p.weight {
-                Weight::Dense(w) => lora_linear(x, w.clone(), None, None, a, b, 2.0),
-                Weight::Quantized(w) => quantized_lora_linear(x, w, None, None, a, b, 2.0),
-            };
-        }
-        let grads = x.sum().backward();
-        let norm: f32 = layers
-            .iter()
-            .flatten()
-            .map(|p| {
-                p.lora_b
-                    .grad(&grads)
-                    .map_or(0.0, |g| g.abs().sum().into_scalar())
-            })
-            .sum();
-        assert!(
-            norm.is_finite() && norm > 0.0,
-            "no gradient reached the adapters"
-        );
     });
-    Ok(bytes)
+    let bytes = match scheme {
+        Some(scheme) => lm.quantize_base(scheme)?.quantized_bytes,
+        None => lm
+            .lora_layers()
+            .iter()
+            .filter(|layer| layer.kind() == LayerKind::Linear)
+            .map(|layer| 4 * layer.base_weight_shape().iter().product::<usize>())
+            .sum(),
+    };
+    let ids: Vec<i64> = (0..TOKENS as i64)
+        .map(|i| (i * 31) % VOCAB as i64)
+        .collect();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, TOKENS]), &device);
+    reset_peak()?;
+    let logits = lm.forward(CausalLmInput::new(ids.clone()))?;
+    let grads = causal_lm_loss(logits, ids).backward();
+    let peak = peak_since_reset_kib()?;
+    let trained: f32 = lm
+        .lora_layers()
+        .iter()
+        .filter_map(|layer| layer.adapter("qlora"))
+        .map(|adapter| {
+            adapter
+                .lora_b()
+                .grad(&grads)
+                .map_or(0.0, |g| g.abs().sum().into_scalar())
+        })
+        .sum();
+    if !(trained.is_finite() && trained > 0.0) {
+        return Err("no gradient reached the adapters".into());
+    }
+    Ok((peak, bytes))
 }
 
 /// Runs this program with `--mode <mode>` and reads the peak and the bytes it prints.

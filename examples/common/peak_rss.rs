@@ -11,3 +11,29 @@ pub fn max_rss_kib() -> u64 {
     };
     usage.ru_maxrss.max(0) as u64
 }
+
+/// Returns freed memory to the system (`malloc_trim`) and restarts the peak from the memory in
+/// use now (Linux: `5` into `/proc/self/clear_refs`), so that [`peak_since_reset_kib`] measures
+/// what follows alone. Fails where the system cannot reset the peak.
+pub fn reset_peak() -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: malloc_trim only releases free memory of glibc's allocator.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        std::fs::write("/proc/self/clear_refs", "5")
+    }
+    #[cfg(not(target_os = "linux"))]
+    Err(std::io::Error::other("resetting the peak RSS needs Linux"))
+}
+
+/// The peak resident set size since [`reset_peak`], in KiB (`VmHWM`).
+pub fn peak_since_reset_kib() -> std::io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no VmHWM in /proc/self/status"))
+}

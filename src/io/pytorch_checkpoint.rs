@@ -479,6 +479,19 @@ pub(crate) fn load_tensor_files<B: Backend, M: Module<B>>(
     if let Some(error) = setter.error {
         return Err(error);
     }
+    // A parameter listed but never mapped: a LoRA layer's quantized base, which Burn's mappers
+    // pass by (see `BaseWeight`). Refused rather than left with its old values.
+    let mut skipped: Vec<&String> = setter.plan.keys().collect();
+    skipped.sort();
+    if let Some(path) = skipped.first() {
+        return Err(LoraError::Unsupported(format!(
+            "loading base weights into \"{path}\"{}: the parameter takes no values through              Burn's mappers (a quantized base: load before quantize_base, or dequantize_base              first)",
+            match skipped.len() {
+                1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            }
+        )));
+    }
     *model = loaded;
     Ok(report)
 }

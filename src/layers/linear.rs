@@ -8,7 +8,9 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::quantization::QuantScheme;
 use burn::tensor::Tensor;
-use burn_lora_kernels::{linear, lora_linear, quantized_lora_linear, QuantizedMatrix};
+use burn_lora_kernels::{
+    linear, lora_linear, quantized_linear, quantized_lora_linear, QuantizedMatrix,
+};
 
 use crate::error::{LoraError, Result as LoraResult};
 use crate::layers::adapter::LoraAdapter;
@@ -268,15 +270,13 @@ impl<B: Backend> LoraLinear<B> {
 
     /// The base layer alone, `x W + b`, whatever the adapters' state (merged ones included).
     ///
-    /// A quantized base is dequantized into a tensor for the product; under autodiff that
-    /// tensor stays in the graph until the backward when the input takes gradients (the adapted
-    /// [`forward`](Self::forward) does not keep it).
+    /// A quantized base goes through [`quantized_linear`], which under autodiff keeps no float
+    /// copy of `W` until the backward on the CPU backends.
     pub fn forward_base<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
-        linear(
-            input,
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-        )
+        match self.weight.quantized() {
+            Some(weight) => quantized_linear(input, weight, self.bias()),
+            None => linear(input, self.weight.val(), self.bias()),
+        }
     }
 
     /// The base weight `W`, `[d_input, d_output]` (a quantized one dequantized, as a new tensor).

@@ -317,3 +317,30 @@ fn files_and_records_are_those_of_a_float_base() {
         assert_bit_identical(q.weight_param().val(), t.weight());
     }
 }
+
+/// A checkpoint loaded through Burn's mappers cannot reach a quantized base: the load is refused
+/// and the model left as it was, instead of keeping the old weights silently.
+#[test]
+fn a_checkpoint_load_into_a_quantized_base_is_refused() {
+    use crate::common::load_pytorch_base;
+    use crate::common::safetensors_io::{state_dict, write_raw};
+
+    let source = base_model(&WIDTHS);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("base.safetensors");
+    write_raw(&path, &state_dict(&source));
+    let (mut quantized, mut twin) = quantized_and_twin(&adapted(), q4_blocks());
+    let before = quantized.clone();
+    match load_pytorch_base(&mut quantized, &path, &PathMap::identity()) {
+        Err(LoraError::Unsupported(message)) => {
+            assert!(message.contains("quantize_base"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_unchanged(&quantized, &before);
+    // The float twin loads, as the message says.
+    load_pytorch_base(&mut twin, &path, &PathMap::identity()).unwrap();
+    for (s, t) in source.layers().iter().zip(twin.layers()) {
+        assert_bit_identical(s.weight(), t.weight());
+    }
+}

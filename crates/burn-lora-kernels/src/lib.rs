@@ -77,7 +77,7 @@ pub use gelu::gelu;
 pub use heads::{merge_heads, split_heads};
 pub use layer_norm::layer_norm;
 pub use log_probs::picked_log_probs;
-pub use lora_linear::{lora_linear, low_rank, quantized_lora_linear};
+pub use lora_linear::{lora_linear, low_rank, quantized_linear, quantized_lora_linear};
 pub use matmul::{linear, matmul};
 pub use quantized::{QuantizeError, QuantizedMatrix};
 pub use rms_norm::rms_norm;

@@ -95,6 +95,34 @@ pub fn quantized_lora_linear<B: Backend, const D: usize>(
     with_weight(input, weight, bias, adapter_input, lora_a, lora_b, scale)
 }
 
+/// `x W + b` with `W` kept quantized: the frozen layer of a QLoRA model that has no adapter.
+///
+/// Under autodiff on the CPU backends of this crate's features, inside
+/// [`with_fast_paths`](crate::with_fast_paths), it is [`quantized_lora_linear`]'s node with a
+/// zero adapter of rank 1 (its product adds exact zeros): `W` is dequantized for the forward and
+/// again in the backward for the input's gradient, and not kept between them. Elsewhere `W` is
+/// dequantized into a tensor for [`linear`] (without autodiff it is dropped right after).
+///
+/// # Shapes
+/// - input: `[..., d_input]`
+/// - weight: `[d_input, d_output]`
+/// - bias: `[d_output]`
+/// - output: `[..., d_output]`
+pub fn quantized_linear<B: Backend, const D: usize>(
+    input: Tensor<B, D>,
+    weight: &Arc<QuantizedMatrix>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    let device = input.device();
+    let [d_input, d_output] = weight.shape();
+    if fast_paths_enabled() && is_host_based::<B>() && !is_host::<B>() {
+        let lora_a = Tensor::zeros([d_input, 1], &device);
+        let lora_b = Tensor::zeros([1, d_output], &device);
+        return quantized_lora_linear(input, weight, bias, None, lora_a, lora_b, 1.0);
+    }
+    linear(input, weight.to_tensor(&device), bias)
+}
+
 /// A base weight as a tensor, or quantized.
 enum BaseWeight<B: Backend> {
     Dense(Tensor<B, 2>),

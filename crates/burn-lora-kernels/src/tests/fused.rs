@@ -1002,3 +1002,65 @@ fn quantized_lora_linear_is_lora_linear_on_the_dequantized_weight() {
         assert!(crate::flex::run::<A, _, 6>(op(), tracked).is_ok());
     }
 }
+
+/// A quantized layer without adapter: the output and the gradients of the input and the bias
+/// are `linear`'s on the dequantized weight, inside the fast paths (the rank-1 zero adapter's
+/// node) and outside, with and without autodiff.
+#[test]
+fn quantized_linear_is_linear_on_the_dequantized_weight() {
+    use burn::tensor::quantization::{QuantLevel, QuantScheme, QuantValue};
+    use std::sync::Arc;
+
+    let (k, n) = (24, 40);
+    let scheme = QuantScheme::default()
+        .with_value(QuantValue::Q4S)
+        .with_level(QuantLevel::block([8]));
+    let quantized = Arc::new(
+        crate::QuantizedMatrix::quantize(&values(random([k, n], 2)), [k, n], &scheme).unwrap(),
+    );
+    let dense: Tensor<A, 2> = Tensor::from_data(
+        TensorData::new(quantized.dequantize(), [k, n]),
+        &Default::default(),
+    );
+    let x: Tensor<A, 3> = Tensor::from_inner(random([2, 12, k], 1));
+    let bias: Tensor<A, 1> = Tensor::from_inner(random([n], 5));
+    let upstream: Tensor<A, 3> = Tensor::from_inner(random([2, 12, n], 6));
+    let run = |from_quantized: bool, fast: bool| {
+        let (x, bias) = (
+            x.clone().detach().require_grad(),
+            bias.clone().detach().require_grad(),
+        );
+        let forward = || {
+            let (x, bias) = (x.clone(), Some(bias.clone()));
+            if from_quantized {
+                crate::quantized_linear(x, &quantized, bias)
+            } else {
+                crate::linear(x, dense.clone(), bias)
+            }
+        };
+        let y = if fast {
+            with_fast_paths::<A, _>(forward)
+        } else {
+            forward()
+        };
+        let grads = (y.clone() * upstream.clone()).sum().backward();
+        [
+            values(y.inner()),
+            values(x.grad(&grads).unwrap()),
+            values(bias.grad(&grads).unwrap()),
+        ]
+    };
+    let expected = run(false, false);
+    for fast in [false, true] {
+        for (actual, expected) in run(true, fast).into_iter().zip(expected.clone()) {
+            assert_close(actual, expected).unwrap();
+        }
+    }
+    // Without autodiff, few rows and many.
+    for rows in [3, 24] {
+        let x: Tensor<B, 2> = random([rows, k], 7);
+        let expected = crate::linear(x.clone(), dense.clone().inner(), None);
+        let actual = with_fast_paths::<B, _>(|| crate::quantized_linear(x, &quantized, None));
+        assert_close(values(actual), values(expected)).unwrap();
+    }
+}
