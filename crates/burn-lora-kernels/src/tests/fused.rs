@@ -919,6 +919,26 @@ fn dropout_is_the_input_times_the_mask_forward_and_backward() {
     assert_eq!(values(dropped), times_mask(values(plain)));
 }
 
+/// `forward` inside the fast paths or not.
+fn fast_or_not<R: Send>(fast: bool, forward: impl FnOnce() -> R + Send) -> R {
+    if fast {
+        with_fast_paths::<A, _>(forward)
+    } else {
+        forward()
+    }
+}
+
+/// `run(from_quantized, fast)` from the quantized weight, fast paths on and off, gives what it
+/// gives from the dense dequantized weight outside them.
+fn assert_quantized_matches<const N: usize>(run: impl Fn(bool, bool) -> [Vec<f32>; N]) {
+    let expected = run(false, false);
+    for fast in [false, true] {
+        for (actual, expected) in run(true, fast).into_iter().zip(expected.clone()) {
+            assert_close(actual, expected).unwrap();
+        }
+    }
+}
+
 /// A quantized base weight (8 and 4 bits, blocks of 8): the output and the gradients of the
 /// input, the bias and both factors are those of `lora_linear` on the dequantized weight,
 /// inside the fast paths (one node that dequantizes the weight where it uses it) and outside.
@@ -959,11 +979,7 @@ fn quantized_lora_linear_is_lora_linear_on_the_dequantized_weight() {
                     lora_linear(x, dense.clone(), bias, None, a, b, 0.5)
                 }
             };
-            let y = if fast {
-                with_fast_paths::<A, _>(forward)
-            } else {
-                forward()
-            };
+            let y = fast_or_not(fast, forward);
             let grads = (y.clone() * upstream.clone()).sum().backward();
             [
                 values(y.inner()),
@@ -973,12 +989,7 @@ fn quantized_lora_linear_is_lora_linear_on_the_dequantized_weight() {
                 values(b.grad(&grads).unwrap()),
             ]
         };
-        let expected = run(false, false);
-        for fast in [false, true] {
-            for (actual, expected) in run(true, fast).into_iter().zip(expected.clone()) {
-                assert_close(actual, expected).unwrap();
-            }
-        }
+        assert_quantized_matches(run);
         // The fused node takes the quantized weight, with and without autodiff.
         let inputs = |x: Tensor<B, 2>| {
             let device = Default::default();
@@ -1038,11 +1049,7 @@ fn quantized_linear_is_linear_on_the_dequantized_weight() {
                 crate::linear(x, dense.clone(), bias)
             }
         };
-        let y = if fast {
-            with_fast_paths::<A, _>(forward)
-        } else {
-            forward()
-        };
+        let y = fast_or_not(fast, forward);
         let grads = (y.clone() * upstream.clone()).sum().backward();
         [
             values(y.inner()),
@@ -1050,12 +1057,7 @@ fn quantized_linear_is_linear_on_the_dequantized_weight() {
             values(bias.grad(&grads).unwrap()),
         ]
     };
-    let expected = run(false, false);
-    for fast in [false, true] {
-        for (actual, expected) in run(true, fast).into_iter().zip(expected.clone()) {
-            assert_close(actual, expected).unwrap();
-        }
-    }
+    assert_quantized_matches(run);
     // Without autodiff, few rows and many.
     for rows in [3, 24] {
         let x: Tensor<B, 2> = random([rows, k], 7);
