@@ -192,7 +192,8 @@ fn the_report_gives_the_bytes_and_the_error_quantizing_introduced() {
 
 fn assert_unchanged(model: &LoraMlp<B>, before: &LoraMlp<B>) {
     let x = probe(WIDTHS[0]);
-    assert_bit_identical(model.forward(x.clone()), before.forward(x));
+    // Bit for bit on the CPU; a GPU may pick another kernel for the same product.
+    assert_same_up_to_reduction_order(model.forward(x.clone()), before.forward(x));
     for (now, then) in model.layers().iter().zip(before.layers()) {
         assert_eq!(now.base_quantization(), then.base_quantization());
         assert_eq!(now.adapter_names(), then.adapter_names());
