@@ -197,26 +197,51 @@ impl QuantizedMatrix {
         out
     }
 
-    /// Values `start..start + out.len()` of the row-major order into `out`; `start` must be
-    /// even for 4-bit values (two to a byte), as every parallel chunk of
-    /// [`dequantize`](Self::dequantize)'s callers is.
+    /// Values `start..start + out.len()` of the row-major order into `out`, a block (one scale)
+    /// at a time, so that the inner loops multiply by one scale and vectorise.
     pub(crate) fn dequantize_into(&self, start: usize, out: &mut [f32]) {
-        for (offset, out) in out.iter_mut().enumerate() {
-            let index = start + offset;
-            let q = match self.bits {
-                8 => self.values[index] as i8,
-                _ => {
-                    let byte = self.values[index / 2];
-                    let nibble = if index.is_multiple_of(2) {
-                        byte << 4
-                    } else {
-                        byte & 0xf0
-                    };
-                    (nibble as i8) >> 4
+        let mut index = start;
+        let mut rest = out;
+        while !rest.is_empty() {
+            let block = index / self.block;
+            let len = ((block + 1) * self.block - index).min(rest.len());
+            let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            let scale = self.scales[block];
+            match self.bits {
+                8 => {
+                    for (out, &q) in chunk.iter_mut().zip(&self.values[index..index + len]) {
+                        *out = q as i8 as f32 * scale;
+                    }
                 }
-            };
-            *out = q as f32 * self.scales[index / self.block];
+                _ => dequantize_nibbles(&self.values, index, chunk, scale),
+            }
+            index += len;
+            rest = tail;
         }
+    }
+}
+
+/// 4-bit values `index..index + out.len()` (two to a byte, the even one in the low half) times
+/// `scale` into `out`.
+fn dequantize_nibbles(values: &[u8], index: usize, out: &mut [f32], scale: f32) {
+    // The nibble shifted to the top of a byte, read as `i8` and shifted back: sign-extended.
+    let low = |byte: u8| ((byte << 4) as i8 >> 4) as f32 * scale;
+    let high = |byte: u8| ((byte & 0xf0) as i8 >> 4) as f32 * scale;
+    let (out, index) = match out.split_first_mut() {
+        Some((first, rest)) if !index.is_multiple_of(2) => {
+            *first = high(values[index / 2]);
+            (rest, index + 1)
+        }
+        _ => (out, index),
+    };
+    let last = index + out.len().saturating_sub(1);
+    let mut pairs = out.chunks_exact_mut(2);
+    for (pair, &byte) in (&mut pairs).zip(&values[index / 2..]) {
+        pair[0] = low(byte);
+        pair[1] = high(byte);
+    }
+    if let [odd] = pairs.into_remainder() {
+        *odd = low(values[last / 2]);
     }
 }
 
@@ -234,6 +259,46 @@ mod tests {
 
     fn scheme(value: QuantValue, level: QuantLevel) -> QuantScheme {
         QuantScheme::default().with_value(value).with_level(level)
+    }
+
+    /// Any range of values, from any start and across blocks of odd sizes, comes back as each
+    /// value's `q · scale`, read one at a time.
+    #[test]
+    fn any_range_dequantizes_value_by_value() {
+        let original = values(4 * 9);
+        for value in [QuantValue::Q8S, QuantValue::Q4S, QuantValue::Q4F] {
+            for level in [
+                QuantLevel::Tensor,
+                QuantLevel::block([3]),
+                QuantLevel::block([9]),
+            ] {
+                let q =
+                    QuantizedMatrix::quantize(&original, [4, 9], &scheme(value, level)).unwrap();
+                let one = |index: usize| {
+                    let q_value = match q.bits {
+                        8 => q.values[index] as i8,
+                        _ => {
+                            let byte = q.values[index / 2];
+                            let nibble = if index.is_multiple_of(2) {
+                                byte << 4
+                            } else {
+                                byte & 0xf0
+                            };
+                            (nibble as i8) >> 4
+                        }
+                    };
+                    q_value as f32 * q.scales[index / q.block]
+                };
+                for start in 0..original.len() {
+                    for len in 0..=original.len() - start {
+                        let mut out = vec![f32::NAN; len];
+                        q.dequantize_into(start, &mut out);
+                        let expected: Vec<f32> = (start..start + len).map(one).collect();
+                        assert_eq!(out, expected, "{value:?} {level:?} {start}+{len}");
+                    }
+                }
+            }
+        }
     }
 
     /// Every value within half its block's scale, for each value type, per tensor and per
