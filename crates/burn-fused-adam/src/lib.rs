@@ -14,6 +14,9 @@
 mod adam;
 mod error;
 mod host_tensors;
+// Without `flex` or `ndarray` no backend runs the in-place update, and only its coefficients are
+// used (by the tensor-operation path).
+#[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))]
 mod kernel;
 
 pub use adam::{FusedAdam, FusedAdamConfig, FusedAdamState, UpdateCounts};
