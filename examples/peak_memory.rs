@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Distribution, Int, Tensor};
@@ -16,7 +14,7 @@ use burn_lora::{LoraConfig, LoraMlp, LoraMlpConfig, LoraModel};
 use burn_lora::{Targets, DEFAULT_ADAPTER};
 use burn_lora_support::backend::{self, Train};
 use clap::{Parser, ValueEnum};
-use common::peak_rss::max_rss_kib;
+use common::peak_rss::{max_rss_kib, run_mode};
 
 const WIDTH: usize = 4096;
 const BATCH: usize = 32;
@@ -59,18 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Runs this program with `--mode <mode>` and reads the peak it prints.
 fn child(mode: &str) -> Result<u64, Box<dyn std::error::Error>> {
-    let output = Command::new(std::env::current_exe()?)
-        .args(["--mode", mode])
-        .output()?;
-    if !output.status.success() {
-        return Err(format!(
-            "{mode} run failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
-    }
-    let text = String::from_utf8(output.stdout)?;
-    Ok(text.trim().parse()?)
+    Ok(run_mode(mode)?.trim().parse()?)
 }
 
 fn train(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {

@@ -15,8 +15,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use burn::tensor::quantization::{QuantLevel, QuantScheme, QuantValue};
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_lora::nn::llama::{causal_lm_loss, CausalLmConfig, CausalLmInput, Family, PROJECTIONS};
@@ -24,7 +22,7 @@ use burn_lora::{LayerKind, LoraConfig, LoraModel, Targets};
 use burn_lora_kernels::on_compute_threads;
 use burn_lora_support::backend::{self, Train};
 use clap::{Parser, ValueEnum};
-use common::peak_rss::{peak_since_reset_kib, reset_peak};
+use common::peak_rss::{peak_since_reset_kib, reset_peak, run_mode};
 
 type B = Train;
 
@@ -156,17 +154,7 @@ fn step(mode: Mode) -> Result<(u64, usize), Error> {
 
 /// Runs this program with `--mode <mode>` and reads the peak and the bytes it prints.
 fn child(mode: &str) -> Result<(u64, usize), Error> {
-    let output = Command::new(std::env::current_exe()?)
-        .args(["--mode", mode])
-        .output()?;
-    if !output.status.success() {
-        return Err(format!(
-            "--mode {mode} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
-    }
-    let text = String::from_utf8(output.stdout)?;
+    let text = run_mode(mode)?;
     let mut fields = text.split_whitespace();
     let peak = fields.next().ok_or("no peak printed")?.parse()?;
     let bytes = fields.next().ok_or("no size printed")?.parse()?;

@@ -37,3 +37,19 @@ pub fn peak_since_reset_kib() -> std::io::Result<u64> {
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or_else(|| std::io::Error::other("no VmHWM in /proc/self/status"))
 }
+
+/// Runs this program again with `--mode <mode>`, each mode in its own process so that each peak
+/// is its own, and returns what it printed.
+pub fn run_mode(mode: &str) -> Result<String, String> {
+    let output = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .args(["--mode", mode])
+        .output()
+        .map_err(|e| format!("--mode {mode} did not start: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "--mode {mode} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    String::from_utf8(output.stdout).map_err(|e| format!("--mode {mode} printed: {e}"))
+}

@@ -485,7 +485,9 @@ pub(crate) fn load_tensor_files<B: Backend, M: Module<B>>(
     skipped.sort();
     if let Some(path) = skipped.first() {
         return Err(LoraError::Unsupported(format!(
-            "loading base weights into \"{path}\"{}: the parameter takes no values through              Burn's mappers (a quantized base: load before quantize_base, or dequantize_base              first)",
+            "loading base weights into \"{path}\"{}: the parameter takes no values through \
+             Burn's mappers (a quantized base: load before quantize_base, or dequantize_base \
+             first)",
             match skipped.len() {
                 1 => String::new(),
                 n => format!(" and {} more", n - 1),

@@ -46,6 +46,23 @@ struct QuantizedBase<B: Backend> {
 }
 
 impl<B: Backend> QuantizedBase<B> {
+    /// The same base for a backend on the same device type (autodiff and its inner backend).
+    fn cast<C: Backend<Device = B::Device>>(self) -> QuantizedBase<C> {
+        QuantizedBase {
+            id: self.id,
+            matrix: self.matrix,
+            scheme: self.scheme,
+            device: self.device,
+        }
+    }
+
+    /// As a [`BaseWeight`].
+    fn into_weight(self) -> BaseWeight<B> {
+        BaseWeight {
+            storage: Storage::Quantized(self),
+        }
+    }
+
     /// A parameter with this base's id that dequantizes the matrix when first read (frozen).
     fn lazy_param(&self) -> Param<Tensor<B, 2>> {
         let matrix = Arc::clone(&self.matrix);
@@ -146,15 +163,13 @@ impl<B: Backend> BaseWeight<B> {
 
     /// `matrix` (quantized with `scheme`) in place of `W`, with the same id; frozen.
     pub(crate) fn quantized_as(self, matrix: Arc<QuantizedMatrix>, scheme: QuantScheme) -> Self {
-        let (id, device) = (self.id(), self.device());
-        Self {
-            storage: Storage::Quantized(QuantizedBase {
-                id,
-                matrix,
-                scheme,
-                device,
-            }),
+        QuantizedBase {
+            id: self.id(),
+            matrix,
+            scheme,
+            device: self.device(),
         }
+        .into_weight()
     }
 
     /// Back to a float parameter holding the dequantized values (frozen, same id); unchanged
@@ -213,8 +228,12 @@ impl<B: Backend> Module<B> for BaseWeight<B> {
                 let (id, tensor, _) = record.consume();
                 let tensor = tensor.to_device(&base.device).detach();
                 match QuantizedMatrix::from_tensor(tensor.clone(), &base.scheme) {
-                    Ok(matrix) => Self::dense(Param::initialized(id, tensor))
-                        .quantized_as(Arc::new(matrix), base.scheme),
+                    Ok(matrix) => QuantizedBase {
+                        id,
+                        matrix: Arc::new(matrix),
+                        ..base
+                    }
+                    .into_weight(),
                     Err(_) => Self::dense(Param::initialized(id, tensor).set_require_grad(false)),
                 }
             }
@@ -231,12 +250,11 @@ impl<B: Backend> Module<B> for BaseWeight<B> {
     fn to_device(self, device: &B::Device) -> Self {
         match self.storage {
             Storage::Dense(param) => Self::dense(param.to_device(device)),
-            Storage::Quantized(base) => Self {
-                storage: Storage::Quantized(QuantizedBase {
-                    device: device.clone(),
-                    ..base
-                }),
-            },
+            Storage::Quantized(base) => QuantizedBase {
+                device: device.clone(),
+                ..base
+            }
+            .into_weight(),
         }
     }
 
@@ -266,14 +284,7 @@ impl<B: AutodiffBackend> AutodiffModule<B> for BaseWeight<B> {
     fn valid(&self) -> Self::InnerModule {
         match &self.storage {
             Storage::Dense(param) => BaseWeight::dense(param.valid()),
-            Storage::Quantized(base) => BaseWeight {
-                storage: Storage::Quantized(QuantizedBase {
-                    id: base.id,
-                    matrix: Arc::clone(&base.matrix),
-                    scheme: base.scheme,
-                    device: base.device.clone(),
-                }),
-            },
+            Storage::Quantized(base) => base.clone().cast().into_weight(),
         }
     }
 
@@ -282,14 +293,7 @@ impl<B: AutodiffBackend> AutodiffModule<B> for BaseWeight<B> {
             Storage::Dense(param) => Self::dense(
                 <Param<Tensor<B, 2>> as AutodiffModule<B>>::from_inner(param),
             ),
-            Storage::Quantized(base) => Self {
-                storage: Storage::Quantized(QuantizedBase {
-                    id: base.id,
-                    matrix: base.matrix,
-                    scheme: base.scheme,
-                    device: base.device,
-                }),
-            },
+            Storage::Quantized(base) => base.cast().into_weight(),
         }
     }
 }
